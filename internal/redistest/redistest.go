@@ -1,0 +1,209 @@
+// Package redistest provides real redis-server processes to tests.
+//
+// [Addr] returns a Redis shared by the tests of a package: REDIS_ADDR if
+// set, else 127.0.0.1:6379 if it answers, else a redis-server started once
+// for the test binary (stopped by [Main]). Tests that share it must use a
+// unique namespace ([Namespace]) and never flush it. [Start] gives a test a
+// private redis-server to stop, restart or break.
+//
+// Outside CI a test skips when no redis-server can be had; with CI=true it
+// fails, so CI can never pass without having run it.
+package redistest
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var shared struct {
+	once sync.Once
+	addr string
+	srv  *Server
+	err  error
+}
+
+// Main runs the tests and then stops the shared server, if one was started.
+// Call it from TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	if shared.srv != nil {
+		shared.srv.Stop()
+	}
+	os.Exit(code)
+}
+
+// Addr returns the address of a Redis that tb may use, or ends tb.
+func Addr(tb testing.TB) string {
+	tb.Helper()
+	shared.once.Do(func() {
+		if a := os.Getenv("REDIS_ADDR"); a != "" {
+			shared.addr, shared.err = a, ping(a)
+			return
+		}
+		if ping("127.0.0.1:6379") == nil {
+			shared.addr = "127.0.0.1:6379"
+			return
+		}
+		shared.srv, shared.err = start()
+		if shared.err == nil {
+			shared.addr = shared.srv.Addr
+		}
+	})
+	if shared.err != nil {
+		unavailable(tb, shared.err)
+	}
+	return shared.addr
+}
+
+// Namespace returns a namespace that no other test or run uses.
+func Namespace(tb testing.TB) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	name := strings.NewReplacer("/", "_", " ", "_").Replace(tb.Name())
+	return "test:" + name + ":" + hex.EncodeToString(b)
+}
+
+func unavailable(tb testing.TB, err error) {
+	tb.Helper()
+	if os.Getenv("CI") == "true" {
+		tb.Fatalf("redis unavailable in CI: %v", err)
+	}
+	tb.Skipf("redis unavailable: %v", err)
+}
+
+// Server is a redis-server process owned by one test.
+type Server struct {
+	Addr string
+	cmd  *exec.Cmd
+	mu   sync.Mutex // protects cmd
+}
+
+// Start starts a private redis-server on a free loopback port; it is stopped
+// when tb ends.
+func Start(tb testing.TB) *Server {
+	tb.Helper()
+	s, err := start()
+	if err != nil {
+		unavailable(tb, err)
+	}
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+func start() (*Server, error) {
+	if err := ensureInstalled(); err != nil {
+		return nil, err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := l.Addr().String()
+	l.Close()
+	s := &Server{Addr: addr}
+	return s, s.Restart()
+}
+
+// Restart starts the server again on the same port after Stop.
+func (s *Server) Restart() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return fmt.Errorf("redis-server at %s is running", s.Addr)
+	}
+	_, port, _ := net.SplitHostPort(s.Addr)
+	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start redis-server: %w", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := ping(s.Addr)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			return fmt.Errorf("redis-server at %s did not answer: %w", s.Addr, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.cmd = cmd
+	return nil
+}
+
+// Stop kills the server (SIGKILL: an abrupt failure, not a shutdown) and
+// waits for it to exit. It is safe to call more than once.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+	s.cmd = nil
+}
+
+// ping speaks just enough RESP to know a Redis answers at addr.
+func ping(addr string) error {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "+PONG") {
+		return fmt.Errorf("%s answered %q to PING", addr, strings.TrimSpace(line))
+	}
+	return nil
+}
+
+var install struct {
+	once sync.Once
+	err  error
+}
+
+// ensureInstalled installs Debian's redis-server package when the binary is
+// missing and we are root; otherwise it says what is missing.
+func ensureInstalled() error {
+	install.once.Do(func() {
+		if _, err := exec.LookPath("redis-server"); err == nil {
+			return
+		}
+		if os.Geteuid() != 0 {
+			install.err = fmt.Errorf("redis-server is not installed (apt-get install redis-server)")
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		for _, args := range [][]string{{"update"}, {"install", "-y", "--no-install-recommends", "redis-server"}} {
+			cmd := exec.CommandContext(ctx, "apt-get", args...)
+			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				install.err = fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, out)
+				return
+			}
+		}
+	})
+	return install.err
+}

@@ -1,0 +1,174 @@
+package tiered
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/eko/gocache/lib/v4/store"
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Config configures a Cache. The zero value of every field but Namespace
+// (required with an L2) means the default written beside it.
+type Config struct {
+	// Redis is the L2 client: a *redis.Client, *redis.ClusterClient or a
+	// Sentinel failover client. Nil, with Store nil too, gives an L1-only
+	// cache. The client is the caller's: Close does not close it.
+	//
+	// WARNING: go-redis ignores context deadlines unless the client's
+	// ContextTimeoutEnabled option is set, and by default retries for about
+	// 1.7 s when Redis is down. NewRedisClient sets options suited to a cache.
+	Redis redis.UniversalClient
+
+	// Store replaces the default L2 store (gocache's Redis store over Redis)
+	// with any gocache store. It must return gocache's store.NotFound for a
+	// missing key and string or []byte values.
+	Store store.StoreInterface
+
+	// Namespace prefixes every L2 key ("Namespace:key"), so that applications
+	// sharing one Redis never read each other's entries. Required with an L2.
+	Namespace string
+
+	// TTL is how long an entry lives in L2. Default: 1 hour.
+	TTL time.Duration
+
+	// L1TTL bounds how long a process keeps its own copy; an L1 copy never
+	// outlives the L2 entry it came from. Default: 1 minute (or TTL if less).
+	L1TTL time.Duration
+
+	// L1MaxBytes is the L1 budget, counted as the encoded size of values plus
+	// their keys. Default: 64 MiB.
+	L1MaxBytes int64
+
+	// Jitter spreads expiries over ±Jitter of each TTL so that entries
+	// written together do not expire together. Default: 0.1; negative: none.
+	Jitter float64
+
+	// NegativeTTL is how long a loader's ErrNotFound is remembered in both
+	// tiers. Default: 30 seconds; negative: not remembered.
+	NegativeTTL time.Duration
+
+	// Codec encodes values for L2. Default: JSONCodec.
+	Codec Codec
+
+	// MaxKeyBytes limits key length. Default: 1024.
+	MaxKeyBytes int
+
+	// MaxValueBytes limits an encoded value. Default: 1 MiB.
+	MaxValueBytes int
+
+	// L2Timeout bounds every L2 call. Default: 100 ms.
+	L2Timeout time.Duration
+
+	// BreakerFailures is how many consecutive L2 failures open the circuit
+	// breaker, after which L2 is skipped for BreakerCooldown and then probed
+	// with one call. Defaults: 5 failures, 1 second.
+	BreakerFailures int
+	BreakerCooldown time.Duration
+
+	// LoadTimeout bounds a loader call. The load runs on behalf of every
+	// caller waiting for the key, so it is not cancelled when the first
+	// caller's context is (each caller still stops waiting at its own
+	// deadline). Default: no bound but the loader's own.
+	LoadTimeout time.Duration
+
+	// Strict makes L2 failures visible to callers (wrapped in the returned
+	// error) instead of only counted and logged.
+	Strict bool
+
+	// Logger receives structured logs. Default: slog.Default().
+	Logger *slog.Logger
+
+	// TracerProvider and MeterProvider default to the global OpenTelemetry
+	// providers, which record nothing until the application installs an SDK.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+}
+
+// Limits without which a bad input could cost unbounded memory.
+const (
+	defaultMaxKeyBytes   = 1024
+	defaultMaxValueBytes = 1 << 20
+	maxMaxValueBytes     = 512 << 20 // Redis's own limit on a string value.
+)
+
+// withDefaults returns cfg with defaults filled in, or an error naming the
+// first field that cannot work.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.TTL == 0 {
+		cfg.TTL = time.Hour
+	}
+	if cfg.L1TTL == 0 {
+		cfg.L1TTL = min(time.Minute, cfg.TTL)
+	}
+	if cfg.L1MaxBytes == 0 {
+		cfg.L1MaxBytes = 64 << 20
+	}
+	if cfg.Jitter == 0 {
+		cfg.Jitter = 0.1
+	}
+	if cfg.NegativeTTL == 0 {
+		cfg.NegativeTTL = 30 * time.Second
+	}
+	if cfg.Codec == nil {
+		cfg.Codec = JSONCodec{}
+	}
+	if cfg.MaxKeyBytes == 0 {
+		cfg.MaxKeyBytes = defaultMaxKeyBytes
+	}
+	if cfg.MaxValueBytes == 0 {
+		cfg.MaxValueBytes = defaultMaxValueBytes
+	}
+	if cfg.L2Timeout == 0 {
+		cfg.L2Timeout = 100 * time.Millisecond
+	}
+	if cfg.BreakerFailures == 0 {
+		cfg.BreakerFailures = 5
+	}
+	if cfg.BreakerCooldown == 0 {
+		cfg.BreakerCooldown = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if cfg.TTL < 0 || cfg.L1TTL < 0 || cfg.L2Timeout < 0 || cfg.BreakerCooldown < 0 || cfg.LoadTimeout < 0 {
+		bad("durations must not be negative (TTL, L1TTL, L2Timeout, BreakerCooldown, LoadTimeout)")
+	}
+	if cfg.L1MaxBytes < 0 {
+		bad("L1MaxBytes %d is negative", cfg.L1MaxBytes)
+	}
+	if cfg.Jitter >= 1 {
+		bad("Jitter %v must be below 1", cfg.Jitter)
+	}
+	if cfg.MaxKeyBytes < 0 || cfg.MaxValueBytes < 0 || cfg.MaxValueBytes > maxMaxValueBytes {
+		bad("MaxKeyBytes %d and MaxValueBytes %d must be positive, values at most %d", cfg.MaxKeyBytes, cfg.MaxValueBytes, maxMaxValueBytes)
+	}
+	if cfg.BreakerFailures < 0 {
+		bad("BreakerFailures %d is negative", cfg.BreakerFailures)
+	}
+	if id := cfg.Codec.ID(); id == 0 {
+		bad("Codec ID 0 is reserved")
+	}
+	if cfg.Redis != nil || cfg.Store != nil {
+		switch {
+		case cfg.Namespace == "":
+			bad("Namespace is required with an L2 (Redis or Store)")
+		case len(cfg.Namespace) > 128 || strings.ContainsFunc(cfg.Namespace, isSpaceOrControl):
+			bad("Namespace %q must be at most 128 bytes without spaces or control characters", cfg.Namespace)
+		}
+	}
+	if len(errs) > 0 {
+		return cfg, fmt.Errorf("tiered: bad Config: %w", errors.Join(errs...))
+	}
+	return cfg, nil
+}
+
+func isSpaceOrControl(r rune) bool { return r <= ' ' || r == 0x7f }

@@ -1,0 +1,26 @@
+// Package tiered provides a two-tier cache: an in-process L1 (ristretto)
+// in front of a shared L2 (Redis, through a gocache store).
+//
+// A read ([Cache.Get], [Cache.GetOrLoad]) tries L1, then L2, then the
+// loader. L1 holds decoded values, so an L1 hit costs a map lookup and no
+// allocation. Concurrent misses of one key in a process share one L2 read
+// and one load (golang.org/x/sync/singleflight). A loaded value fills L2,
+// then L1; an L1 copy never outlives its L2 entry, whose absolute expiry
+// travels inside the stored value.
+//
+// L2 values are versioned envelopes (format version, codec ID, flags,
+// expiry, length-checked payload), so that a rolling deploy or a codec
+// change never misreads a value: anything that does not decode is a miss,
+// counted in [Stats].DecodeErrors.
+//
+// When Redis fails, the cache fails open: every L2 call is bounded by
+// [Config].L2Timeout, a circuit breaker skips L2 after repeated failures,
+// and reads go on from L1 and the loader. Failures are counted, logged
+// with log/slog and exported through OpenTelemetry; [Config].Strict
+// returns them instead.
+//
+// Every L2 operation touches one key, so the cache works unchanged on
+// Redis Cluster.
+//
+// A Cache is safe for concurrent use.
+package tiered

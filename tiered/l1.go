@@ -1,0 +1,120 @@
+package tiered
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// entry is what L1 holds for a key: the decoded value, never bytes, so a hit
+// costs no decoding.
+type entry[V any] struct {
+	v        V
+	negative bool
+	cost     int64
+	// state drives the item and cost accounting: ristretto admits and evicts
+	// on its own goroutine, so the writer and the OnExit hook race to settle
+	// each entry. entryPending → entryCounted (writer saw it admitted) →
+	// entryGone (evicted, deleted, replaced or rejected).
+	state atomic.Int32
+}
+
+const (
+	entryPending int32 = iota
+	entryCounted
+	entryGone
+)
+
+// l1 is the in-process tier: ristretto, with its two sharp edges filed off.
+//
+// Ristretto's Set is asynchronous (a new key reaches the map only after its
+// policy goroutine admits it) and may be dropped or rejected. Worse, a second
+// Set of a key whose first Set is still queued is refused by the policy
+// ("already present"), so the older value is the one that lands. l1.set waits
+// for the queue and checks that its own entry is the one stored; if not, it
+// deletes the key, so that after set returns L1 holds the new value or
+// nothing, never an older one.
+//
+// It is safe for concurrent use.
+type l1[V any] struct {
+	r      *ristretto.Cache[string, *entry[V]]
+	items  atomic.Int64
+	cost   atomic.Int64
+	closed atomic.Bool
+}
+
+func newL1[V any](maxCost int64) (*l1[V], error) {
+	c := &l1[V]{}
+	// NumCounters should be about ten times the number of items the cache
+	// holds when full (ristretto's README). Assume entries of 640 bytes or
+	// more, and keep at least 10k counters for small caches.
+	counters := max(maxCost/64, 10_000)
+	r, err := ristretto.NewCache(&ristretto.Config[string, *entry[V]]{
+		NumCounters: counters,
+		MaxCost:     maxCost,
+		BufferItems: 64,
+		// Costs are the bytes we measured; ristretto's per-item overhead
+		// would make a byte budget hold far fewer small values.
+		IgnoreInternalCost: true,
+		OnExit:             c.onExit,
+	})
+	if err != nil {
+		return nil, err
+	}
+	c.r = r
+	return c, nil
+}
+
+// get returns the live entry for key. It does not allocate.
+func (c *l1[V]) get(key string) (*entry[V], bool) {
+	return c.r.Get(key)
+}
+
+// set stores e under key for ttl (0: no expiry) and reports whether L1 holds
+// it afterwards. See the type comment for why it waits.
+func (c *l1[V]) set(key string, e *entry[V], ttl time.Duration) bool {
+	if c.closed.Load() || ttl < 0 {
+		return false
+	}
+	if !c.r.SetWithTTL(key, e, e.cost, ttl) {
+		// Dropped: the set buffer was full. Drain it and try once more.
+		c.r.Wait()
+		if !c.r.SetWithTTL(key, e, e.cost, ttl) {
+			c.r.Del(key)
+			return false
+		}
+	}
+	c.r.Wait()
+	if got, ok := c.r.Get(key); ok && got == e {
+		if e.state.CompareAndSwap(entryPending, entryCounted) {
+			c.items.Add(1)
+			c.cost.Add(e.cost)
+		}
+		return true
+	}
+	// Rejected by the admission policy, or an older queued value won.
+	c.r.Del(key)
+	return false
+}
+
+func (c *l1[V]) del(key string) {
+	c.r.Del(key)
+}
+
+// onExit runs when ristretto lets go of an entry for any reason.
+func (c *l1[V]) onExit(e *entry[V]) {
+	if e == nil {
+		return
+	}
+	if e.state.Swap(entryGone) == entryCounted {
+		c.items.Add(-1)
+		c.cost.Add(-e.cost)
+	}
+}
+
+func (c *l1[V]) close() {
+	if c.closed.CompareAndSwap(false, true) {
+		c.r.Close()
+	}
+}

@@ -1,0 +1,101 @@
+package tiered
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// NewRedisClient returns a go-redis client for rawURL with options suited to
+// a cache, where a slow answer is worth less than a fast miss:
+//
+//   - redis://[user:password@]host:port/db and rediss:// (TLS), as parsed by
+//     redis.ParseURL, give a *redis.Client;
+//   - redis+cluster:// and rediss+cluster://, with more seed nodes as
+//     addr=host:port query parameters, give a *redis.ClusterClient.
+//
+// Unless the URL's query sets them, it enables ContextTimeoutEnabled (so the
+// per-call Config.L2Timeout is honoured), sets DialTimeout to 250 ms,
+// ReadTimeout and WriteTimeout to 100 ms, PoolTimeout to 100 ms and
+// MaxRetries to 1. The caller owns the client and closes it.
+func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
+	scheme, rest, ok := strings.Cut(rawURL, "://")
+	if !ok {
+		return nil, fmt.Errorf("tiered: Redis URL %q has no scheme", redactURL(rawURL))
+	}
+	q := ""
+	if _, after, ok := strings.Cut(rest, "?"); ok {
+		q = after
+	}
+	set := func(name string) bool { return !strings.Contains(q, name+"=") }
+	switch scheme {
+	case "redis", "rediss", "unix":
+		o, err := redis.ParseURL(rawURL)
+		if err != nil {
+			return nil, fmt.Errorf("tiered: Redis URL %q: %w", redactURL(rawURL), err)
+		}
+		o.ContextTimeoutEnabled = true
+		cacheTimeouts(set, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries)
+		return redis.NewClient(o), nil
+	case "redis+cluster", "rediss+cluster":
+		o, err := redis.ParseClusterURL(strings.TrimSuffix(scheme, "+cluster") + "://" + rest)
+		if err != nil {
+			return nil, fmt.Errorf("tiered: Redis Cluster URL %q: %w", redactURL(rawURL), err)
+		}
+		o.ContextTimeoutEnabled = true
+		cacheTimeouts(set, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries)
+		return redis.NewClusterClient(o), nil
+	}
+	return nil, fmt.Errorf("tiered: Redis URL scheme %q: want redis, rediss, unix, redis+cluster or rediss+cluster", scheme)
+}
+
+func cacheTimeouts(unset func(string) bool, dial, read, write, pool *time.Duration, retries *int) {
+	if unset("dial_timeout") {
+		*dial = 250 * time.Millisecond
+	}
+	if unset("read_timeout") {
+		*read = 100 * time.Millisecond
+	}
+	if unset("write_timeout") {
+		*write = 100 * time.Millisecond
+	}
+	if unset("pool_timeout") {
+		*pool = 100 * time.Millisecond
+	}
+	if unset("max_retries") {
+		*retries = 1
+	}
+}
+
+// redactURL hides a password in a URL that goes into an error or a log.
+func redactURL(raw string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return raw
+	}
+	user, _, _ := strings.Cut(rest[:at], ":")
+	return scheme + "://" + user + ":xxxxx" + rest[at:]
+}
+
+// warnIfUnbounded logs when a client will not honour Config.L2Timeout on a
+// hung connection: the breaker still opens, but each of the first calls
+// can then take the client's full ReadTimeout.
+func warnIfUnbounded(log *slog.Logger, c redis.UniversalClient) {
+	enabled := true
+	switch c := c.(type) {
+	case *redis.Client:
+		enabled = c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		enabled = c.Options().ContextTimeoutEnabled
+	}
+	if !enabled {
+		log.Warn("tiercache: the Redis client has ContextTimeoutEnabled off, so L2Timeout cannot cut a hung call short; see tiered.NewRedisClient")
+	}
+}

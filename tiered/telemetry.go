@@ -1,0 +1,144 @@
+package tiered
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Stats is a snapshot of a Cache's counters since New.
+type Stats struct {
+	L1Hits, L1Misses int64
+	L2Hits, L2Misses int64
+	// L2Errors counts failed L2 calls, including those refused while the
+	// breaker was open; DecodeErrors counts L2 values that were corrupt,
+	// foreign or written by another codec (each also a miss).
+	L2Errors, DecodeErrors int64
+	// Loads counts loader calls; SharedLoads counts callers that were
+	// answered by another caller's load; LoadErrors counts loads that failed
+	// with anything but ErrNotFound.
+	Loads, SharedLoads, LoadErrors int64
+	// L1Items and L1Bytes are what L1 holds now.
+	L1Items, L1Bytes int64
+	// Breaker is the L2 circuit breaker's state: "closed", "half-open" or
+	// "open" ("none" without an L2).
+	Breaker string
+}
+
+// counters are bumped on the hot path with plain atomics; OpenTelemetry
+// reads them in a callback at collection time, so an L1 hit pays for one
+// atomic add and no attribute sets.
+type counters struct {
+	l1Hits, l1Misses      atomic.Int64
+	l2Hits, l2Misses      atomic.Int64
+	l2Errors, decodeErrs  atomic.Int64
+	loads, shared, loadEr atomic.Int64
+	breaker               atomic.Int32 // gobreaker.State
+}
+
+type instruments struct {
+	loadDuration metric.Float64Histogram
+	reg          metric.Registration
+	attrs        metric.MeasurementOption
+}
+
+var (
+	tierL1 = attribute.String("tier", "l1")
+	tierL2 = attribute.String("tier", "l2")
+)
+
+// newInstruments registers the cache's metrics with meter. Every instrument
+// carries the namespace, so several caches in one process stay apart.
+func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error) {
+	ns := attribute.String("namespace", c.cfg.Namespace)
+	in := &instruments{attrs: metric.WithAttributes(ns)}
+	var err error
+	if in.loadDuration, err = meter.Float64Histogram("tiercache.load.duration",
+		metric.WithUnit("s"), metric.WithDescription("Duration of loader calls.")); err != nil {
+		return nil, err
+	}
+	hits, err := meter.Int64ObservableCounter("tiercache.hits", metric.WithDescription("Hits per tier."))
+	if err != nil {
+		return nil, err
+	}
+	misses, err := meter.Int64ObservableCounter("tiercache.misses", metric.WithDescription("Misses per tier."))
+	if err != nil {
+		return nil, err
+	}
+	l2Errors, err := meter.Int64ObservableCounter("tiercache.l2.errors",
+		metric.WithDescription("Failed L2 calls (kind=call) and undecodable L2 values (kind=decode)."))
+	if err != nil {
+		return nil, err
+	}
+	loads, err := meter.Int64ObservableCounter("tiercache.loads",
+		metric.WithDescription("Loader calls (result=ok|error) and callers served by a shared load (result=shared)."))
+	if err != nil {
+		return nil, err
+	}
+	breaker, err := meter.Int64ObservableGauge("tiercache.breaker.state",
+		metric.WithDescription("L2 circuit breaker: 0 closed, 1 half-open, 2 open."))
+	if err != nil {
+		return nil, err
+	}
+	l1Bytes, err := meter.Int64ObservableGauge("tiercache.l1.bytes", metric.WithUnit("By"),
+		metric.WithDescription("Bytes held by L1 (encoded size of values and keys)."))
+	if err != nil {
+		return nil, err
+	}
+	l1Items, err := meter.Int64ObservableGauge("tiercache.l1.items", metric.WithDescription("Entries held by L1."))
+	if err != nil {
+		return nil, err
+	}
+	with := func(kv ...attribute.KeyValue) metric.ObserveOption {
+		return metric.WithAttributes(append([]attribute.KeyValue{ns}, kv...)...)
+	}
+	var (
+		l1 = with(tierL1)
+		l2 = with(tierL2)
+		// The option values are built once: building attribute sets on
+		// every collection would be waste.
+		call, decode          = with(attribute.String("kind", "call")), with(attribute.String("kind", "decode"))
+		ok, failed, shared    = with(attribute.String("result", "ok")), with(attribute.String("result", "error")), with(attribute.String("result", "shared"))
+		plain                 = with()
+	)
+	in.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s := c.Stats()
+		o.ObserveInt64(hits, s.L1Hits, l1)
+		o.ObserveInt64(hits, s.L2Hits, l2)
+		o.ObserveInt64(misses, s.L1Misses, l1)
+		o.ObserveInt64(misses, s.L2Misses, l2)
+		o.ObserveInt64(l2Errors, s.L2Errors, call)
+		o.ObserveInt64(l2Errors, s.DecodeErrors, decode)
+		o.ObserveInt64(loads, s.Loads-s.LoadErrors, ok)
+		o.ObserveInt64(loads, s.LoadErrors, failed)
+		o.ObserveInt64(loads, s.SharedLoads, shared)
+		o.ObserveInt64(breaker, int64(c.counters.breaker.Load()), plain)
+		o.ObserveInt64(l1Bytes, s.L1Bytes, plain)
+		o.ObserveInt64(l1Items, s.L1Items, plain)
+		return nil
+	}, hits, misses, l2Errors, loads, breaker, l1Bytes, l1Items)
+	if err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+func (in *instruments) recordLoad(ctx context.Context, d time.Duration) {
+	in.loadDuration.Record(ctx, d.Seconds(), in.attrs)
+}
+
+func breakerName(s gobreaker.State) string {
+	switch s {
+	case gobreaker.StateClosed:
+		return "closed"
+	case gobreaker.StateHalfOpen:
+		return "half-open"
+	case gobreaker.StateOpen:
+		return "open"
+	}
+	return "unknown"
+}
