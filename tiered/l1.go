@@ -15,8 +15,9 @@ type entry[V any] struct {
 	cost     int64
 	// state drives the item and cost accounting: ristretto admits and evicts
 	// on its own goroutine, so the writer and the OnExit hook race to settle
-	// each entry. entryPending → entryCounted (writer saw it admitted) →
-	// entryGone (evicted, deleted, replaced or rejected).
+	// each entry. entryPending → entryCounted (queued) → entryGone (evicted,
+	// deleted, replaced or rejected); an entry rejected before the writer
+	// counted it goes straight to entryGone and is never counted.
 	state atomic.Int32
 }
 
@@ -34,7 +35,7 @@ const (
 // ("already present"), so the older value is the one that lands. l1.set waits
 // for the queue and checks that its own entry is the one stored; if not, it
 // deletes the key, so that after set returns L1 holds the new value or
-// nothing, never an older one.
+// nothing, never an older one. l1.fill, on the read path, does not wait.
 //
 // It is safe for concurrent use.
 type l1[V any] struct {
@@ -72,30 +73,47 @@ func (c *l1[V]) get(key string) (*entry[V], bool) {
 }
 
 // set stores e under key for ttl (0: no expiry) and reports whether L1 holds
-// it afterwards. See the type comment for why it waits.
+// it afterwards: this is what gives Set read-your-write. See the type comment
+// for why it waits.
 func (c *l1[V]) set(key string, e *entry[V], ttl time.Duration) bool {
-	if c.closed.Load() || ttl < 0 {
-		return false
-	}
-	if !c.r.SetWithTTL(key, e, e.cost, ttl) {
+	if !c.add(key, e, ttl) {
 		// Dropped: the set buffer was full. Drain it and try once more.
 		c.r.Wait()
-		if !c.r.SetWithTTL(key, e, e.cost, ttl) {
+		if !c.add(key, e, ttl) {
 			c.r.Del(key)
 			return false
 		}
 	}
 	c.r.Wait()
 	if got, ok := c.r.Get(key); ok && got == e {
-		if e.state.CompareAndSwap(entryPending, entryCounted) {
-			c.items.Add(1)
-			c.cost.Add(e.cost)
-		}
 		return true
 	}
 	// Rejected by the admission policy, or an older queued value won.
 	c.r.Del(key)
 	return false
+}
+
+// fill stores e, read from L2 or loaded, without waiting for ristretto's
+// policy goroutine: a fill is on the miss path of a read, and the wait
+// costs more than the L2 round trip's other overheads together. The Del
+// queued first keeps the order right: an older fill still queued for key is
+// removed before e is added, instead of e being refused as a duplicate.
+func (c *l1[V]) fill(key string, e *entry[V], ttl time.Duration) {
+	c.r.Del(key)
+	c.add(key, e, ttl)
+}
+
+// add queues e and counts it; onExit uncounts it when ristretto lets go of
+// it, including when the policy rejects it.
+func (c *l1[V]) add(key string, e *entry[V], ttl time.Duration) bool {
+	if c.closed.Load() || ttl < 0 || !c.r.SetWithTTL(key, e, e.cost, ttl) {
+		return false
+	}
+	if e.state.CompareAndSwap(entryPending, entryCounted) {
+		c.items.Add(1)
+		c.cost.Add(e.cost)
+	}
+	return true
 }
 
 func (c *l1[V]) del(key string) {

@@ -20,7 +20,8 @@ import (
 // Unless the URL's query sets them, it enables ContextTimeoutEnabled (so the
 // per-call Config.L2Timeout is honoured), sets DialTimeout to 250 ms,
 // ReadTimeout and WriteTimeout to 100 ms, PoolTimeout to 100 ms and
-// MaxRetries to 1. The caller owns the client and closes it.
+// MaxRetries and DialerRetries to 1 with a retry backoff of 1 to 2 ms.
+// The caller owns the client and closes it.
 func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
@@ -38,7 +39,7 @@ func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
 			return nil, fmt.Errorf("tiered: Redis URL %q: %w", redactURL(rawURL), err)
 		}
 		o.ContextTimeoutEnabled = true
-		cacheTimeouts(set, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries)
+		cacheTimeouts(set, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.MinRetryBackoff, &o.MaxRetryBackoff)
 		return redis.NewClient(o), nil
 	case "redis+cluster", "rediss+cluster":
 		o, err := redis.ParseClusterURL(strings.TrimSuffix(scheme, "+cluster") + "://" + rest)
@@ -46,13 +47,13 @@ func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
 			return nil, fmt.Errorf("tiered: Redis Cluster URL %q: %w", redactURL(rawURL), err)
 		}
 		o.ContextTimeoutEnabled = true
-		cacheTimeouts(set, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries)
+		cacheTimeouts(set, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.MinRetryBackoff, &o.MaxRetryBackoff)
 		return redis.NewClusterClient(o), nil
 	}
 	return nil, fmt.Errorf("tiered: Redis URL scheme %q: want redis, rediss, unix, redis+cluster or rediss+cluster", scheme)
 }
 
-func cacheTimeouts(unset func(string) bool, dial, read, write, pool *time.Duration, retries *int) {
+func cacheTimeouts(unset func(string) bool, dial, read, write, pool *time.Duration, retries, dialRetries *int, minBackoff, maxBackoff *time.Duration) {
 	if unset("dial_timeout") {
 		*dial = 250 * time.Millisecond
 	}
@@ -65,8 +66,23 @@ func cacheTimeouts(unset func(string) bool, dial, read, write, pool *time.Durati
 	if unset("pool_timeout") {
 		*pool = 100 * time.Millisecond
 	}
+	// One quick retry covers a pooled connection that went stale (Redis
+	// restarted); go-redis's default backoff before it (8 to 512 ms) is
+	// longer than a cache miss should ever wait.
 	if unset("max_retries") {
 		*retries = 1
+	}
+	if unset("min_retry_backoff") {
+		*minBackoff = time.Millisecond
+	}
+	if unset("max_retry_backoff") {
+		*maxBackoff = 2 * time.Millisecond
+	}
+	// go-redis dials up to 5 times, 100 ms apart, before a command fails:
+	// half a second per call against a stopped Redis. One dial is enough
+	// for a cache, which has the loader to fall back on.
+	if unset("dialer_retries") {
+		*dialRetries = 1
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gocacheredis "github.com/eko/gocache/store/redis/v4"
@@ -51,7 +52,7 @@ type Cache[V any] struct {
 	logL2 rate.Sometimes
 
 	closeOnce sync.Once
-	closed    chan struct{}
+	closed    atomic.Bool
 }
 
 // New returns a Cache configured by cfg. With cfg.Redis (or cfg.Store) set it
@@ -61,7 +62,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache[V]{cfg: cfg, closed: make(chan struct{}), logL2: rate.Sometimes{Interval: time.Second}}
+	c := &Cache[V]{cfg: cfg, logL2: rate.Sometimes{Interval: time.Second}}
 	if c.l1, err = newL1[V](cfg.L1MaxBytes); err != nil {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
 	}
@@ -213,7 +214,7 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V]) fligh
 		switch {
 		case err == nil:
 			c.counters.l2Hits.Add(1)
-			c.l1.set(key, e, c.l1TTL(ttl))
+			c.l1.fill(key, e, c.l1TTL(ttl))
 			return flightResult[V]{e: e, tier: "l2"}
 		case errors.Is(err, errL2Miss):
 			c.counters.l2Misses.Add(1)
@@ -246,9 +247,14 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V]) fligh
 		c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", key, "err", err)
 		return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
 	}
-	if err := c.writeL2(ctx, key, b, ttl); err != nil {
-		l2err = errors.Join(l2err, err)
+	// An L2 that just failed to read is not asked to write: when Redis is
+	// down that would double what every miss pays until the breaker opens.
+	if l2err == nil {
+		l2err = c.writeL2(ctx, key, b, ttl)
 	}
+	// After a load, unlike after an L2 read, L1 waits for the entry to
+	// land: a caller arriving just after this flight must not load again,
+	// and the wait is small beside a load.
 	c.l1.set(key, e, c.l1TTL(ttl))
 	return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
 }
@@ -414,7 +420,7 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
 func (c *Cache[V]) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
-		close(c.closed)
+		c.closed.Store(true)
 		c.l1.close()
 		err = c.metrics.reg.Unregister()
 	})
@@ -455,14 +461,7 @@ func (c *Cache[V]) checkKey(key string) error {
 	return nil
 }
 
-func (c *Cache[V]) isClosed() bool {
-	select {
-	case <-c.closed:
-		return true
-	default:
-		return false
-	}
-}
+func (c *Cache[V]) isClosed() bool { return c.closed.Load() }
 
 func (c *Cache[V]) l2Key(key string) string { return c.cfg.Namespace + ":" + key }
 

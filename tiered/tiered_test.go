@@ -397,3 +397,39 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Errorf("Set after Close error = %v, want ErrClosed", err)
 	}
 }
+
+// commandCounter is a go-redis hook that counts the commands sent.
+type commandCounter struct{ n atomic.Int64 }
+
+func (h *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+func (h *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+func TestL2HitIsOneRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	writer := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
+	if err := writer.Set(ctx, "k", product{ID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	client := newClient(t)
+	hook := &commandCounter{}
+	client.AddHook(hook)
+	reader := newCache(t, tiered.Config{Redis: client, Namespace: ns})
+	if v, err := reader.Get(ctx, "k"); err != nil || v.ID != 1 {
+		t.Fatalf("Get(k) = %+v, %v", v, err)
+	}
+	if n := hook.n.Load(); n != 1 {
+		t.Errorf("an L2 hit sent %d commands, want 1 (the expiry travels in the value)", n)
+	}
+}

@@ -1,0 +1,159 @@
+package tiered_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/tiered"
+)
+
+// Benchmarks compare each tier with its baseline in the same process.
+// Sub-benchmarks are named impl=<name>, so that
+//
+//	benchstat -col /impl bench.txt
+//
+// prints the facade's cost as a ratio of the baseline's. docs/benchmarks.md
+// has the command and the results.
+
+const benchKeys = 1024
+
+func benchValue(i int) product {
+	return product{ID: i, Name: fmt.Sprintf("product %d with a name of ordinary length", i), Price: 1999}
+}
+
+func benchKey(i int) string { return fmt.Sprintf("product:%d", i) }
+
+// BenchmarkL1Hit: a Get answered by L1 vs a raw ristretto Get of the same
+// data, ristretto configured as tiered configures it.
+func BenchmarkL1Hit(b *testing.B) {
+	keys := make([]string, benchKeys)
+	for i := range keys {
+		keys[i] = benchKey(i)
+	}
+	// The baseline stores with a TTL, as tiered does: ristretto's Get then
+	// reads the clock, which is most of its cost where time.Now is slow.
+	// impl=ristretto-nottl shows the cost of ristretto without expiry.
+	for _, ttl := range []time.Duration{time.Minute, 0} {
+		name := "impl=ristretto"
+		if ttl == 0 {
+			name = "impl=ristretto-nottl"
+		}
+		b.Run(name, func(b *testing.B) {
+			r, err := ristretto.NewCache(&ristretto.Config[string, *product]{
+				NumCounters: (64 << 20) / 64, MaxCost: 64 << 20, BufferItems: 64, IgnoreInternalCost: true,
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer r.Close()
+			for i, k := range keys {
+				v := benchValue(i)
+				r.SetWithTTL(k, &v, 100, ttl)
+			}
+			r.Wait()
+			runHits(b, func(k string) bool { _, ok := r.Get(k); return ok }, keys)
+		})
+	}
+	b.Run("impl=tiered", func(b *testing.B) {
+		c, err := tiered.New[product](tiered.Config{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		ctx := context.Background()
+		for i, k := range keys {
+			if err := c.Set(ctx, k, benchValue(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runHits(b, func(k string) bool { _, err := c.Get(ctx, k); return err == nil }, keys)
+	})
+}
+
+// runHits runs get over keys serially and, as a second figure, in parallel.
+func runHits(b *testing.B, get func(string) bool, keys []string) {
+	b.Run("par=1", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if !get(keys[i&(benchKeys-1)]) {
+				b.Fatal("miss")
+			}
+		}
+	})
+	b.Run("par=P", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			for i := 0; pb.Next(); i++ {
+				if !get(keys[i&(benchKeys-1)]) {
+					b.Error("miss")
+					return
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkL2Hit: a Get answered by L2 (L1 too small to keep anything, so
+// every Get crosses the network, decodes and tries to fill L1) vs a raw
+// go-redis GET of the same JSON plus the same decode.
+func BenchmarkL2Hit(b *testing.B) {
+	ctx := context.Background()
+	addr := redistest.Addr(b)
+	ns := redistest.Namespace(b)
+	newClient := func() *redis.Client {
+		return redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	}
+	b.Run("impl=go-redis", func(b *testing.B) {
+		rdb := newClient()
+		defer rdb.Close()
+		keys := make([]string, benchKeys)
+		for i := range keys {
+			keys[i] = ns + ":raw:" + benchKey(i)
+			js, _ := json.Marshal(benchValue(i))
+			rdb.Set(ctx, keys[i], js, 0)
+		}
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			data, err := rdb.Get(ctx, keys[i&(benchKeys-1)]).Bytes()
+			if err != nil {
+				b.Fatal(err)
+			}
+			var p product
+			if err := json.Unmarshal(data, &p); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("impl=tiered", func(b *testing.B) {
+		rdb := newClient()
+		defer rdb.Close()
+		c, err := tiered.New[product](tiered.Config{Redis: rdb, Namespace: ns, L1MaxBytes: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		keys := make([]string, benchKeys)
+		for i := range keys {
+			keys[i] = benchKey(i)
+			if err := c.Set(ctx, keys[i], benchValue(i)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if _, err := c.Get(ctx, keys[i&(benchKeys-1)]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if s := c.Stats(); s.L1Hits > 0 {
+			b.Fatalf("L1 answered %d Gets; this benchmark is about L2", s.L1Hits)
+		}
+	})
+}

@@ -1,0 +1,114 @@
+package tiered_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"time"
+
+	"github.com/tiercache/tiercache/tiered"
+)
+
+type Product struct {
+	ID   int    `json:"id"`
+	Name string `json:"name"`
+}
+
+// findProduct stands in for a database query.
+func findProduct(_ context.Context, key string) (Product, error) {
+	if key != "product:42" {
+		return Product{}, tiered.ErrNotFound // cached as absent for NegativeTTL
+	}
+	return Product{ID: 42, Name: "Teapot"}, nil
+}
+
+func ExampleNew() {
+	// With Redis as L2 (uncomment, and set a Namespace):
+	//   rdb, err := tiered.NewRedisClient("redis://127.0.0.1:6379/0")
+	//   cfg.Redis, cfg.Namespace = rdb, "catalog"
+	cfg := tiered.Config{TTL: 10 * time.Minute, L1MaxBytes: 32 << 20}
+	products, err := tiered.New[Product](cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer products.Close()
+	fmt.Println(products.Stats().Breaker)
+	// Output: none
+}
+
+func ExampleCache_GetOrLoad() {
+	products, err := tiered.New[Product](tiered.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer products.Close()
+	ctx := context.Background()
+
+	p, err := products.GetOrLoad(ctx, "product:42", findProduct)
+	fmt.Println(p.Name, err)
+	p, err = products.GetOrLoad(ctx, "product:42", findProduct) // from L1
+	fmt.Println(p.Name, err, products.Stats().Loads)
+	_, err = products.GetOrLoad(ctx, "product:7", findProduct)
+	fmt.Println(errors.Is(err, tiered.ErrNotFound))
+	// Output:
+	// Teapot <nil>
+	// Teapot <nil> 1
+	// true
+}
+
+func ExampleCache_Get() {
+	products, err := tiered.New[Product](tiered.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer products.Close()
+	ctx := context.Background()
+
+	if _, err := products.Get(ctx, "product:42"); errors.Is(err, tiered.ErrNotFound) {
+		fmt.Println("miss")
+	}
+	if err := products.Set(ctx, "product:42", Product{ID: 42, Name: "Teapot"}); err != nil {
+		log.Fatal(err)
+	}
+	p, err := products.Get(ctx, "product:42")
+	fmt.Println(p.Name, err)
+	// Output:
+	// miss
+	// Teapot <nil>
+}
+
+func ExampleCache_Delete() {
+	products, _ := tiered.New[Product](tiered.Config{})
+	defer products.Close()
+	ctx := context.Background()
+	_ = products.Set(ctx, "product:42", Product{ID: 42})
+	_ = products.Delete(ctx, "product:42")
+	_, err := products.Get(ctx, "product:42")
+	fmt.Println(errors.Is(err, tiered.ErrNotFound))
+	// Output: true
+}
+
+func ExampleNewRedisClient() {
+	// Needs a Redis, so this example has no Output and only compiles.
+	rdb, err := tiered.NewRedisClient("redis://:secret@127.0.0.1:6379/0") // rediss:// for TLS
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer rdb.Close()
+	products, err := tiered.New[Product](tiered.Config{Redis: rdb, Namespace: "catalog"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer products.Close()
+}
+
+func ExampleCache_Gocache() {
+	products, _ := tiered.New[Product](tiered.Config{})
+	defer products.Close()
+	gc := products.Gocache() // satisfies gocache's cache.CacheInterface[Product]
+	_ = gc.Set(context.Background(), "product:1", Product{ID: 1})
+	p, err := gc.Get(context.Background(), "product:1")
+	fmt.Println(p.ID, err, gc.GetType())
+	// Output: 1 <nil> tiered
+}
