@@ -426,6 +426,10 @@ func TestL2HitIsOneRoundTrip(t *testing.T) {
 	hook := &commandCounter{}
 	client.AddHook(hook)
 	reader := newCache(t, tiered.Config{Redis: client, Namespace: ns})
+	if err := client.Ping(ctx).Err(); err != nil { // dial now: a new connection sends HELLO and CLIENT SETINFO
+		t.Fatal(err)
+	}
+	hook.n.Store(0)
 	if v, err := reader.Get(ctx, "k"); err != nil || v.ID != 1 {
 		t.Fatalf("Get(k) = %+v, %v", v, err)
 	}
