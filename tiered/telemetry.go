@@ -101,9 +101,9 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		l2 = with(tierL2)
 		// The option values are built once: building attribute sets on
 		// every collection would be waste.
-		call, decode          = with(attribute.String("kind", "call")), with(attribute.String("kind", "decode"))
-		ok, failed, shared    = with(attribute.String("result", "ok")), with(attribute.String("result", "error")), with(attribute.String("result", "shared"))
-		plain                 = with()
+		call, decode       = with(attribute.String("kind", "call")), with(attribute.String("kind", "decode"))
+		ok, failed, shared = with(attribute.String("result", "ok")), with(attribute.String("result", "error")), with(attribute.String("result", "shared"))
+		plain              = with()
 	)
 	in.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		s := c.Stats()

@@ -326,9 +326,8 @@ func TestInputLimits(t *testing.T) {
 func TestLoaderPanicIsAnError(t *testing.T) {
 	c := newCache(t, tiered.Config{})
 	_, err := c.GetOrLoad(context.Background(), "k", func(context.Context, string) (product, error) {
-		var m map[string]int
-		m["boom"]++
-		return product{}, nil
+		var p *product
+		return *p, nil // a nil dereference, as a buggy loader would make
 	})
 	if err == nil || !strings.Contains(err.Error(), "panicked") {
 		t.Fatalf("GetOrLoad error = %v, want a panic turned into an error", err)
