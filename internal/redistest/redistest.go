@@ -2,7 +2,7 @@
 //
 // [Addr] returns a Redis shared by the tests of a package: REDIS_ADDR if
 // set, else 127.0.0.1:6379 if it answers, else a redis-server started once
-// for the test binary (stopped by [Main]). Tests that share it must use a
+// for the test binary (stopped by [Main]); REDIS_ADDR=own forces the last. Tests that share it must use a
 // unique namespace ([Namespace]) and never flush it. [Start] gives a test a
 // private redis-server to stop, restart or break.
 //
@@ -46,11 +46,12 @@ func Main(m *testing.M) {
 func Addr(tb testing.TB) string {
 	tb.Helper()
 	shared.once.Do(func() {
-		if a := os.Getenv("REDIS_ADDR"); a != "" {
+		a := os.Getenv("REDIS_ADDR")
+		if a != "" && a != "own" {
 			shared.addr, shared.err = a, ping(a)
 			return
 		}
-		if ping("127.0.0.1:6379") == nil {
+		if a != "own" && ping("127.0.0.1:6379") == nil {
 			shared.addr = "127.0.0.1:6379"
 			return
 		}
