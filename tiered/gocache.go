@@ -22,6 +22,7 @@ func (c *Cache[V]) Gocache() GocacheAdapter[V] { return GocacheAdapter[V]{c} }
 // GocacheAdapter is a Cache seen through gocache's cache.CacheInterface[V].
 type GocacheAdapter[V any] struct{ c *Cache[V] }
 
+// Get is Cache.Get.
 func (a GocacheAdapter[V]) Get(ctx context.Context, key any) (V, error) {
 	k, err := gocacheKey(key)
 	if err != nil {
@@ -31,6 +32,7 @@ func (a GocacheAdapter[V]) Get(ctx context.Context, key any) (V, error) {
 	return a.c.Get(ctx, k)
 }
 
+// Set is Cache.Set; the options are ignored.
 func (a GocacheAdapter[V]) Set(ctx context.Context, key any, v V, _ ...store.Option) error {
 	k, err := gocacheKey(key)
 	if err != nil {
@@ -39,6 +41,7 @@ func (a GocacheAdapter[V]) Set(ctx context.Context, key any, v V, _ ...store.Opt
 	return a.c.Set(ctx, k, v)
 }
 
+// Delete is Cache.Delete of one key.
 func (a GocacheAdapter[V]) Delete(ctx context.Context, key any) error {
 	k, err := gocacheKey(key)
 	if err != nil {
@@ -47,14 +50,17 @@ func (a GocacheAdapter[V]) Delete(ctx context.Context, key any) error {
 	return a.c.Delete(ctx, k)
 }
 
+// Invalidate returns store.ErrNotSupported until tags exist.
 func (a GocacheAdapter[V]) Invalidate(context.Context, ...store.InvalidateOption) error {
 	return fmt.Errorf("tiered: Invalidate: %w", store.ErrNotSupported)
 }
 
+// Clear returns store.ErrNotSupported: see Cache.Gocache.
 func (a GocacheAdapter[V]) Clear(context.Context) error {
 	return fmt.Errorf("tiered: Clear: %w", store.ErrNotSupported)
 }
 
+// GetType returns "tiered".
 func (a GocacheAdapter[V]) GetType() string { return "tiered" }
 
 func gocacheKey(key any) (string, error) {
