@@ -36,7 +36,7 @@ func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
 	case "redis", "rediss", "unix":
 		o, err := redis.ParseURL(rawURL)
 		if err != nil {
-			return nil, fmt.Errorf("tiered: Redis URL %q: %w", redactURL(rawURL), err)
+			return nil, urlError(rawURL, err)
 		}
 		o.ContextTimeoutEnabled = true
 		cacheTimeouts(set, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.MinRetryBackoff, &o.MaxRetryBackoff)
@@ -44,7 +44,7 @@ func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
 	case "redis+cluster", "rediss+cluster":
 		o, err := redis.ParseClusterURL(strings.TrimSuffix(scheme, "+cluster") + "://" + rest)
 		if err != nil {
-			return nil, fmt.Errorf("tiered: Redis Cluster URL %q: %w", redactURL(rawURL), err)
+			return nil, urlError(rawURL, err)
 		}
 		o.ContextTimeoutEnabled = true
 		cacheTimeouts(set, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.MinRetryBackoff, &o.MaxRetryBackoff)
@@ -84,6 +84,16 @@ func cacheTimeouts(unset func(string) bool, dial, read, write, pool *time.Durati
 	if unset("dialer_retries") {
 		*dialRetries = 1
 	}
+}
+
+// urlError reports a bad URL without its password, which go-redis's parse
+// errors quote in full.
+func urlError(rawURL string, err error) error {
+	msg := err.Error()
+	if at := strings.LastIndex(rawURL, "@"); at >= 0 {
+		msg = strings.ReplaceAll(msg, rawURL[:at], "[redacted]")
+	}
+	return fmt.Errorf("tiered: Redis URL %q: %s", redactURL(rawURL), msg)
 }
 
 // redactURL hides a password in a URL that goes into an error or a log.
