@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,6 +59,9 @@ func newClient(t *testing.T) *redis.Client {
 
 func newCache(t *testing.T, cfg tiered.Config) *tiered.Cache[product] {
 	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil)) // the tests check counters, not log lines
+	}
 	c, err := tiered.New[product](cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
