@@ -18,9 +18,10 @@ type Stats struct {
 	// breaker was open; DecodeErrors counts L2 values that were corrupt,
 	// foreign or written by another codec (each also a miss).
 	L2Errors, DecodeErrors int64
-	// Loads counts loader calls; SharedLoads counts callers that were
-	// answered by another caller's load; LoadErrors counts loads that failed
-	// with anything but ErrNotFound.
+	// Loads counts loader calls; SharedLoads counts callers whose miss was
+	// answered by a flight (L2 read or load) that other callers shared, the
+	// one that ran it included; LoadErrors counts loads that failed with
+	// anything but ErrNotFound.
 	Loads, SharedLoads, LoadErrors int64
 	// L1Items and L1Bytes are what L1 holds now.
 	L1Items, L1Bytes int64
