@@ -31,7 +31,7 @@ func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
 	if _, after, ok := strings.Cut(rest, "?"); ok {
 		q = after
 	}
-	set := func(name string) bool { return !strings.Contains(q, name+"=") }
+	unset := func(name string) bool { return !strings.Contains(q, name+"=") }
 	switch scheme {
 	case "redis", "rediss", "unix":
 		o, err := redis.ParseURL(rawURL)
@@ -39,7 +39,7 @@ func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
 			return nil, urlError(rawURL, err)
 		}
 		o.ContextTimeoutEnabled = true
-		cacheTimeouts(set, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.MinRetryBackoff, &o.MaxRetryBackoff)
+		cacheTimeouts(unset, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.MinRetryBackoff, &o.MaxRetryBackoff)
 		return redis.NewClient(o), nil
 	case "redis+cluster", "rediss+cluster":
 		o, err := redis.ParseClusterURL(strings.TrimSuffix(scheme, "+cluster") + "://" + rest)
@@ -47,7 +47,7 @@ func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
 			return nil, urlError(rawURL, err)
 		}
 		o.ContextTimeoutEnabled = true
-		cacheTimeouts(set, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.MinRetryBackoff, &o.MaxRetryBackoff)
+		cacheTimeouts(unset, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.MinRetryBackoff, &o.MaxRetryBackoff)
 		return redis.NewClusterClient(o), nil
 	}
 	return nil, fmt.Errorf("tiered: Redis URL scheme %q: want redis, rediss, unix, redis+cluster or rediss+cluster", scheme)
