@@ -31,8 +31,27 @@ type Config struct {
 	Store store.StoreInterface
 
 	// Namespace prefixes every L2 key ("Namespace:key"), so that applications
-	// sharing one Redis never read each other's entries. Required with an L2.
+	// sharing one Redis never read each other's entries, and names the
+	// invalidation channel ("tiercache:inv:Namespace"). Required with an L2.
 	Namespace string
+
+	// DisableInvalidation turns off the invalidation bus, which is on
+	// whenever Redis is set: a Set, Delete or InvalidateTags in one process
+	// then no longer evicts the other processes' L1 copies, which live out
+	// their L1TTL. See docs/consistency.md.
+	DisableInvalidation bool
+
+	// StalenessBound is the longest that another process may serve an L1
+	// copy after a write to its key returned (see docs/consistency.md).
+	// The bus enforces it: when it cannot prove that every invalidation
+	// older than the bound has been applied, L1 copies older than the bound
+	// are not served. Default: 2 seconds.
+	StalenessBound time.Duration
+
+	// LeaseTTL is how long a load may hold its key's L2 lease. A load that
+	// outlives it still answers its callers, but its value is not written
+	// to L2. Default: 10 seconds.
+	LeaseTTL time.Duration
 
 	// TTL is how long an entry lives in L2. Default: 1 hour.
 	TTL time.Duration
@@ -136,11 +155,20 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.StalenessBound == 0 {
+		cfg.StalenessBound = 2 * time.Second
+	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 10 * time.Second
+	}
 
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if cfg.TTL < 0 || cfg.L1TTL < 0 || cfg.L2Timeout < 0 || cfg.BreakerCooldown < 0 || cfg.LoadTimeout < 0 {
-		bad("durations must not be negative (TTL, L1TTL, L2Timeout, BreakerCooldown, LoadTimeout)")
+	if cfg.TTL < 0 || cfg.L1TTL < 0 || cfg.L2Timeout < 0 || cfg.BreakerCooldown < 0 || cfg.LoadTimeout < 0 || cfg.LeaseTTL < 0 {
+		bad("durations must not be negative (TTL, L1TTL, L2Timeout, BreakerCooldown, LoadTimeout, LeaseTTL)")
+	}
+	if cfg.StalenessBound < 10*time.Millisecond {
+		bad("StalenessBound %v must be at least 10ms", cfg.StalenessBound)
 	}
 	if cfg.L1MaxBytes < 0 {
 		bad("L1MaxBytes %d is negative", cfg.L1MaxBytes)
@@ -161,8 +189,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		switch {
 		case cfg.Namespace == "":
 			bad("Namespace is required with an L2 (Redis or Store)")
-		case len(cfg.Namespace) > 128 || strings.ContainsFunc(cfg.Namespace, isSpaceOrControl):
-			bad("Namespace %q must be at most 128 bytes without spaces or control characters", cfg.Namespace)
+		case len(cfg.Namespace) > 128 || strings.ContainsFunc(cfg.Namespace, isSpaceOrControl) || strings.Contains(cfg.Namespace, "#"):
+			// '#' separates tag sets ("Namespace#tag:t") from values.
+			bad("Namespace %q must be at most 128 bytes without '#', spaces or control characters", cfg.Namespace)
 		}
 	}
 	if len(errs) > 0 {

@@ -39,7 +39,7 @@ func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(dat
 //	0      1    magic 0xC7 (not a printable byte, so a foreign string value fails fast)
 //	1      1    format version (1)
 //	2      1    codec ID
-//	3      1    flags (flagNegative, flagCompressed)
+//	3      1    flags (flagNegative, flagCompressed, flagLease)
 //	4      8    absolute expiry, Unix milliseconds (0: none)
 //	12     4    payload length
 //	16     n    payload
@@ -54,7 +54,10 @@ const (
 
 	flagNegative   = 1 << 0
 	flagCompressed = 1 << 1 // reserved: no writer sets it yet, so a reader refuses it
-	knownFlags     = flagNegative
+	// flagLease marks a placeholder that a loading process holds on the key;
+	// its payload is the holder's token. Readers treat it as a miss.
+	flagLease  = 1 << 2
+	knownFlags = flagNegative | flagLease
 )
 
 // Errors that decoding an envelope may wrap. All of them make the entry a miss.
@@ -75,6 +78,7 @@ type envelope struct {
 	expiry   int64 // Unix milliseconds, 0 for none
 	payload  []byte
 	negative bool
+	lease    bool
 }
 
 // appendEnvelope appends the envelope for payload to dst.
@@ -113,8 +117,10 @@ func decodeEnvelope(b []byte, wantCodec uint8, maxPayload int) (envelope, error)
 		return envelope{}, fmt.Errorf("%w: header says %d, have %d", errEnvelopeLength, n, len(b)-headerSize)
 	}
 	e.negative = e.flags&flagNegative != 0
-	// A negative entry has no payload to decode, so its codec does not matter.
-	if !e.negative && e.codec != wantCodec {
+	e.lease = e.flags&flagLease != 0
+	// A negative entry or a lease has no value to decode, so its codec does
+	// not matter.
+	if !e.negative && !e.lease && e.codec != wantCodec {
 		return envelope{}, fmt.Errorf("%w: %d, want %d", errEnvelopeCodec, e.codec, wantCodec)
 	}
 	e.payload = b[headerSize:]

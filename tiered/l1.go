@@ -1,6 +1,7 @@
 package tiered
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -13,6 +14,10 @@ type entry[V any] struct {
 	v        V
 	negative bool
 	cost     int64
+	// filled is when the read or load that produced the value started
+	// (Unix ns): a copy can be no staler than its age. Set only when an
+	// invalidation bus may need it.
+	filled int64
 	// state drives the item and cost accounting: ristretto admits and evicts
 	// on its own goroutine, so the writer and the OnExit hook race to settle
 	// each entry. entryPending → entryCounted (queued) → entryGone (evicted,
@@ -43,6 +48,8 @@ type l1[V any] struct {
 	items  atomic.Int64
 	cost   atomic.Int64
 	closed atomic.Bool
+	// life serializes clear and close: both stop ristretto's goroutine.
+	life sync.Mutex
 }
 
 func newL1[V any](maxCost int64) (*l1[V], error) {
@@ -120,6 +127,16 @@ func (c *l1[V]) del(key string) {
 	c.r.Del(key)
 }
 
+// clear removes every entry. Callers bump the fence's global generation
+// first, so that fills racing with the clear do not survive it.
+func (c *l1[V]) clear() {
+	c.life.Lock()
+	defer c.life.Unlock()
+	if !c.closed.Load() {
+		c.r.Clear()
+	}
+}
+
 // onExit runs when ristretto lets go of an entry for any reason.
 func (c *l1[V]) onExit(e *entry[V]) {
 	if e == nil {
@@ -132,6 +149,8 @@ func (c *l1[V]) onExit(e *entry[V]) {
 }
 
 func (c *l1[V]) close() {
+	c.life.Lock()
+	defer c.life.Unlock()
 	if c.closed.CompareAndSwap(false, true) {
 		c.r.Close()
 	}

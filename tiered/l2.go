@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/eko/gocache/lib/v4/store"
+	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 )
 
@@ -24,7 +25,10 @@ var ErrL2Unavailable = errors.New("tiered: L2 unavailable (circuit open)")
 //
 // It is safe for concurrent use.
 type l2 struct {
-	store   store.StoreInterface
+	store store.StoreInterface
+	// rdb is Config.Redis, for what a gocache store cannot do (leases,
+	// tags); nil when the L2 is a Config.Store alone.
+	rdb     redis.UniversalClient
 	timeout time.Duration
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
 }
@@ -41,7 +45,7 @@ func (l *l2) call(ctx context.Context, op func(ctx context.Context) error) error
 	err = op(tctx)
 	cancel()
 	switch {
-	case err == nil, errors.Is(err, errL2Miss):
+	case err == nil, errors.Is(err, errL2Miss), errors.Is(err, errLeaseLost):
 		done(nil)
 	case ctx.Err() != nil:
 		done(errExcluded)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+	"github.com/tiercache/tiercache/invalidation"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 )
@@ -25,9 +26,20 @@ type Stats struct {
 	Loads, SharedLoads, LoadErrors int64
 	// L1Items and L1Bytes are what L1 holds now.
 	L1Items, L1Bytes int64
+	// FencedFills counts L2 reads and loads kept out of L1 because their
+	// key was invalidated while they were in flight; LeasesLost counts
+	// loaded values kept out of L2 for the same reason.
+	FencedFills, LeasesLost int64
+	// StaleSkips counts L1 copies not served because the invalidation bus
+	// was not fresh and they were older than the staleness bound; Flushes
+	// counts clears of L1 (bus resubscriptions, gaps, InvalidateTags
+	// without L2).
+	StaleSkips, Flushes int64
 	// Breaker is the L2 circuit breaker's state: "closed", "half-open" or
 	// "open" ("none" without an L2).
 	Breaker string
+	// Bus is the invalidation bus's counters (zero without a bus).
+	Bus invalidation.Stats
 }
 
 // counters are bumped with plain atomics; OpenTelemetry reads them in a
@@ -38,6 +50,8 @@ type counters struct {
 	l2Hits, l2Misses      atomic.Int64
 	l2Errors, decodeErrs  atomic.Int64
 	loads, shared, loadEr atomic.Int64
+	fenced, leaseLost     atomic.Int64
+	staleSkips, flushes   atomic.Int64
 	breaker               atomic.Int32 // gobreaker.State
 }
 
@@ -123,6 +137,20 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 	if err != nil {
 		return nil, err
 	}
+	fenced, err := meter.Int64ObservableCounter("tiercache.fenced",
+		metric.WithDescription("Fills kept out of a tier because their key was invalidated while they were in flight (tier=l1: L1 installs; tier=l2: loads whose L2 lease was lost)."))
+	if err != nil {
+		return nil, err
+	}
+	staleSkips, err := meter.Int64ObservableCounter("tiercache.l1.stale_skips",
+		metric.WithDescription("L1 copies not served because the invalidation bus was behind its staleness bound and they were older than it."))
+	if err != nil {
+		return nil, err
+	}
+	flushes, err := meter.Int64ObservableCounter("tiercache.l1.flushes", metric.WithDescription("Clears of the whole L1."))
+	if err != nil {
+		return nil, err
+	}
 	with := func(kv ...attribute.KeyValue) metric.ObserveOption {
 		return metric.WithAttributes(append([]attribute.KeyValue{ns}, kv...)...)
 	}
@@ -149,8 +177,12 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		o.ObserveInt64(breaker, int64(c.counters.breaker.Load()), plain)
 		o.ObserveInt64(l1Bytes, s.L1Bytes, plain)
 		o.ObserveInt64(l1Items, s.L1Items, plain)
+		o.ObserveInt64(fenced, s.FencedFills, l1)
+		o.ObserveInt64(fenced, s.LeasesLost, l2)
+		o.ObserveInt64(staleSkips, s.StaleSkips, plain)
+		o.ObserveInt64(flushes, s.Flushes, plain)
 		return nil
-	}, hits, misses, l2Errors, loads, breaker, l1Bytes, l1Items)
+	}, hits, misses, l2Errors, loads, breaker, l1Bytes, l1Items, fenced, staleSkips, flushes)
 	if err != nil {
 		return nil, err
 	}

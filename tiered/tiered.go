@@ -11,6 +11,7 @@ import (
 
 	gocacheredis "github.com/eko/gocache/store/redis/v4"
 	"github.com/sony/gobreaker/v2"
+	"github.com/tiercache/tiercache/invalidation"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -43,6 +44,8 @@ type Cache[V any] struct {
 	cfg      Config
 	l1       *l1[V]
 	l2       *l2 // nil: L1 only
+	fence    *fence
+	bus      *invalidation.Bus // nil: no Redis, or DisableInvalidation
 	flight   singleflight.Group
 	counters counters
 	metrics  *instruments
@@ -53,6 +56,10 @@ type Cache[V any] struct {
 
 	closeOnce sync.Once
 	closed    atomic.Bool
+
+	// noFence switches off both fences (L1 tickets, L2 leases), so that
+	// tests can show the races they close. Set only by tests.
+	noFence bool
 }
 
 // New returns a Cache configured by cfg. With cfg.Redis (or cfg.Store) set it
@@ -62,7 +69,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache[V]{cfg: cfg, logL2: rate.Sometimes{Interval: time.Second}}
+	c := &Cache[V]{cfg: cfg, fence: newFence(), logL2: rate.Sometimes{Interval: time.Second}}
 	if c.l1, err = newL1[V](cfg.L1MaxBytes); err != nil {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
 	}
@@ -76,6 +83,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 		failures := uint32(cfg.BreakerFailures)
 		c.l2 = &l2{
 			store:   st,
+			rdb:     cfg.Redis,
 			timeout: cfg.L2Timeout,
 			breaker: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 				Name:        cfg.Namespace,
@@ -103,6 +111,30 @@ func New[V any](cfg Config) (*Cache[V], error) {
 		c.l1.close()
 		return nil, fmt.Errorf("tiered: metrics: %w", err)
 	}
+	if cfg.Redis != nil && !cfg.DisableInvalidation {
+		c.bus, err = invalidation.New(cfg.Redis, invalidation.Config{
+			Channel:         "tiercache:inv:" + cfg.Namespace,
+			Evict:           c.invalidateLocalKeys,
+			Flush:           c.flush,
+			StalenessBound:  cfg.StalenessBound,
+			PublishTimeout:  cfg.L2Timeout,
+			MaxKeyBytes:     cfg.MaxKeyBytes,
+			MaxMessageBytes: max(64<<10, 2*cfg.MaxKeyBytes+1024),
+			Logger:          cfg.Logger,
+			MeterProvider:   mp,
+		})
+		if err != nil {
+			_ = c.metrics.reg.Unregister()
+			c.l1.close()
+			return nil, fmt.Errorf("tiered: invalidation bus: %w", err)
+		}
+		// Wait briefly for the bus, so that the first fills are not
+		// flushed when it turns fresh. If Redis is down, go on: L1 copies
+		// are then served only while younger than the bound.
+		ctx, cancel := context.WithTimeout(context.Background(), min(cfg.StalenessBound/2, time.Second))
+		c.bus.WaitFresh(ctx)
+		cancel()
+	}
 	return c, nil
 }
 
@@ -112,7 +144,7 @@ const instrumentationName = "github.com/tiercache/tiercache/tiered"
 // into L1). A key in neither tier, or cached as absent, gives an error for
 // which errors.Is(err, ErrNotFound) holds.
 func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
-	return c.get(ctx, "tiered.Get", key, nil)
+	return c.get(ctx, "tiered.Get", key, nil, nil)
 }
 
 // GetOrLoad returns the value for key from L1, else from L2, else from load,
@@ -123,12 +155,14 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 //
 // L2 failures do not fail GetOrLoad (unless Config.Strict): it goes on to
 // load, and the failure is counted and logged.
-func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V]) (V, error) {
+//
+// Options (WithTTL, WithTags) apply to a loaded value.
+func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V], opts ...Option) (V, error) {
 	if load == nil {
 		var zero V
 		return zero, errors.New("tiered: GetOrLoad with a nil loader")
 	}
-	return c.get(ctx, "tiered.GetOrLoad", key, load)
+	return c.get(ctx, "tiered.GetOrLoad", key, load, opts)
 }
 
 // flightResult is what one flight hands to every caller that shared it.
@@ -138,7 +172,7 @@ type flightResult[V any] struct {
 	err  error  // L2 failures that Strict makes visible; the value may still be good
 }
 
-func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V]) (V, error) {
+func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], opts []Option) (V, error) {
 	var zero V
 	if err := c.checkKey(key); err != nil {
 		return zero, err
@@ -148,7 +182,7 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V]) (V
 	}
 	// The L1 hit path: no allocation, and no span unless the caller's span
 	// is recording (a span costs ~20× the hit itself; metrics count hits).
-	if e, ok := c.l1.get(key); ok {
+	if e, ok := c.l1.get(key); ok && c.servable(e) {
 		c.counters.l1Hits.add(key)
 		if parent := trace.SpanFromContext(ctx); parent.IsRecording() {
 			_, span := c.tracer.Start(ctx, op, trace.WithAttributes(attribute.String("tiercache.tier", "l1")))
@@ -157,12 +191,31 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V]) (V
 		return e.result()
 	}
 	c.counters.l1Misses.Add(1)
-	return c.getMiss(ctx, op, key, load)
+	return c.getMiss(ctx, op, key, load, opts)
+}
+
+// servable reports whether an L1 copy may be served: always while the bus
+// is fresh (or there is no bus); otherwise only a copy younger than the
+// staleness bound, which no write older than the bound can have outdated.
+func (c *Cache[V]) servable(e *entry[V]) bool {
+	return c.bus == nil || c.bus.Fresh() || c.young(e)
+}
+
+func (c *Cache[V]) young(e *entry[V]) bool {
+	if time.Now().UnixNano()-e.filled <= int64(c.cfg.StalenessBound) {
+		return true
+	}
+	c.counters.staleSkips.Add(1)
+	return false
 }
 
 // getMiss is get's miss path, apart so that the hit path stays small.
-func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]) (V, error) {
+func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V], opts []Option) (V, error) {
 	var zero V
+	o, err := c.options(opts)
+	if err != nil {
+		return zero, err
+	}
 	ctx, span := c.tracer.Start(ctx, op, trace.WithAttributes(attribute.String("tiercache.namespace", c.cfg.Namespace)))
 	defer span.End()
 
@@ -176,7 +229,7 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 		// The flight serves every waiting caller, so it must not die with
 		// the first caller's context; it keeps its values (trace, baggage).
 		fctx := context.WithoutCancel(ctx)
-		return c.fill(fctx, key, load), nil
+		return c.fill(fctx, key, load, o), nil
 	})
 	var res singleflight.Result
 	select {
@@ -209,17 +262,26 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 // loader. Re-checking L1 matters: consider a caller that misses L1, is
 // descheduled while another caller's flight fills L1 and returns, and then
 // starts a flight of its own; without the re-check it would read L2 again.
-func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V]) flightResult[V] {
-	if e, ok := c.l1.get(key); ok {
+//
+// The fence ticket is taken before L2 is read: an invalidation of key that
+// arrives while the read or the load is in flight keeps its result out of
+// L1 (the callers still get it).
+func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o callOptions) flightResult[V] {
+	t := c.fence.ticket(key)
+	started := time.Now().UnixNano()
+	if e, ok := c.l1.get(key); ok && c.servable(e) {
 		return flightResult[V]{e: e, tier: "l1"}
 	}
 	var l2err error
+	var junk []byte
 	if c.l2 != nil {
-		e, ttl, err := c.readL2(ctx, key)
+		e, ttl, j, err := c.readL2(ctx, key)
+		junk = j
 		switch {
 		case err == nil:
 			c.counters.l2Hits.Add(1)
-			c.l1.fill(key, e, c.l1TTL(ttl))
+			e.filled = started
+			c.install(key, e, c.l1TTL(ttl), t, false)
 			return flightResult[V]{e: e, tier: "l2"}
 		case errors.Is(err, errL2Miss):
 			c.counters.l2Misses.Add(1)
@@ -231,11 +293,29 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V]) fligh
 	if load == nil {
 		return flightResult[V]{tier: "none", err: c.strict(l2err)}
 	}
+	// Take the L2 lease before loading, so that a Set or Delete during the
+	// load can void it. An L2 that just failed is not asked.
+	var lease []byte
+	leased := false
+	if l2err == nil && c.l2 != nil && c.l2.rdb != nil && !c.noFence {
+		if len(o.tags) > 0 {
+			// The key joins its tags before its lease is taken, so that an
+			// InvalidateTags during the load finds it and deletes the lease.
+			l2err = c.l2.addTags(ctx, c.cfg.Namespace, key, o.tags, o.ttl+c.cfg.LeaseTTL)
+		}
+		if l2err == nil {
+			lease, leased, l2err = c.l2.acquireLease(ctx, c.l2Key(key), junk, c.cfg.LeaseTTL)
+		}
+		if l2err != nil {
+			c.l2Failed(ctx, "lease", key, l2err)
+		}
+	}
 	e, err := c.runLoad(ctx, key, load)
 	if err != nil {
 		return flightResult[V]{tier: "loader", err: err}
 	}
-	ttl := c.cfg.TTL
+	e.filled = started
+	ttl := o.ttl
 	if e.negative {
 		ttl = c.cfg.NegativeTTL
 	}
@@ -252,16 +332,70 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V]) fligh
 		c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", key, "err", err)
 		return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
 	}
-	// An L2 that just failed to read is not asked to write: when Redis is
-	// down that would double what every miss pays until the breaker opens.
-	if l2err == nil {
+	switch {
+	case l2err != nil:
+		// An L2 that just failed is not asked to write: when Redis is down
+		// that would double what every miss pays until the breaker opens.
+	case leased:
+		err := c.l2.fillLeased(ctx, c.l2Key(key), lease, b, ttl)
+		if errors.Is(err, errLeaseLost) {
+			// A write or delete replaced the lease while we loaded: our
+			// value may predate it, so it goes nowhere but to our callers.
+			c.counters.leaseLost.Add(1)
+			return flightResult[V]{e: e, tier: "loader"}
+		}
+		if err != nil {
+			c.l2Failed(ctx, "fill", key, err)
+			l2err = err
+		} else if len(o.tags) > 0 {
+			l2err = c.tagWritten(ctx, key, o.tags, ttl)
+		}
+	case c.l2 != nil && (c.l2.rdb == nil || c.noFence):
+		// No lease to be had (a gocache Store alone): write as before.
 		l2err = c.writeL2(ctx, key, b, ttl)
+	default:
+		// Another process holds the lease and will fill L2 itself.
 	}
 	// After a load, unlike after an L2 read, L1 waits for the entry to
 	// land: a caller arriving just after this flight must not load again,
 	// and the wait is small beside a load.
-	c.l1.set(key, e, c.l1TTL(ttl))
+	c.install(key, e, c.l1TTL(ttl), t, true)
 	return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
+}
+
+// install puts e into L1 unless an invalidation of key came after ticket t.
+// The ticket is checked again after the store: an invalidation between the
+// check and the store bumped the fence first, so one of the two checks sees
+// it, and the second removes what the first let in.
+func (c *Cache[V]) install(key string, e *entry[V], ttl time.Duration, t ticket, wait bool) {
+	if !c.noFence && !c.fence.valid(t) {
+		c.counters.fenced.Add(1)
+		return
+	}
+	if wait {
+		c.l1.set(key, e, ttl)
+	} else {
+		c.l1.fill(key, e, ttl)
+	}
+	if !c.noFence && !c.fence.valid(t) {
+		c.l1.del(key)
+		c.counters.fenced.Add(1)
+	}
+}
+
+// tagWritten adds a written key to its tags. If that fails, the value is
+// removed from L2 again: a tagged value that its tags do not list would
+// escape InvalidateTags.
+func (c *Cache[V]) tagWritten(ctx context.Context, key string, tags []string, ttl time.Duration) error {
+	err := c.l2.addTags(ctx, c.cfg.Namespace, key, tags, ttl)
+	if err != nil {
+		c.l2Failed(ctx, "tag", key, err)
+		if derr := c.l2.del(ctx, c.l2Key(key)); derr != nil {
+			c.l2Failed(ctx, "delete", key, derr)
+		}
+		return fmt.Errorf("tiered: tag %q: %w", key, err)
+	}
+	return nil
 }
 
 // runLoad calls load, turning a panic into an error: the flight runs on its
@@ -294,32 +428,37 @@ func (c *Cache[V]) runLoad(ctx context.Context, key string, load LoadFunc[V]) (e
 }
 
 // readL2 returns the entry stored in L2 for key and its remaining TTL.
-// Bytes that do not decode are a miss, counted and logged, never a panic.
-func (c *Cache[V]) readL2(ctx context.Context, key string) (*entry[V], time.Duration, error) {
+// Bytes that do not decode are a miss, counted and logged, never a panic;
+// they come back as junk, which a load may replace (a live lease is a miss
+// but not junk: it is another process's load).
+func (c *Cache[V]) readL2(ctx context.Context, key string) (e *entry[V], ttl time.Duration, junk []byte, err error) {
 	b, err := c.l2.get(ctx, c.l2Key(key))
 	if err != nil {
 		if !errors.Is(err, errL2Miss) {
 			c.l2Failed(ctx, "get", key, err)
 		}
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	env, err := decodeEnvelope(b, c.cfg.Codec.ID(), c.cfg.MaxValueBytes)
 	if err != nil {
 		c.decodeFailed(ctx, key, err)
-		return nil, 0, errL2Miss
+		return nil, 0, b, errL2Miss
 	}
 	ttl, live := env.remaining(time.Now())
-	if !live {
-		return nil, 0, errL2Miss
+	switch {
+	case !live:
+		return nil, 0, b, errL2Miss
+	case env.lease:
+		return nil, 0, nil, errL2Miss
 	}
-	e := &entry[V]{negative: env.negative, cost: int64(len(b) + len(key))}
+	e = &entry[V]{negative: env.negative, cost: int64(len(b) + len(key))}
 	if !env.negative {
 		if err := c.cfg.Codec.Unmarshal(env.payload, &e.v); err != nil {
 			c.decodeFailed(ctx, key, err)
-			return nil, 0, errL2Miss
+			return nil, 0, b, errL2Miss
 		}
 	}
-	return e, ttl, nil
+	return e, ttl, nil, nil
 }
 
 // writeL2 stores the envelope b for ttl; without an L2 it does nothing.
@@ -358,13 +497,20 @@ func (c *Cache[V]) encode(key string, e *entry[V], ttl time.Duration) ([]byte, e
 	return appendEnvelope(make([]byte, 0, headerSize+len(payload)), c.cfg.Codec.ID(), flags, expiry, payload), nil
 }
 
-// Set stores v under key in L2 and then in L1, for Config.TTL.
+// Set stores v under key in L2 and then in L1, for Config.TTL (or
+// WithTTL), and invalidates the key in every other process's L1 before it
+// returns (see docs/consistency.md). A load of key in flight anywhere when
+// Set writes loses its lease and does not overwrite v.
 //
 // A failed L2 write is counted and logged and, in the default fail-open
 // mode, Set still stores v in this process's L1 and returns nil; in strict
 // mode it removes the key from L1 and returns the error.
-func (c *Cache[V]) Set(ctx context.Context, key string, v V) (err error) {
+func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (err error) {
 	if err := c.checkKey(key); err != nil {
+		return err
+	}
+	o, err := c.options(opts)
+	if err != nil {
 		return err
 	}
 	if c.isClosed() {
@@ -373,18 +519,26 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V) (err error) {
 	ctx, span := c.tracer.Start(ctx, "tiered.Set", trace.WithAttributes(attribute.String("tiercache.namespace", c.cfg.Namespace)))
 	defer endSpan(span, &err)
 
-	e := &entry[V]{v: v}
-	ttl := c.jitter(c.cfg.TTL)
+	e := &entry[V]{v: v, filled: time.Now().UnixNano()}
+	ttl := c.jitter(o.ttl)
 	b, err := c.encode(key, e, ttl)
 	if err != nil {
 		return err // bad input: nothing was written anywhere
 	}
-	if err := c.writeL2(ctx, key, b, ttl); err != nil && c.cfg.Strict {
+	l2err := c.writeL2(ctx, key, b, ttl)
+	if l2err == nil && len(o.tags) > 0 && c.l2 != nil {
+		// After the value: see InvalidateTags.
+		l2err = c.tagWritten(ctx, key, o.tags, ttl)
+	}
+	// The fence moves after the L2 write: a fill that read L2 before it
+	// holds an older ticket and will not install over v.
+	c.fence.invalidate(key)
+	if l2err != nil && c.cfg.Strict {
 		c.l1.del(key)
-		return err
+		return errors.Join(l2err, c.publish(ctx, key))
 	}
 	c.l1.set(key, e, c.l1TTL(ttl))
-	return nil
+	return c.strict(errors.Join(l2err, c.publish(ctx, key)))
 }
 
 // Delete removes keys from L2 and then from L1. All keys are checked before
@@ -405,19 +559,53 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
 	var errs []error
 	for _, k := range keys {
 		// One DEL per key: a multi-key DEL fails on Redis Cluster when the
-		// keys hash to different slots.
+		// keys hash to different slots. The DEL also removes a lease, so a
+		// load in flight cannot write its older value back.
 		if c.l2 != nil {
 			if err := c.l2.del(ctx, c.l2Key(k)); err != nil {
 				c.l2Failed(ctx, "delete", k, err)
 				errs = append(errs, fmt.Errorf("tiered: L2 delete %q: %w", k, err))
 			}
 		}
-		// L1 goes last, so that a reader cannot refill it from the L2 entry
-		// we are about to delete (fills racing with deletes are fenced by
-		// the invalidation layer).
+		// L1 goes last, and the fence with it: a fill that read the L2
+		// entry before the DEL cannot install it afterwards.
+		c.invalidateLocal(k)
+	}
+	errs = append(errs, c.publish(ctx, keys...))
+	return c.strict(errors.Join(errs...))
+}
+
+// invalidateLocal removes keys from this process's L1 and fences the fills
+// in flight for them.
+func (c *Cache[V]) invalidateLocal(keys ...string) {
+	for _, k := range keys {
+		c.fence.invalidate(k)
 		c.l1.del(k)
 	}
-	return c.strict(errors.Join(errs...))
+}
+
+// invalidateLocalKeys is invalidateLocal for the bus, which hands over a
+// slice.
+func (c *Cache[V]) invalidateLocalKeys(keys []string) { c.invalidateLocal(keys...) }
+
+// flush empties this process's L1 and fences every fill in flight.
+func (c *Cache[V]) flush(reason string) {
+	c.counters.flushes.Add(1)
+	c.fence.invalidateAll()
+	c.l1.clear()
+}
+
+// publish sends keys to the other processes' L1s, if there is a bus. A
+// failure is counted and logged by the bus; the other processes notice the
+// missing message at this process's next heartbeat and flush.
+func (c *Cache[V]) publish(ctx context.Context, keys ...string) error {
+	if c.bus == nil || len(keys) == 0 {
+		return nil
+	}
+	if err := c.bus.Publish(ctx, keys...); err != nil {
+		return fmt.Errorf("tiered: invalidation: %w", err)
+	}
+	return nil
 }
 
 // Close stops the cache's background work and releases L1. It does not close
@@ -426,6 +614,9 @@ func (c *Cache[V]) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
+		if c.bus != nil {
+			_ = c.bus.Close() // first: its flushes must not meet a closed L1
+		}
 		c.l1.close()
 		err = c.metrics.reg.Unregister()
 	})
@@ -440,7 +631,12 @@ func (c *Cache[V]) Stats() Stats {
 		L2Errors: c.counters.l2Errors.Load(), DecodeErrors: c.counters.decodeErrs.Load(),
 		Loads: c.counters.loads.Load(), SharedLoads: c.counters.shared.Load(), LoadErrors: c.counters.loadEr.Load(),
 		L1Items: c.l1.items.Load(), L1Bytes: c.l1.cost.Load(),
+		FencedFills: c.counters.fenced.Load(), LeasesLost: c.counters.leaseLost.Load(),
+		StaleSkips: c.counters.staleSkips.Load(), Flushes: c.counters.flushes.Load(),
 		Breaker: "none",
+	}
+	if c.bus != nil {
+		s.Bus = c.bus.Stats()
 	}
 	if c.l2 != nil {
 		s.Breaker = breakerName(gobreaker.State(c.counters.breaker.Load()))

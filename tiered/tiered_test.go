@@ -408,7 +408,9 @@ type commandCounter struct{ n atomic.Int64 }
 func (h *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (h *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.n.Add(1)
+		if cmd.Name() != "publish" { // the invalidation bus's heartbeats
+			h.n.Add(1)
+		}
 		return next(ctx, cmd)
 	}
 }

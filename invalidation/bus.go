@@ -1,0 +1,623 @@
+package invalidation
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
+	"golang.org/x/time/rate"
+)
+
+// ErrClosed is returned by Publish after Close.
+var ErrClosed = errors.New("invalidation: bus closed")
+
+// ErrInvalidKey is returned by Publish for an empty key or one over
+// Config.MaxKeyBytes; nothing is published then.
+var ErrInvalidKey = errors.New("invalidation: invalid key")
+
+// Config configures a Bus. Channel, Evict and Flush are required; the zero
+// value of every other field means the default written beside it.
+type Config struct {
+	// Channel is the Redis pub/sub channel. Every process of one cache
+	// namespace must use the same channel, and no other namespace may.
+	Channel string
+
+	// Evict removes keys that another process changed from the local
+	// copies. It runs on the bus's receiving goroutine, one message at a
+	// time, and must not block for long.
+	Evict func(keys []string)
+
+	// Flush removes every local copy. The bus calls it when it may have
+	// missed messages; reason says why ("resubscribe", "gap", "epoch",
+	// "malformed", "fresh").
+	Flush func(reason string)
+
+	// StalenessBound is the longest that an invalidation may go unapplied
+	// before Fresh reports false. Default: 2 seconds.
+	StalenessBound time.Duration
+
+	// Heartbeat is how often this process publishes a heartbeat; it must be
+	// under half of StalenessBound. Default: StalenessBound/4.
+	Heartbeat time.Duration
+
+	// Window is how long the publisher waits for more keys after the first
+	// before sending a message. Default: 0, which sends at once and still
+	// coalesces every key published while the previous message was in
+	// flight.
+	Window time.Duration
+
+	// PublishTimeout bounds one PUBLISH. Default: 100 ms.
+	PublishTimeout time.Duration
+
+	// MaxKeyBytes, MaxKeysPerMessage and MaxMessageBytes bound what is
+	// sent and what is accepted. Defaults: 1024, 512 and 64 KiB.
+	MaxKeyBytes       int
+	MaxKeysPerMessage int
+	MaxMessageBytes   int
+
+	// InstanceID names this process on the bus. Default: 16 random hex
+	// digits. A fixed id (a pod name) makes a restart show up on the other
+	// processes as a new epoch.
+	InstanceID string
+
+	// Logger receives structured logs. Default: slog.Default().
+	Logger *slog.Logger
+
+	// MeterProvider defaults to the global OpenTelemetry provider.
+	MeterProvider metric.MeterProvider
+}
+
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.StalenessBound == 0 {
+		cfg.StalenessBound = 2 * time.Second
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = cfg.StalenessBound / 4
+	}
+	if cfg.PublishTimeout == 0 {
+		cfg.PublishTimeout = 100 * time.Millisecond
+	}
+	if cfg.MaxKeyBytes == 0 {
+		cfg.MaxKeyBytes = 1024
+	}
+	if cfg.MaxKeysPerMessage == 0 {
+		cfg.MaxKeysPerMessage = 512
+	}
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = 64 << 10
+	}
+	if cfg.InstanceID == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		cfg.InstanceID = hex.EncodeToString(b[:])
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MeterProvider == nil {
+		cfg.MeterProvider = otel.GetMeterProvider()
+	}
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if cfg.Channel == "" {
+		bad("Channel is required")
+	}
+	if cfg.Evict == nil || cfg.Flush == nil {
+		bad("Evict and Flush are required")
+	}
+	if cfg.StalenessBound < 0 || cfg.Window < 0 || cfg.PublishTimeout < 0 {
+		bad("durations must not be negative")
+	}
+	if cfg.Heartbeat <= 0 || 2*cfg.Heartbeat >= cfg.StalenessBound {
+		bad("Heartbeat %v must be positive and under half of StalenessBound %v", cfg.Heartbeat, cfg.StalenessBound)
+	}
+	if cfg.MaxKeyBytes < 1 || cfg.MaxKeysPerMessage < 1 || cfg.MaxMessageBytes < fixedSize+maxInstanceID+2*cfg.MaxKeyBytes {
+		bad("MaxKeyBytes %d, MaxKeysPerMessage %d and MaxMessageBytes %d must leave room for a key in a message",
+			cfg.MaxKeyBytes, cfg.MaxKeysPerMessage, cfg.MaxMessageBytes)
+	}
+	if len(cfg.InstanceID) > maxInstanceID {
+		bad("InstanceID is over %d bytes", maxInstanceID)
+	}
+	if len(errs) > 0 {
+		return cfg, fmt.Errorf("invalidation: bad Config: %w", errors.Join(errs...))
+	}
+	return cfg, nil
+}
+
+// Bus publishes this process's invalidations and applies everyone else's.
+type Bus struct {
+	cfg   Config
+	rdb   redis.UniversalClient
+	epoch uint64
+	tick  time.Duration // the watchdog's period
+
+	reqs chan publishReq
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+
+	// fresh is what Fresh reports; heard is the send time (unix ns) of the
+	// newest own heartbeat received, with every message before it applied.
+	fresh atomic.Bool
+	heard atomic.Int64
+	// firstFresh is closed when Fresh first turns true.
+	firstFresh     chan struct{}
+	firstFreshOnce sync.Once
+
+	// failing makes publishes fail at once after a failed PUBLISH, until a
+	// heartbeat gets through: when Redis hangs, a write should not wait
+	// PublishTimeout to learn what the last one learnt.
+	failing atomic.Bool
+
+	mu sync.Mutex // guards ps, which Close must reach
+	ps *redis.PubSub
+
+	stats   stats
+	metrics *instruments
+	logErr  rate.Sometimes
+}
+
+type publishReq struct {
+	keys []string
+	done chan error
+}
+
+// New starts a Bus on rdb: it subscribes to cfg.Channel and starts
+// publishing heartbeats. Fresh reports false until this process has heard
+// its own first heartbeat. The client stays the caller's; Close does not
+// close it.
+func New(rdb redis.UniversalClient, cfg Config) (*Bus, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if rdb == nil {
+		return nil, errors.New("invalidation: nil Redis client")
+	}
+	b := &Bus{
+		cfg:    cfg,
+		rdb:    rdb,
+		epoch:  uint64(time.Now().UnixNano()),
+		tick:   max(cfg.StalenessBound/20, time.Millisecond),
+		reqs:   make(chan publishReq, 1024),
+		stop:   make(chan struct{}),
+
+		firstFresh: make(chan struct{}),
+		logErr: rate.Sometimes{Interval: time.Second},
+	}
+	if b.metrics, err = newInstruments(b, cfg.MeterProvider.Meter(instrumentationName)); err != nil {
+		return nil, fmt.Errorf("invalidation: metrics: %w", err)
+	}
+	b.wg.Add(3)
+	go b.send()
+	go b.receive()
+	go b.watch()
+	return b, nil
+}
+
+const instrumentationName = "github.com/tiercache/tiercache/invalidation"
+
+// InstanceID returns the id this process publishes under.
+func (b *Bus) InstanceID() string { return b.cfg.InstanceID }
+
+// StalenessBound returns Config.StalenessBound.
+func (b *Bus) StalenessBound() time.Duration { return b.cfg.StalenessBound }
+
+// Fresh reports whether this process has applied every invalidation
+// published more than StalenessBound ago. It costs one atomic load.
+func (b *Bus) Fresh() bool { return b.fresh.Load() }
+
+// WaitFresh waits until the bus is fresh for the first time (subscribed,
+// and its own first heartbeat heard back) or ctx is done, and reports
+// whether it is fresh. A cache that waits before its first fill has
+// nothing to flush when the bus turns fresh.
+func (b *Bus) WaitFresh(ctx context.Context) bool {
+	select {
+	case <-b.firstFresh:
+	case <-ctx.Done():
+	case <-b.stop:
+	}
+	return b.Fresh()
+}
+
+// Publish sends keys to every other process on the channel and returns once
+// Redis has accepted the message (or failed to). Keys published at about
+// the same time by other goroutines travel in the same message.
+func (b *Bus) Publish(ctx context.Context, keys ...string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	for _, k := range keys {
+		if k == "" || len(k) > b.cfg.MaxKeyBytes {
+			return fmt.Errorf("%w: %d bytes (limit %d)", ErrInvalidKey, len(k), b.cfg.MaxKeyBytes)
+		}
+	}
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	req := publishReq{keys: keys, done: make(chan error, 1)}
+	select {
+	case b.reqs <- req:
+	case <-b.stop:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		// The keys still go out; only this caller stops waiting.
+		return ctx.Err()
+	}
+}
+
+// Close stops the bus and waits for its goroutines. Publishes still queued
+// fail with ErrClosed. It is safe to call more than once.
+func (b *Bus) Close() error {
+	b.closeOnce.Do(func() {
+		b.closed.Store(true)
+		b.fresh.Store(false)
+		close(b.stop)
+		b.mu.Lock()
+		if b.ps != nil {
+			_ = b.ps.Close()
+		}
+		b.mu.Unlock()
+		b.wg.Wait()
+		_ = b.metrics.reg.Unregister()
+	})
+	return nil
+}
+
+// send is the only goroutine that publishes, so this process's messages
+// and heartbeats reach Redis in sequence order.
+func (b *Bus) send() {
+	defer b.wg.Done()
+	hb := time.NewTicker(b.cfg.Heartbeat)
+	defer hb.Stop()
+	var seq uint64
+	b.heartbeat(seq)
+	for {
+		select {
+		case <-b.stop:
+			b.failQueued()
+			return
+		case <-hb.C:
+			b.heartbeat(seq)
+		case req := <-b.reqs:
+			batch := b.collect(req)
+			var err error
+			for _, keys := range b.split(batch) {
+				seq++
+				if e := b.publish(kindKeys, seq, keys); e != nil && err == nil {
+					err = e
+				}
+			}
+			for _, r := range batch {
+				r.done <- err
+			}
+		}
+	}
+}
+
+// collect gathers req and whatever else is queued (for Config.Window more,
+// if set) into one batch.
+func (b *Bus) collect(req publishReq) []publishReq {
+	batch := []publishReq{req}
+	var window <-chan time.Time
+	if b.cfg.Window > 0 {
+		t := time.NewTimer(b.cfg.Window)
+		defer t.Stop()
+		window = t.C
+	}
+	for n := len(req.keys); n < 64*b.cfg.MaxKeysPerMessage; {
+		select {
+		case r := <-b.reqs:
+			batch = append(batch, r)
+			n += len(r.keys)
+			continue
+		default:
+		}
+		if window == nil {
+			return batch
+		}
+		select {
+		case r := <-b.reqs:
+			batch = append(batch, r)
+			n += len(r.keys)
+		case <-window:
+			return batch
+		case <-b.stop:
+			return batch
+		}
+	}
+	return batch
+}
+
+// split dedupes the batch's keys and cuts them into messages within the
+// size limits.
+func (b *Bus) split(batch []publishReq) [][]string {
+	seen := make(map[string]struct{})
+	var out [][]string
+	var cur []string
+	size := fixedSize + len(b.cfg.InstanceID) + 4 + binaryUvarintMax
+	for _, r := range batch {
+		for _, k := range r.keys {
+			if _, dup := seen[k]; dup {
+				continue
+			}
+			seen[k] = struct{}{}
+			ks := keySize(k)
+			if len(cur) > 0 && (len(cur) == b.cfg.MaxKeysPerMessage || size+ks > b.cfg.MaxMessageBytes) {
+				out = append(out, cur)
+				cur, size = nil, fixedSize+len(b.cfg.InstanceID)+4+binaryUvarintMax
+			}
+			cur = append(cur, k)
+			size += ks
+		}
+	}
+	if len(cur) > 0 {
+		out = append(out, cur)
+	}
+	return out
+}
+
+const binaryUvarintMax = 10
+
+func (b *Bus) heartbeat(seq uint64) {
+	if err := b.publish(kindHeartbeat, seq, nil); err == nil {
+		b.failing.Store(false)
+	}
+}
+
+// publish sends one message. A keys message that fails still used its
+// sequence number, so the other processes see the gap at the next
+// heartbeat and flush: a lost invalidation costs them a flush, never a
+// stale read past the bound.
+func (b *Bus) publish(kind byte, seq uint64, keys []string) error {
+	if kind == kindKeys && b.failing.Load() {
+		b.stats.publishErrors.Add(1)
+		return fmt.Errorf("invalidation: publish skipped: the last one failed and no heartbeat has got through since")
+	}
+	m := message{kind: kind, instance: b.cfg.InstanceID, epoch: b.epoch, seq: seq, sentAt: time.Now().UnixNano(), keys: keys}
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
+	err := b.rdb.Publish(ctx, b.cfg.Channel, m.append(nil)).Err()
+	cancel()
+	if err != nil {
+		b.failing.Store(true)
+		b.stats.publishErrors.Add(1)
+		b.logErr.Do(func() {
+			b.cfg.Logger.Warn("tiercache: invalidation publish failed; other processes will flush when it recovers",
+				"channel", b.cfg.Channel, "err", err)
+		})
+		return fmt.Errorf("invalidation: publish: %w", err)
+	}
+	if kind == kindKeys {
+		b.stats.sentMessages.Add(1)
+		b.stats.sentKeys.Add(int64(len(keys)))
+	}
+	return nil
+}
+
+func (b *Bus) failQueued() {
+	for {
+		select {
+		case r := <-b.reqs:
+			r.done <- ErrClosed
+		default:
+			return
+		}
+	}
+}
+
+// peer is what the receiver remembers of another publisher.
+type peer struct {
+	epoch, seq uint64
+	seen       time.Time
+}
+
+// receive reads the subscription until Close. It reads with go-redis's
+// Receive rather than Channel: Channel drops messages when its buffer stays
+// full, and hides reconnections, both of which the bus must see.
+func (b *Bus) receive() {
+	defer b.wg.Done()
+	peers := make(map[string]*peer)
+	subscribed := false
+	var errs int
+	for !b.closed.Load() {
+		ps := b.subscription()
+		if ps == nil {
+			return
+		}
+		// Our own heartbeats arrive every Heartbeat; a silence of a whole
+		// bound means a dead connection that TCP has not noticed. Start a
+		// new subscription then.
+		msg, err := ps.ReceiveTimeout(context.Background(), b.cfg.StalenessBound)
+		if err != nil {
+			if b.closed.Load() {
+				return
+			}
+			b.fresh.Store(false)
+			b.stats.receiveErrors.Add(1)
+			b.logErr.Do(func() {
+				b.cfg.Logger.Warn("tiercache: invalidation subscription failed; local copies are served only while younger than the bound",
+					"channel", b.cfg.Channel, "err", err)
+			})
+			var nerr interface{ Timeout() bool }
+			if errors.As(err, &nerr) && nerr.Timeout() {
+				b.resetSubscription(ps)
+			}
+			if errs++; errs > 1 {
+				b.sleep(min(time.Duration(errs)*10*time.Millisecond, b.cfg.Heartbeat))
+			}
+			continue
+		}
+		errs = 0
+		switch msg := msg.(type) {
+		case *redis.Subscription:
+			if msg.Kind != "subscribe" {
+				continue
+			}
+			if subscribed {
+				b.flush("resubscribe")
+			}
+			subscribed = true
+		case *redis.Message:
+			b.apply(msg.Payload, peers)
+		}
+	}
+}
+
+// subscription returns the current PubSub, subscribing if there is none.
+func (b *Bus) subscription() *redis.PubSub {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed.Load() {
+		return nil
+	}
+	if b.ps == nil {
+		// Subscribe does not wait for Redis; the confirmation arrives as a
+		// *redis.Subscription, and errors surface in Receive.
+		b.ps = b.rdb.Subscribe(context.Background(), b.cfg.Channel)
+	}
+	return b.ps
+}
+
+func (b *Bus) resetSubscription(ps *redis.PubSub) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ps == ps {
+		_ = ps.Close()
+		b.ps = nil
+	}
+}
+
+func (b *Bus) sleep(d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-b.stop:
+	}
+}
+
+// apply handles one message from the channel.
+func (b *Bus) apply(payload string, peers map[string]*peer) {
+	m, err := decodeMessage([]byte(payload), b.cfg.MaxKeysPerMessage, b.cfg.MaxKeyBytes)
+	if err != nil {
+		// Something else writes on our channel, or a peer runs an
+		// incompatible version: what it meant to invalidate is unknown.
+		b.stats.malformed.Add(1)
+		b.logErr.Do(func() {
+			b.cfg.Logger.Warn("tiercache: malformed invalidation message; flushing", "channel", b.cfg.Channel, "err", err)
+		})
+		b.flush("malformed")
+		return
+	}
+	now := time.Now()
+	if m.instance == b.cfg.InstanceID {
+		if m.kind == kindHeartbeat && m.epoch == b.epoch {
+			b.heard.Store(m.sentAt)
+			b.metrics.recordEcho(now.Sub(time.Unix(0, m.sentAt)))
+			if !b.fresh.Load() && now.Sub(time.Unix(0, m.sentAt)) <= b.cfg.StalenessBound-b.tick {
+				// Whatever was missed while we were not fresh is gone
+				// from the local copies before they are trusted again.
+				b.flush("fresh")
+				b.fresh.Store(true)
+				b.firstFreshOnce.Do(func() { close(b.firstFresh) })
+			}
+			b.prune(peers, now)
+		}
+		return
+	}
+	b.stats.receivedMessages.Add(1)
+	p := peers[m.instance]
+	switch {
+	case p == nil:
+		// A publisher we have not heard from: what it sent before we
+		// subscribed was in L2 before we flushed and went fresh.
+		p = &peer{epoch: m.epoch}
+		peers[m.instance] = p
+		if m.kind == kindHeartbeat {
+			p.seq = m.seq
+		} else {
+			p.seq = m.seq - 1
+		}
+	case p.epoch != m.epoch:
+		b.flush("epoch")
+		p.epoch, p.seq = m.epoch, 0
+		if m.kind == kindHeartbeat {
+			p.seq = m.seq
+		} else {
+			p.seq = m.seq - 1
+		}
+	}
+	p.seen = now
+	switch m.kind {
+	case kindHeartbeat:
+		if m.seq > p.seq {
+			b.flush("gap")
+			p.seq = m.seq
+		}
+	case kindKeys:
+		if m.seq > p.seq+1 {
+			b.flush("gap")
+		}
+		p.seq = max(p.seq, m.seq)
+		b.stats.receivedKeys.Add(int64(len(m.keys)))
+		b.cfg.Evict(m.keys)
+	}
+}
+
+// prune forgets publishers not heard from for a long while (ten bounds):
+// they stopped. If one comes back it is a new publisher, which is safe.
+func (b *Bus) prune(peers map[string]*peer, now time.Time) {
+	for id, p := range peers {
+		if now.Sub(p.seen) > 10*b.cfg.StalenessBound {
+			delete(peers, id)
+		}
+	}
+}
+
+func (b *Bus) flush(reason string) {
+	b.stats.flushes.Add(1)
+	b.metrics.recordFlush(reason)
+	if reason != "fresh" || b.stats.flushes.Load() > 1 {
+		b.cfg.Logger.Info("tiercache: flushing local copies", "channel", b.cfg.Channel, "reason", reason)
+	}
+	b.cfg.Flush(reason)
+}
+
+// watch turns Fresh off when the newest own heartbeat heard is older than
+// the bound allows. Fresh is on at time t only if, at the last tick τ ≤ t,
+// τ − heard ≤ bound − tick; so t − heard < bound.
+func (b *Bus) watch() {
+	defer b.wg.Done()
+	t := time.NewTicker(b.tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case now := <-t.C:
+			if b.fresh.Load() && now.Sub(time.Unix(0, b.heard.Load())) > b.cfg.StalenessBound-b.tick {
+				b.fresh.Store(false)
+				b.stats.staleSpells.Add(1)
+				b.cfg.Logger.Warn("tiercache: invalidation bus is behind its staleness bound; local copies are served only while younger than it",
+					"channel", b.cfg.Channel, "bound", b.cfg.StalenessBound)
+			}
+		}
+	}
+}

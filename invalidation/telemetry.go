@@ -1,0 +1,124 @@
+package invalidation
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Stats is a snapshot of a Bus's counters since New.
+type Stats struct {
+	// SentMessages and SentKeys count keys messages this process
+	// published; ReceivedMessages and ReceivedKeys count other processes'
+	// messages it applied (heartbeats included in ReceivedMessages).
+	SentMessages, SentKeys         int64
+	ReceivedMessages, ReceivedKeys int64
+	// Flushes counts flushes of the local copies, for any reason.
+	Flushes int64
+	// PublishErrors, ReceiveErrors and Malformed count failures.
+	PublishErrors, ReceiveErrors, Malformed int64
+	// StaleSpells counts the times Fresh turned false because the bus fell
+	// behind its bound.
+	StaleSpells int64
+	Fresh       bool
+}
+
+type stats struct {
+	sentMessages, sentKeys         atomic.Int64
+	receivedMessages, receivedKeys atomic.Int64
+	flushes                        atomic.Int64
+	publishErrors, receiveErrors   atomic.Int64
+	malformed, staleSpells         atomic.Int64
+}
+
+// Stats returns a snapshot of the bus's counters.
+func (b *Bus) Stats() Stats {
+	s := &b.stats
+	return Stats{
+		SentMessages: s.sentMessages.Load(), SentKeys: s.sentKeys.Load(),
+		ReceivedMessages: s.receivedMessages.Load(), ReceivedKeys: s.receivedKeys.Load(),
+		Flushes:       s.flushes.Load(),
+		PublishErrors: s.publishErrors.Load(), ReceiveErrors: s.receiveErrors.Load(), Malformed: s.malformed.Load(),
+		StaleSpells: s.staleSpells.Load(),
+		Fresh:       b.Fresh(),
+	}
+}
+
+type instruments struct {
+	flushes metric.Int64Counter
+	echo    metric.Float64Histogram
+	attrs   metric.MeasurementOption
+	reg     metric.Registration
+}
+
+// newInstruments registers the bus's metrics. Counters that the hot paths
+// bump are plain atomics read by one callback at collection time.
+func newInstruments(b *Bus, m metric.Meter) (*instruments, error) {
+	in := &instruments{attrs: metric.WithAttributes(attribute.String("channel", b.cfg.Channel))}
+	var err error
+	if in.flushes, err = m.Int64Counter("tiercache.invalidation.flushes",
+		metric.WithDescription("Flushes of the local copies, by reason")); err != nil {
+		return nil, err
+	}
+	if in.echo, err = m.Float64Histogram("tiercache.invalidation.echo.duration", metric.WithUnit("s"),
+		metric.WithDescription("Time from publishing a heartbeat to hearing it back: the bus's own propagation delay"),
+		metric.WithExplicitBucketBoundaries(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5, 2)); err != nil {
+		return nil, err
+	}
+	keys, err := m.Int64ObservableCounter("tiercache.invalidation.keys",
+		metric.WithDescription("Invalidated keys sent to and received from other processes"))
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := m.Int64ObservableCounter("tiercache.invalidation.messages",
+		metric.WithDescription("Invalidation messages sent and received"))
+	if err != nil {
+		return nil, err
+	}
+	errs, err := m.Int64ObservableCounter("tiercache.invalidation.errors",
+		metric.WithDescription("Bus failures, by kind: publish, receive, malformed"))
+	if err != nil {
+		return nil, err
+	}
+	fresh, err := m.Int64ObservableGauge("tiercache.invalidation.fresh",
+		metric.WithDescription("1 while every invalidation older than the staleness bound has been applied"))
+	if err != nil {
+		return nil, err
+	}
+	ch := attribute.String("channel", b.cfg.Channel)
+	with := func(kv ...attribute.KeyValue) metric.ObserveOption {
+		return metric.WithAttributes(append(kv, ch)...)
+	}
+	sent, recv := attribute.String("direction", "sent"), attribute.String("direction", "received")
+	in.reg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		s := b.Stats()
+		o.ObserveInt64(keys, s.SentKeys, with(sent))
+		o.ObserveInt64(keys, s.ReceivedKeys, with(recv))
+		o.ObserveInt64(msgs, s.SentMessages, with(sent))
+		o.ObserveInt64(msgs, s.ReceivedMessages, with(recv))
+		o.ObserveInt64(errs, s.PublishErrors, with(attribute.String("kind", "publish")))
+		o.ObserveInt64(errs, s.ReceiveErrors, with(attribute.String("kind", "receive")))
+		o.ObserveInt64(errs, s.Malformed, with(attribute.String("kind", "malformed")))
+		var f int64
+		if s.Fresh {
+			f = 1
+		}
+		o.ObserveInt64(fresh, f, with())
+		return nil
+	}, keys, msgs, errs, fresh)
+	if err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+func (in *instruments) recordFlush(reason string) {
+	in.flushes.Add(context.Background(), 1, in.attrs, metric.WithAttributes(attribute.String("reason", reason)))
+}
+
+func (in *instruments) recordEcho(d time.Duration) {
+	in.echo.Record(context.Background(), d.Seconds(), in.attrs)
+}

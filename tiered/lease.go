@@ -1,0 +1,101 @@
+package tiered
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Leases fence L2 fills, after Facebook's memcache leases: a process that
+// misses and is about to load puts a lease (an envelope with flagLease and
+// a random token) on the key with SET NX, and writes its loaded value only
+// through casFill, which replaces the lease if it is still there. A Set
+// overwrites the lease and a Delete removes it, so a load that started
+// before either can no longer write its older value over theirs.
+//
+// These calls need the go-redis client itself (a gocache store has no SET
+// NX or scripts); with Config.Store alone, loads write without a lease.
+
+// casFill sets KEYS[1] to ARGV[2] for ARGV[3] ms if it still holds the
+// lease ARGV[1]; it returns nil (redis.Nil) when the lease is gone.
+var casFill = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return false`)
+
+// leaseOver puts the lease ARGV[2] on KEYS[1] for ARGV[3] ms if the key
+// is absent or still holds ARGV[1], bytes the reader judged junk (corrupt,
+// foreign or expired): a load repairs them, but never replaces anything
+// written since.
+var leaseOver = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0`)
+
+// tagAdd adds ARGV[1] to the tag set KEYS[1] and makes the set live at
+// least ARGV[2] ms, as long as the longest-lived value it lists.
+var tagAdd = redis.NewScript(`
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1`)
+
+// errLeaseLost reports a fill refused because its lease was gone.
+var errLeaseLost = errors.New("tiered: lease lost to a write, delete or expiry")
+
+// acquireLease puts a lease on key and returns its bytes; held is false
+// when the key holds something else than junk (the bytes the miss read,
+// nil if none): a value written since, or another process's lease.
+func (l *l2) acquireLease(ctx context.Context, key string, junk []byte, ttl time.Duration) (lease []byte, held bool, err error) {
+	var token [16]byte
+	_, _ = rand.Read(token[:])
+	lease = appendEnvelope(nil, 0, flagLease, time.Now().Add(ttl), token[:])
+	ms := max(ttl.Milliseconds(), 1)
+	err = l.call(ctx, func(ctx context.Context) error {
+		var err error
+		if junk == nil {
+			held, err = l.rdb.SetNX(ctx, key, lease, ttl).Result()
+			return err
+		}
+		n, err := leaseOver.Run(ctx, l.rdb, []string{key}, junk, lease, ms).Int()
+		held = n == 1
+		return err
+	})
+	return lease, held, err
+}
+
+// fillLeased writes b under key for ttl if key still holds lease.
+func (l *l2) fillLeased(ctx context.Context, key string, lease, b []byte, ttl time.Duration) error {
+	return l.call(ctx, func(ctx context.Context) error {
+		err := casFill.Run(ctx, l.rdb, []string{key}, lease, b, max(ttl.Milliseconds(), 1)).Err()
+		if errors.Is(err, redis.Nil) {
+			return errLeaseLost
+		}
+		return err
+	})
+}
+
+// addTags records key in the set of each tag. One round trip: the scripts
+// are pipelined, and on Redis Cluster go-redis splits the pipeline by node.
+func (l *l2) addTags(ctx context.Context, ns, key string, tags []string, ttl time.Duration) error {
+	return l.call(ctx, func(ctx context.Context) error {
+		_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, t := range tags {
+				// Eval, not Run: a pipeline cannot fall back from EVALSHA.
+				tagAdd.Eval(ctx, p, []string{tagKey(ns, t)}, key, max(ttl.Milliseconds(), 1))
+			}
+			return nil
+		})
+		return err
+	})
+}
+
+func tagKey(ns, tag string) string { return ns + "#tag:" + tag }

@@ -1,0 +1,53 @@
+package tiered
+
+import (
+	"fmt"
+	"time"
+)
+
+// Option changes one call from the Config defaults. Options apply to
+// Set and GetOrLoad; with GetOrLoad they apply to the value loaded, and
+// when callers share a load, the options of the caller that started it
+// win.
+type Option func(*callOptions)
+
+type callOptions struct {
+	ttl  time.Duration
+	tags []string
+}
+
+// WithTTL stores the value in L2 for d instead of Config.TTL; its L1 copy
+// still lives at most Config.L1TTL. d must be positive.
+func WithTTL(d time.Duration) Option {
+	return func(o *callOptions) { o.ttl = d }
+}
+
+// WithTags attaches tags to the value, so that InvalidateTags with any of
+// them removes it from L2 and from every process's L1. Tags need
+// Config.Redis; an L1-only cache accepts them, and its InvalidateTags
+// clears the whole L1.
+func WithTags(tags ...string) Option {
+	return func(o *callOptions) { o.tags = append(o.tags, tags...) }
+}
+
+// options applies opts over the Config defaults and checks the result.
+func (c *Cache[V]) options(opts []Option) (callOptions, error) {
+	o := callOptions{ttl: c.cfg.TTL}
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	if o.ttl <= 0 {
+		return o, fmt.Errorf("tiered: WithTTL(%v): must be positive", o.ttl)
+	}
+	for _, t := range o.tags {
+		if err := c.checkKey(t); err != nil {
+			return o, fmt.Errorf("tiered: tag: %w", err)
+		}
+	}
+	if len(o.tags) > 0 && c.l2 != nil && c.l2.rdb == nil {
+		return o, fmt.Errorf("tiered: tags need Config.Redis; a gocache Store alone cannot index them")
+	}
+	return o, nil
+}
