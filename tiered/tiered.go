@@ -590,9 +590,9 @@ func (c *Cache[V]) invalidateLocalKeys(keys []string) { c.invalidateLocal(keys..
 
 // flush empties this process's L1 and fences every fill in flight.
 func (c *Cache[V]) flush(reason string) {
-	c.counters.flushes.Add(1)
 	c.fence.invalidateAll()
 	c.l1.clear()
+	c.counters.flushes.Add(1)
 }
 
 // publish sends keys to the other processes' L1s, if there is a bus. A

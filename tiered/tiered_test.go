@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,7 +20,13 @@ import (
 	"github.com/tiercache/tiercache/tiered"
 )
 
-func TestMain(m *testing.M) { redistest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(peerEnv) != "" {
+		runPeer()
+		return
+	}
+	redistest.Main(m)
+}
 
 type product struct {
 	ID    int    `json:"id"`
@@ -57,10 +64,13 @@ func newClient(t *testing.T) *redis.Client {
 	return c
 }
 
+// discardLogger is for caches under test: the tests check counters, not log lines.
+var discardLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
+
 func newCache(t *testing.T, cfg tiered.Config) *tiered.Cache[product] {
 	t.Helper()
 	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil)) // the tests check counters, not log lines
+		cfg.Logger = discardLogger
 	}
 	c, err := tiered.New[product](cfg)
 	if err != nil {

@@ -1,0 +1,16 @@
+package tiered
+
+// Test hooks for package tiered_test.
+
+// DisableFences switches off the L1 tickets and the L2 leases of c, so that
+// a test can show the stale fill they prevent.
+func DisableFences[V any](c *Cache[V]) { c.noFence = true }
+
+// PeekL1 returns what c's L1 holds for key, without touching L2.
+func PeekL1[V any](c *Cache[V], key string) (v V, negative, ok bool) {
+	e, ok := c.l1.get(key)
+	if !ok {
+		return v, false, false
+	}
+	return e.v, e.negative, true
+}

@@ -1,0 +1,303 @@
+package tiered_test
+
+// Multi-process tests: the test binary re-executes itself as peer
+// processes (as groupcache's http_test.go does), each with its own Cache on
+// the same Redis and namespace, driven over stdin/stdout with one command
+// per line: "<id> <op> <args...>", answered by "<id> <result...>".
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/tiercache/tiercache/tiered"
+)
+
+const peerEnv = "TIERCACHE_TEST_PEER"
+
+// peerConfig is what a peer process is started with.
+type peerConfig struct {
+	Addr      string
+	Namespace string
+	Bound     time.Duration
+	NoFence   bool
+}
+
+// dbKey is where the "database" of the multi-process tests keeps key's
+// current version: a Redis string outside the cache's namespace.
+func dbKey(ns, key string) string { return "db:" + ns + ":" + key }
+
+// runPeer is the peer process's main.
+func runPeer() {
+	var pc peerConfig
+	if err := json.Unmarshal([]byte(os.Getenv(peerEnv)), &pc); err != nil {
+		fmt.Fprintln(os.Stderr, "peer config:", err)
+		os.Exit(2)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: pc.Addr, ContextTimeoutEnabled: true, ClientName: "peer"})
+	c, err := tiered.New[int64](tiered.Config{
+		Redis: rdb, Namespace: pc.Namespace, StalenessBound: pc.Bound,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peer New:", err)
+		os.Exit(2)
+	}
+	if pc.NoFence {
+		tiered.DisableFences(c)
+	}
+	p := &peerProc{c: c, rdb: rdb, ns: pc.Namespace, out: bufio.NewWriter(os.Stdout), release: make(chan struct{})}
+	in := bufio.NewScanner(os.Stdin)
+	var wg sync.WaitGroup
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		if len(f) < 2 {
+			continue
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); p.run(f[0], f[1], f[2:]) }()
+	}
+	wg.Wait()
+	c.Close()
+	rdb.Close()
+	os.Exit(0)
+}
+
+type peerProc struct {
+	c       *tiered.Cache[int64]
+	rdb     *redis.Client
+	ns      string
+	mu      sync.Mutex
+	out     *bufio.Writer
+	release chan struct{}
+	stop    atomic.Bool // ends a readloop
+}
+
+func (p *peerProc) reply(id string, args ...any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintln(p.out, append([]any{id}, args...)...)
+	p.out.Flush()
+}
+
+// load reads the database.
+func (p *peerProc) load(ctx context.Context, key string) (int64, error) {
+	v, err := p.rdb.Get(ctx, dbKey(p.ns, key)).Int64()
+	if errors.Is(err, redis.Nil) {
+		return 0, tiered.ErrNotFound
+	}
+	return v, err
+}
+
+func (p *peerProc) result(id string, v int64, err error) {
+	switch {
+	case errors.Is(err, tiered.ErrNotFound):
+		p.reply(id, "notfound")
+	case err != nil:
+		p.reply(id, "err", strconv.Quote(err.Error()))
+	default:
+		p.reply(id, "ok", v)
+	}
+}
+
+func (p *peerProc) run(id, op string, args []string) {
+	ctx := context.Background()
+	arg := func(i int) string {
+		if i < len(args) {
+			return args[i]
+		}
+		return ""
+	}
+	switch op {
+	case "get":
+		v, err := p.c.Get(ctx, arg(0))
+		p.result(id, v, err)
+	case "load":
+		v, err := p.c.GetOrLoad(ctx, arg(0), p.load)
+		p.result(id, v, err)
+	case "slowload": // key [tag]: load, say "loaded v", wait for "release", return
+		var opts []tiered.Option
+		if arg(1) != "" {
+			opts = append(opts, tiered.WithTags(arg(1)))
+		}
+		v, err := p.c.GetOrLoad(ctx, arg(0), func(ctx context.Context, key string) (int64, error) {
+			v, err := p.load(ctx, key)
+			p.reply(id, "loaded", v)
+			<-p.release
+			return v, err
+		}, opts...)
+		p.result(id, v, err)
+	case "release":
+		p.release <- struct{}{}
+		p.reply(id, "ok")
+	case "peek":
+		v, neg, ok := tiered.PeekL1(p.c, arg(0))
+		switch {
+		case !ok:
+			p.reply(id, "none")
+		case neg:
+			p.reply(id, "notfound")
+		default:
+			p.reply(id, "ok", v)
+		}
+	case "stats":
+		b, _ := json.Marshal(p.c.Stats())
+		p.reply(id, string(b))
+	case "readloop": // file nkeys: random GetOrLoads until "stopread", one "key start version" line each to file
+		p.readLoop(id, arg(0), arg(1))
+	case "stopread":
+		p.stop.Store(true)
+		p.reply(id, "ok")
+	default:
+		p.reply(id, "err", strconv.Quote("unknown op "+op))
+	}
+}
+
+func (p *peerProc) readLoop(id, file, nkeys string) {
+	n, _ := strconv.Atoi(nkeys)
+	f, err := os.Create(file)
+	if err != nil {
+		p.reply(id, "err", strconv.Quote(err.Error()))
+		return
+	}
+	w := bufio.NewWriter(f)
+	reads := 0
+	for !p.stop.Load() {
+		key := fmt.Sprintf("k%d", rand.IntN(n))
+		start := time.Now().UnixNano()
+		v, err := p.c.GetOrLoad(context.Background(), key, p.load)
+		if err != nil && !errors.Is(err, tiered.ErrNotFound) {
+			fmt.Fprintf(w, "%s %d err\n", key, start)
+			continue
+		}
+		fmt.Fprintf(w, "%s %d %d\n", key, start, v)
+		reads++
+		if reads%8 == 0 {
+			// Leave the two CPUs of a small CI machine to the writer too.
+			time.Sleep(50 * time.Microsecond)
+		}
+	}
+	w.Flush()
+	f.Close()
+	p.reply(id, "ok", reads)
+}
+
+// peer is the test's handle on a peer process.
+type peer struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	mu   sync.Mutex
+	next int
+	wait map[string]chan string
+}
+
+func startPeer(t *testing.T, pc peerConfig) *peer {
+	t.Helper()
+	cfg, _ := json.Marshal(pc)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), peerEnv+"="+string(cfg))
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &peer{t: t, cmd: cmd, in: in, wait: make(map[string]chan string)}
+	go func() {
+		s := bufio.NewScanner(out)
+		for s.Scan() {
+			id, rest, _ := strings.Cut(s.Text(), " ")
+			p.mu.Lock()
+			ch := p.wait[id]
+			p.mu.Unlock()
+			if ch != nil {
+				ch <- rest
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		in.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return p
+}
+
+// start sends a command and returns the channel its answers arrive on.
+func (p *peer) start(format string, args ...any) <-chan string {
+	p.mu.Lock()
+	p.next++
+	id := strconv.Itoa(p.next)
+	ch := make(chan string, 4)
+	p.wait[id] = ch
+	p.mu.Unlock()
+	fmt.Fprintf(p.in, id+" "+format+"\n", args...)
+	return ch
+}
+
+// do sends a command and waits for its answer.
+func (p *peer) do(format string, args ...any) string {
+	p.t.Helper()
+	return p.recv(p.start(format, args...))
+}
+
+func (p *peer) recv(ch <-chan string) string {
+	p.t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(20 * time.Second):
+		p.t.Fatalf("peer did not answer")
+		return ""
+	}
+}
+
+func (p *peer) stats() tiered.Stats {
+	p.t.Helper()
+	var s tiered.Stats
+	if err := json.Unmarshal([]byte(p.do("stats")), &s); err != nil {
+		p.t.Fatalf("peer stats: %v", err)
+	}
+	return s
+}
+
+// eventually polls cond every 5 ms for up to d.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(d); ; {
+		if cond() {
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("after %v: %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
