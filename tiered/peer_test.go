@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tiercache/tiercache/invalidation"
 	"github.com/tiercache/tiercache/tiered"
 )
 
@@ -35,6 +36,10 @@ type peerConfig struct {
 	Namespace string
 	Bound     time.Duration
 	NoFence   bool
+	// Bus makes the peer a bare invalidation bus on channel Namespace,
+	// plus a raw subscriber on Namespace+":raw", printing "applied <key>
+	// <unix ns>" for every key either delivers.
+	Bus bool
 }
 
 // dbKey is where the "database" of the multi-process tests keeps key's
@@ -49,6 +54,10 @@ func runPeer() {
 		os.Exit(2)
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: pc.Addr, ContextTimeoutEnabled: true, ClientName: "peer"})
+	if pc.Bus {
+		runBusPeer(rdb, pc)
+		return
+	}
 	c, err := tiered.New[int64](tiered.Config{
 		Redis: rdb, Namespace: pc.Namespace, StalenessBound: pc.Bound,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -198,7 +207,7 @@ func (p *peerProc) readLoop(id, file, nkeys string) {
 
 // peer is the test's handle on a peer process.
 type peer struct {
-	t    *testing.T
+	t    testing.TB
 	cmd  *exec.Cmd
 	in   io.WriteCloser
 	mu   sync.Mutex
@@ -206,7 +215,7 @@ type peer struct {
 	wait map[string]chan string
 }
 
-func startPeer(t *testing.T, pc peerConfig) *peer {
+func startPeer(t testing.TB, pc peerConfig) *peer {
 	t.Helper()
 	cfg, _ := json.Marshal(pc)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -224,6 +233,11 @@ func startPeer(t *testing.T, pc peerConfig) *peer {
 		t.Fatal(err)
 	}
 	p := &peer{t: t, cmd: cmd, in: in, wait: make(map[string]chan string)}
+	if pc.Bus {
+		// Registered before the peer can print them.
+		p.wait["ready"] = make(chan string, 1)
+		p.wait["applied"] = make(chan string, 1<<16)
+	}
 	go func() {
 		s := bufio.NewScanner(out)
 		for s.Scan() {
@@ -235,6 +249,11 @@ func startPeer(t *testing.T, pc peerConfig) *peer {
 				ch <- rest
 			}
 		}
+		p.mu.Lock()
+		if ch := p.wait["applied"]; ch != nil {
+			close(ch)
+		}
+		p.mu.Unlock()
 	}()
 	t.Cleanup(func() {
 		in.Close()
@@ -248,6 +267,14 @@ func startPeer(t *testing.T, pc peerConfig) *peer {
 		}
 	})
 	return p
+}
+
+// lines returns the channel of a bus peer's lines that start with word
+// ("ready" or "applied").
+func (p *peer) lines(word string) <-chan string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.wait[word]
 }
 
 // start sends a command and returns the channel its answers arrive on.
@@ -300,4 +327,46 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+func runBusPeer(rdb *redis.Client, pc peerConfig) {
+	var mu sync.Mutex
+	out := bufio.NewWriter(os.Stdout)
+	applied := func(keys []string) {
+		now := time.Now().UnixNano()
+		mu.Lock()
+		for _, k := range keys {
+			fmt.Fprintln(out, "applied", k, now)
+		}
+		out.Flush()
+		mu.Unlock()
+	}
+	bus, err := invalidation.New(rdb, invalidation.Config{
+		Channel: pc.Namespace, Evict: applied, Flush: func(string) {},
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peer bus:", err)
+		os.Exit(2)
+	}
+	ps := rdb.Subscribe(context.Background(), pc.Namespace+":raw")
+	if _, err := ps.Receive(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "peer subscribe:", err)
+		os.Exit(2)
+	}
+	go func() {
+		for m := range ps.Channel(redis.WithChannelSize(1 << 16)) {
+			applied([]string{m.Payload})
+		}
+	}()
+	bus.WaitFresh(context.Background())
+	mu.Lock()
+	fmt.Fprintln(out, "ready")
+	out.Flush()
+	mu.Unlock()
+	io.Copy(io.Discard, os.Stdin) // until the test closes stdin
+	ps.Close()
+	bus.Close()
+	rdb.Close()
+	os.Exit(0)
 }

@@ -1,0 +1,160 @@
+package tiered_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/invalidation"
+)
+
+// BenchmarkPropagation measures an invalidation from the moment it is
+// published here to the moment another process has applied it, one at a
+// time, and reports the p50 and p99 of those latencies. impl=pubsub is the
+// baseline: a raw PUBLISH of the key to a raw go-redis subscriber in the
+// same peer process.
+func BenchmarkPropagation(b *testing.B) {
+	addr, ns := redistest.Addr(b), redistest.Namespace(b)
+	p := startPeer(b, peerConfig{Addr: addr, Namespace: ns, Bus: true})
+	select {
+	case <-p.lines("ready"):
+	case <-time.After(10 * time.Second):
+		b.Fatal("bus peer not ready")
+	}
+	applied := p.lines("applied")
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	bus, err := invalidation.New(rdb, invalidation.Config{Channel: ns, Evict: func([]string) {}, Flush: func(string) {}, Logger: discardLogger})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bus.Close()
+	ctx := context.Background()
+	for _, impl := range []string{"pubsub", "bus"} {
+		publish := func(key string) error { return rdb.Publish(ctx, ns+":raw", key).Err() }
+		if impl == "bus" {
+			publish = func(key string) error { return bus.Publish(ctx, key) }
+		}
+		b.Run("impl="+impl, func(b *testing.B) {
+			var lat []time.Duration
+			for i := 0; b.Loop(); i++ {
+				key := fmt.Sprintf("k%d", i)
+				start := time.Now().UnixNano()
+				if err := publish(key); err != nil {
+					b.Fatal(err)
+				}
+				for {
+					line, ok := <-applied
+					if !ok {
+						b.Fatal("peer exited")
+					}
+					f := strings.Fields(line)
+					if len(f) == 2 && f[0] == key {
+						at, _ := strconv.ParseInt(f[1], 10, 64)
+						lat = append(lat, time.Duration(at-start))
+						break
+					}
+				}
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+	}
+}
+
+// BenchmarkInvalidationThroughput publishes distinct keys from parallel
+// goroutines until another bus has applied them all, and reports keys/s
+// and keys per message. impl=publish-per-key is the baseline: one raw
+// PUBLISH per key, counted by a raw subscriber.
+func BenchmarkInvalidationThroughput(b *testing.B) {
+	addr := redistest.Addr(b)
+	ctx := context.Background()
+	newClient := func() *redis.Client { return redis.NewClient(&redis.Options{Addr: addr, PoolSize: 64}) }
+	b.Run("impl=publish-per-key", func(b *testing.B) {
+		ch := redistest.Namespace(b)
+		pub, sub := newClient(), newClient()
+		defer pub.Close()
+		defer sub.Close()
+		ps := sub.Subscribe(ctx, ch)
+		defer ps.Close()
+		if _, err := ps.Receive(ctx); err != nil {
+			b.Fatal(err)
+		}
+		var got atomic.Int64
+		msgs := ps.Channel(redis.WithChannelSize(1 << 20))
+		go func() {
+			for range msgs {
+				got.Add(1)
+			}
+		}()
+		var n atomic.Int64
+		start := time.Now()
+		b.SetParallelism(32) // many writers, as in a busy service
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := pub.Publish(ctx, ch, fmt.Sprintf("key:%d", n.Add(1))).Err(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		waitFor(b, &got, n.Load())
+		b.ReportMetric(float64(n.Load())/time.Since(start).Seconds(), "keys/s")
+		b.ReportMetric(1, "keys/msg")
+	})
+	b.Run("impl=bus", func(b *testing.B) {
+		ch := redistest.Namespace(b)
+		pub, sub := newClient(), newClient()
+		defer pub.Close()
+		defer sub.Close()
+		var got atomic.Int64
+		receiver, err := invalidation.New(sub, invalidation.Config{Channel: ch, Logger: discardLogger,
+			Evict: func(keys []string) { got.Add(int64(len(keys))) }, Flush: func(string) {}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer receiver.Close()
+		sender, err := invalidation.New(pub, invalidation.Config{Channel: ch, Logger: discardLogger,
+			Evict: func([]string) {}, Flush: func(string) {}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sender.Close()
+		receiver.WaitFresh(ctx)
+		var n atomic.Int64
+		start := time.Now()
+		b.SetParallelism(32) // many writers, as in a busy service
+		b.ResetTimer()
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := sender.Publish(ctx, fmt.Sprintf("key:%d", n.Add(1))); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+		waitFor(b, &got, n.Load())
+		b.ReportMetric(float64(n.Load())/time.Since(start).Seconds(), "keys/s")
+		s := sender.Stats()
+		b.ReportMetric(float64(s.SentKeys)/float64(max(s.SentMessages, 1)), "keys/msg")
+	})
+}
+
+func waitFor(b *testing.B, got *atomic.Int64, want int64) {
+	for end := time.Now().Add(30 * time.Second); got.Load() < want; {
+		if time.Now().After(end) {
+			b.Fatalf("received %d of %d keys", got.Load(), want)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
