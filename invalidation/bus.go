@@ -141,6 +141,7 @@ type Bus struct {
 	tick  time.Duration // the watchdog's period
 
 	reqs chan publishReq
+	kick chan struct{} // asks for a heartbeat now: a subscription was confirmed
 	stop chan struct{}
 	wg   sync.WaitGroup
 
@@ -186,15 +187,16 @@ func New(rdb redis.UniversalClient, cfg Config) (*Bus, error) {
 		return nil, errors.New("invalidation: nil Redis client")
 	}
 	b := &Bus{
-		cfg:    cfg,
-		rdb:    rdb,
-		epoch:  uint64(time.Now().UnixNano()),
-		tick:   max(cfg.StalenessBound/20, time.Millisecond),
-		reqs:   make(chan publishReq, 1024),
-		stop:   make(chan struct{}),
+		cfg:   cfg,
+		rdb:   rdb,
+		epoch: uint64(time.Now().UnixNano()),
+		tick:  max(cfg.StalenessBound/20, time.Millisecond),
+		reqs:  make(chan publishReq, 1024),
+		kick:  make(chan struct{}, 1),
+		stop:  make(chan struct{}),
 
 		firstFresh: make(chan struct{}),
-		logErr: rate.Sometimes{Interval: time.Second},
+		logErr:     rate.Sometimes{Interval: time.Second},
 	}
 	if b.metrics, err = newInstruments(b, cfg.MeterProvider.Meter(instrumentationName)); err != nil {
 		return nil, fmt.Errorf("invalidation: metrics: %w", err)
@@ -288,13 +290,14 @@ func (b *Bus) send() {
 	hb := time.NewTicker(b.cfg.Heartbeat)
 	defer hb.Stop()
 	var seq uint64
-	b.heartbeat(seq)
 	for {
 		select {
 		case <-b.stop:
 			b.failQueued()
 			return
 		case <-hb.C:
+			b.heartbeat(seq)
+		case <-b.kick:
 			b.heartbeat(seq)
 		case req := <-b.reqs:
 			batch := b.collect(req)
@@ -474,6 +477,12 @@ func (b *Bus) receive() {
 				b.flush("resubscribe")
 			}
 			subscribed = true
+			// A heartbeat now, rather than at the next tick, makes the bus
+			// fresh within a round trip of subscribing.
+			select {
+			case b.kick <- struct{}{}:
+			default:
+			}
 		case *redis.Message:
 			b.apply(msg.Payload, peers)
 		}

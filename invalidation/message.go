@@ -82,7 +82,7 @@ func decodeMessage(b []byte, maxKeys, maxKeyBytes int) (message, error) {
 	m.sentAt = int64(binary.BigEndian.Uint64(b[16:]))
 	b = b[24:]
 	count, w := binary.Uvarint(b)
-	if w <= 0 || count > uint64(maxKeys) || (m.kind == kindHeartbeat && count != 0) {
+	if w <= 0 || (w > 1 && b[w-1] == 0) || count > uint64(maxKeys) || (m.kind == kindHeartbeat && count != 0) {
 		return m, fmt.Errorf("%w: key count", errMalformed)
 	}
 	b = b[w:]
@@ -91,7 +91,7 @@ func decodeMessage(b []byte, maxKeys, maxKeyBytes int) (message, error) {
 	}
 	for range count {
 		l, w := binary.Uvarint(b)
-		if w <= 0 || l == 0 || l > uint64(maxKeyBytes) || l > uint64(len(b)-w) {
+		if w <= 0 || (w > 1 && b[w-1] == 0) || l == 0 || l > uint64(maxKeyBytes) || l > uint64(len(b)-w) {
 			return m, fmt.Errorf("%w: key length", errMalformed)
 		}
 		m.keys = append(m.keys, string(b[w:w+int(l)]))

@@ -112,3 +112,41 @@ func ExampleCache_Gocache() {
 	fmt.Println(p.ID, err, gc.GetType())
 	// Output: 1 <nil> tiered
 }
+
+func ExampleCache_InvalidateTags() {
+	// With Redis, InvalidateTags removes exactly the tagged keys, from L2
+	// and from the L1 of every process; an L1-only cache, as here, clears
+	// its whole L1.
+	products, _ := tiered.New[Product](tiered.Config{})
+	defer products.Close()
+	ctx := context.Background()
+	_ = products.Set(ctx, "product:42", Product{ID: 42}, tiered.WithTags("category:teapots"))
+	_ = products.InvalidateTags(ctx, "category:teapots")
+	_, err := products.Get(ctx, "product:42")
+	fmt.Println(errors.Is(err, tiered.ErrNotFound))
+	// Output: true
+}
+
+func ExampleWithTags() {
+	products, _ := tiered.New[Product](tiered.Config{})
+	defer products.Close()
+	ctx := context.Background()
+	// A loaded value is tagged too; InvalidateTags("category:teapots")
+	// would remove it.
+	p, err := products.GetOrLoad(ctx, "product:42", findProduct, tiered.WithTags("category:teapots", "brand:acme"))
+	fmt.Println(p.Name, err)
+	// Output: Teapot <nil>
+}
+
+func ExampleWithTTL() {
+	products, _ := tiered.New[Product](tiered.Config{TTL: time.Hour})
+	defer products.Close()
+	ctx := context.Background()
+	err := products.Set(ctx, "flash-sale", Product{ID: 1}, tiered.WithTTL(5*time.Minute))
+	fmt.Println(err)
+	err = products.Set(ctx, "flash-sale", Product{ID: 1}, tiered.WithTTL(0))
+	fmt.Println(err)
+	// Output:
+	// <nil>
+	// tiered: WithTTL(0s): must be positive
+}

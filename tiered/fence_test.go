@@ -1,0 +1,191 @@
+package tiered_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	gocacheredis "github.com/eko/gocache/store/redis/v4"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/tiered"
+)
+
+// TestBusDownServesOnlyYoungCopies: with Redis gone the bus cannot prove
+// that this process has every invalidation, so L1 copies older than the
+// staleness bound are skipped, while younger ones are served: the database
+// sees a load per key per bound, not a load per read. Once Redis is back,
+// the bus turns fresh again after a flush.
+func TestBusDownServesOnlyYoungCopies(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	client, err := tiered.NewRedisClient("redis://" + srv.Addr + "/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	const bound = 200 * time.Millisecond
+	c := newCache(t, tiered.Config{Redis: client, Namespace: redistest.Namespace(t), StalenessBound: bound, L1TTL: time.Hour})
+	src := &countingLoader{}
+	if _, err := c.GetOrLoad(ctx, "old", src.load); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Stats().Bus.Fresh {
+		t.Fatalf("bus not fresh after New on a live Redis: %+v", c.Stats().Bus)
+	}
+
+	srv.Stop()
+	eventually(t, 2*bound, "bus still fresh with Redis stopped", func() bool { return !c.Stats().Bus.Fresh })
+	time.Sleep(bound) // "old" is now older than the bound
+	loads := src.calls.Load()
+	if _, err := c.GetOrLoad(ctx, "old", src.load); err != nil {
+		t.Fatal(err)
+	}
+	if src.calls.Load() != loads+1 || c.Stats().StaleSkips == 0 {
+		t.Errorf("an L1 copy older than the bound was served with the bus down: loads %d→%d, %+v", loads, src.calls.Load(), c.Stats())
+	}
+	// The copy just loaded is young: served from L1, no new load.
+	for range 10 {
+		if _, err := c.GetOrLoad(ctx, "old", src.load); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if src.calls.Load() != loads+1 {
+		t.Errorf("young L1 copy not served with the bus down: %d loads, want %d", src.calls.Load(), loads+1)
+	}
+
+	flushes := c.Stats().Flushes
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "bus not fresh again after Redis came back", func() bool { return c.Stats().Bus.Fresh })
+	if c.Stats().Flushes == flushes {
+		t.Errorf("bus turned fresh without flushing L1")
+	}
+}
+
+// TestLoadOutlivingItsLeaseIsNotWritten: a load slower than LeaseTTL still
+// answers, but its value does not go to L2, where the lease has expired and
+// a newer value may stand.
+func TestLoadOutlivingItsLeaseIsNotWritten(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	raw := newClient(t)
+	c := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, LeaseTTL: 50 * time.Millisecond})
+	v, err := c.GetOrLoad(ctx, "slow", func(ctx context.Context, key string) (product, error) {
+		time.Sleep(150 * time.Millisecond)
+		return product{ID: 1}, nil
+	})
+	if err != nil || v.ID != 1 {
+		t.Fatalf("GetOrLoad = %+v, %v", v, err)
+	}
+	if n := raw.Exists(ctx, ns+":slow").Val(); n != 0 {
+		t.Errorf("a load that outlived its lease wrote L2")
+	}
+	if s := c.Stats(); s.LeasesLost != 1 {
+		t.Errorf("LeasesLost = %d, want 1", s.LeasesLost)
+	}
+}
+
+// TestAnotherProcessLeaseIsLeftAlone: a load that finds another process's
+// lease on the key answers its callers and leaves L2 to the lease holder.
+func TestAnotherProcessLeaseIsLeftAlone(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	raw := newClient(t)
+	holder := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
+	started, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := holder.GetOrLoad(ctx, "k", func(ctx context.Context, key string) (product, error) {
+			close(started)
+			<-release
+			return product{ID: 1}, nil
+		})
+		done <- err
+	}()
+	<-started
+	lease := raw.Get(ctx, ns+":k").Val()
+
+	other := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
+	src := &countingLoader{}
+	if v, err := other.GetOrLoad(ctx, "k", src.load); err != nil || v.Name != "p-k" {
+		t.Fatalf("GetOrLoad behind a lease = %+v, %v", v, err)
+	}
+	if got := raw.Get(ctx, ns+":k").Val(); got != lease {
+		t.Errorf("the lease holder's lease was overwritten")
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if v, err := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, DisableInvalidation: true}).Get(ctx, "k"); err != nil || v.ID != 1 {
+		t.Errorf("L2 after the holder's fill = %+v, %v; want the holder's value", v, err)
+	}
+}
+
+func TestOptions(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	raw := newClient(t)
+	c := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, TTL: time.Hour, Jitter: -1})
+	if err := c.Set(ctx, "short", product{ID: 1}, tiered.WithTTL(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := raw.PTTL(ctx, ns+":short").Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("WithTTL(1m): L2 TTL %v", ttl)
+	}
+	if _, err := c.GetOrLoad(ctx, "loaded", (&countingLoader{}).load, tiered.WithTTL(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := raw.PTTL(ctx, ns+":loaded").Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("GetOrLoad WithTTL(1m): L2 TTL %v", ttl)
+	}
+	for name, opt := range map[string]tiered.Option{
+		"negative TTL": tiered.WithTTL(-time.Second),
+		"empty tag":    tiered.WithTags(""),
+		"long tag":     tiered.WithTags(strings.Repeat("t", 2000)),
+	} {
+		if err := c.Set(ctx, "k", product{}, opt); err == nil {
+			t.Errorf("Set with %s: no error", name)
+		}
+	}
+	if err := c.InvalidateTags(ctx, ""); err == nil {
+		t.Errorf("InvalidateTags(\"\"): no error")
+	}
+
+	// A gocache Store without Config.Redis cannot index tags.
+	storeOnly := newCache(t, tiered.Config{Store: gocacheredis.NewRedis(newClient(t)), Namespace: ns + "-store"})
+	if err := storeOnly.Set(ctx, "k", product{}, tiered.WithTags("t")); err == nil {
+		t.Errorf("Set WithTags on a Store-only cache: no error")
+	}
+	if err := storeOnly.InvalidateTags(ctx, "t"); err == nil {
+		t.Errorf("InvalidateTags on a Store-only cache: no error")
+	}
+}
+
+// TestInvalidateTagsFailureFlushesL1: with the tag set unreadable (Redis
+// gone), InvalidateTags says so and drops this process's L1.
+func TestInvalidateTagsFailureFlushesL1(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true, MaxRetries: -1})
+	defer client.Close()
+	c := newCache(t, tiered.Config{Redis: client, Namespace: redistest.Namespace(t)})
+	if err := c.Set(ctx, "k", product{ID: 1}, tiered.WithTags("t")); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	if err := c.InvalidateTags(ctx, "t"); err == nil {
+		t.Fatal("InvalidateTags with Redis down: no error")
+	}
+	if _, _, ok := tiered.PeekL1(c, "k"); ok {
+		t.Errorf("k still in L1 after a failed InvalidateTags")
+	}
+	if _, err := c.Get(ctx, "k"); !errors.Is(err, tiered.ErrNotFound) {
+		t.Errorf("Get after a failed InvalidateTags = %v, want a miss", err)
+	}
+}
