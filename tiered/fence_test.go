@@ -189,3 +189,27 @@ func TestInvalidateTagsFailureFlushesL1(t *testing.T) {
 		t.Errorf("Get after a failed InvalidateTags = %v, want a miss", err)
 	}
 }
+
+// TestFailedLoadReleasesItsLease: a load that fails gives its lease back,
+// so that the next miss, here or in another process, can fill L2 at once.
+func TestFailedLoadReleasesItsLease(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	raw := newClient(t)
+	c := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
+	if _, err := c.GetOrLoad(ctx, "k", func(context.Context, string) (product, error) {
+		return product{}, errors.New("database down")
+	}); err == nil {
+		t.Fatal("GetOrLoad with a failing loader: no error")
+	}
+	if n := raw.Exists(ctx, ns+":k").Val(); n != 0 {
+		t.Fatalf("the failed load left its lease in L2")
+	}
+	other := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
+	if _, err := other.GetOrLoad(ctx, "k", (&countingLoader{}).load); err != nil {
+		t.Fatal(err)
+	}
+	if n := raw.Exists(ctx, ns+":k").Val(); n != 1 {
+		t.Errorf("the next load did not fill L2")
+	}
+}

@@ -39,6 +39,13 @@ if v == false or v == ARGV[1] then
 end
 return 0`)
 
+// leaseRelease deletes KEYS[1] if it still holds the lease ARGV[1].
+var leaseRelease = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0`)
+
 // tagAdd adds ARGV[1] to the tag set KEYS[1] and makes the set live at
 // least ARGV[2] ms, as long as the longest-lived value it lists.
 var tagAdd = redis.NewScript(`
@@ -80,6 +87,15 @@ func (l *l2) fillLeased(ctx context.Context, key string, lease, b []byte, ttl ti
 			return errLeaseLost
 		}
 		return err
+	})
+}
+
+// releaseLease gives up a lease that will not be filled (the load failed,
+// or its value is not to be cached), so that the next process to miss can
+// take one instead of waiting out LeaseTTL.
+func (l *l2) releaseLease(ctx context.Context, key string, lease []byte) error {
+	return l.call(ctx, func(ctx context.Context) error {
+		return leaseRelease.Run(ctx, l.rdb, []string{key}, lease).Err()
 	})
 }
 

@@ -310,8 +310,17 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 			c.l2Failed(ctx, "lease", key, l2err)
 		}
 	}
+	// Every way out below that does not fill L2 gives the lease back.
+	unlease := func() {
+		if leased {
+			if err := c.l2.releaseLease(ctx, c.l2Key(key), lease); err != nil {
+				c.l2Failed(ctx, "release", key, err)
+			}
+		}
+	}
 	e, err := c.runLoad(ctx, key, load)
 	if err != nil {
+		unlease()
 		return flightResult[V]{tier: "loader", err: err}
 	}
 	e.filled = started
@@ -321,6 +330,7 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 	}
 	if ttl < 0 {
 		// Negative caching is off: answer, but remember nothing.
+		unlease()
 		return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
 	}
 	// The value fills L2 first, then L1: a reader in another process must be
@@ -330,6 +340,7 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 	if err != nil {
 		// The loaded value is good; it just cannot be cached.
 		c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", key, "err", err)
+		unlease()
 		return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
 	}
 	switch {
