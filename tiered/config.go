@@ -45,7 +45,8 @@ type Config struct {
 	// copy after a write to its key returned (see docs/consistency.md).
 	// The bus enforces it: when it cannot prove that every invalidation
 	// older than the bound has been applied, L1 copies older than the bound
-	// are not served. Default: 2 seconds.
+	// are not served. New waits up to half of it (at most a second) for
+	// the bus to be ready. Default: 2 seconds.
 	StalenessBound time.Duration
 
 	// LeaseTTL is how long a load may hold its key's L2 lease. A load that
