@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,7 +56,9 @@ type Config struct {
 	// flight.
 	Window time.Duration
 
-	// PublishTimeout bounds one PUBLISH. Default: 100 ms.
+	// PublishTimeout bounds one PUBLISH. go-redis honours it only on a
+	// client with ContextTimeoutEnabled (tiered.NewRedisClient sets it);
+	// otherwise its own read and write timeouts apply. Default: 100 ms.
 	PublishTimeout time.Duration
 
 	// MaxKeyBytes, MaxKeysPerMessage and MaxMessageBytes bound what is
@@ -183,7 +186,7 @@ func New(rdb redis.UniversalClient, cfg Config) (*Bus, error) {
 	if err != nil {
 		return nil, err
 	}
-	if rdb == nil {
+	if rdb == nil || reflect.ValueOf(rdb).IsNil() {
 		return nil, errors.New("invalidation: nil Redis client")
 	}
 	b := &Bus{
@@ -259,6 +262,14 @@ func (b *Bus) Publish(ctx context.Context, keys ...string) error {
 	select {
 	case err := <-req.done:
 		return err
+	case <-b.stop:
+		// Close may have won the race for req: send has exited.
+		select {
+		case err := <-req.done:
+			return err
+		default:
+			return ErrClosed
+		}
 	case <-ctx.Done():
 		// The keys still go out; only this caller stops waiting.
 		return ctx.Err()
@@ -290,7 +301,28 @@ func (b *Bus) send() {
 	hb := time.NewTicker(b.cfg.Heartbeat)
 	defer hb.Stop()
 	var seq uint64
+	publish := func(req publishReq) {
+		batch := b.collect(req)
+		var err error
+		for _, keys := range b.split(batch) {
+			seq++
+			if e := b.publish(kindKeys, seq, keys); e != nil && err == nil {
+				err = e
+			}
+		}
+		for _, r := range batch {
+			r.done <- err
+		}
+	}
 	for {
+		// Writers waiting go before a heartbeat that is due: when Redis is
+		// slow, a heartbeat can take all of PublishTimeout.
+		select {
+		case req := <-b.reqs:
+			publish(req)
+			continue
+		default:
+		}
 		select {
 		case <-b.stop:
 			b.failQueued()
@@ -300,17 +332,7 @@ func (b *Bus) send() {
 		case <-b.kick:
 			b.heartbeat(seq)
 		case req := <-b.reqs:
-			batch := b.collect(req)
-			var err error
-			for _, keys := range b.split(batch) {
-				seq++
-				if e := b.publish(kindKeys, seq, keys); e != nil && err == nil {
-					err = e
-				}
-			}
-			for _, r := range batch {
-				r.done <- err
-			}
+			publish(req)
 		}
 	}
 }
@@ -452,7 +474,9 @@ func (b *Bus) receive() {
 			if b.closed.Load() {
 				return
 			}
-			b.fresh.Store(false)
+			if b.fresh.Swap(false) {
+				b.stats.staleSpells.Add(1)
+			}
 			b.stats.receiveErrors.Add(1)
 			b.logErr.Do(func() {
 				b.cfg.Logger.Warn("tiercache: invalidation subscription failed; local copies are served only while younger than the bound",
@@ -525,6 +549,9 @@ func (b *Bus) sleep(d time.Duration) {
 // apply handles one message from the channel.
 func (b *Bus) apply(payload string, peers map[string]*peer) {
 	m, err := decodeMessage([]byte(payload), b.cfg.MaxKeysPerMessage, b.cfg.MaxKeyBytes)
+	if err == nil && len(payload) > b.cfg.MaxMessageBytes {
+		err = fmt.Errorf("%w: %d bytes, limit %d", errMalformed, len(payload), b.cfg.MaxMessageBytes)
+	}
 	if err != nil {
 		// Something else writes on our channel, or a peer runs an
 		// incompatible version: what it meant to invalidate is unknown.
@@ -536,8 +563,16 @@ func (b *Bus) apply(payload string, peers map[string]*peer) {
 		return
 	}
 	now := time.Now()
-	if m.instance == b.cfg.InstanceID {
-		if m.kind == kindHeartbeat && m.epoch == b.epoch {
+	if m.instance == b.cfg.InstanceID && m.epoch != b.epoch {
+		// Another live process publishes under our id (a fixed InstanceID
+		// given to two processes). Its keys are applied like anyone's.
+		b.logErr.Do(func() {
+			b.cfg.Logger.Warn("tiercache: another process publishes under this InstanceID; give each process its own",
+				"channel", b.cfg.Channel, "instance", m.instance)
+		})
+	}
+	if m.instance == b.cfg.InstanceID && m.epoch == b.epoch {
+		if m.kind == kindHeartbeat {
 			b.heard.Store(m.sentAt)
 			b.metrics.recordEcho(now.Sub(time.Unix(0, m.sentAt)))
 			if !b.fresh.Load() && now.Sub(time.Unix(0, m.sentAt)) <= b.cfg.StalenessBound-b.tick {
@@ -621,8 +656,7 @@ func (b *Bus) watch() {
 		case <-b.stop:
 			return
 		case now := <-t.C:
-			if b.fresh.Load() && now.Sub(time.Unix(0, b.heard.Load())) > b.cfg.StalenessBound-b.tick {
-				b.fresh.Store(false)
+			if now.Sub(time.Unix(0, b.heard.Load())) > b.cfg.StalenessBound-b.tick && b.fresh.CompareAndSwap(true, false) {
 				b.stats.staleSpells.Add(1)
 				b.cfg.Logger.Warn("tiercache: invalidation bus is behind its staleness bound; local copies are served only while younger than it",
 					"channel", b.cfg.Channel, "bound", b.cfg.StalenessBound)

@@ -80,6 +80,9 @@ func decodeMessage(b []byte, maxKeys, maxKeyBytes int) (message, error) {
 	m.epoch = binary.BigEndian.Uint64(b)
 	m.seq = binary.BigEndian.Uint64(b[8:])
 	m.sentAt = int64(binary.BigEndian.Uint64(b[16:]))
+	if m.kind == kindKeys && m.seq == 0 {
+		return m, fmt.Errorf("%w: keys message with sequence number 0", errMalformed) // they count from 1
+	}
 	b = b[24:]
 	count, w := binary.Uvarint(b)
 	if w <= 0 || (w > 1 && b[w-1] == 0) || count > uint64(maxKeys) || (m.kind == kindHeartbeat && count != 0) {

@@ -21,7 +21,7 @@ type Stats struct {
 	// PublishErrors, ReceiveErrors and Malformed count failures.
 	PublishErrors, ReceiveErrors, Malformed int64
 	// StaleSpells counts the times Fresh turned false because the bus fell
-	// behind its bound.
+	// behind its bound or lost its subscription.
 	StaleSpells int64
 	Fresh       bool
 }

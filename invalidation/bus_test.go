@@ -1,0 +1,668 @@
+package invalidation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+)
+
+func TestMain(m *testing.M) { redistest.Main(m) }
+
+// discardLogger is for buses under test: the tests check counters and
+// callbacks, not log lines.
+var discardLogger = slog.New(slog.DiscardHandler)
+
+// newClient returns a go-redis client for addr, closed when t ends.
+func newClient(t *testing.T, addr string) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: addr})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// newChannel returns a channel that no other test or run uses.
+func newChannel(t *testing.T) string { return "tiercache:inv:" + redistest.Namespace(t) }
+
+// recorder is a recording fake for Config.Evict and Config.Flush. The bus
+// calls them on its receiving goroutine; the test reads the channels.
+type recorder struct {
+	evicts  chan []string
+	flushes chan string
+}
+
+func newRecorder() *recorder {
+	// Big enough that no test fills them: a full channel would block the
+	// bus's goroutine, and with it Close.
+	return &recorder{evicts: make(chan []string, 4096), flushes: make(chan string, 4096)}
+}
+
+// config returns a Config on channel ch that reports to r.
+func (r *recorder) config(ch string) Config {
+	return Config{
+		Channel: ch,
+		Evict:   func(keys []string) { r.evicts <- slices.Clone(keys) },
+		Flush:   func(reason string) { r.flushes <- reason },
+		Logger:  discardLogger,
+	}
+}
+
+// nextEvict waits for the next Evict call.
+func (r *recorder) nextEvict(t *testing.T, timeout time.Duration) []string {
+	t.Helper()
+	select {
+	case keys := <-r.evicts:
+		return keys
+	case <-time.After(timeout):
+		t.Fatalf("no Evict within %v", timeout)
+		return nil
+	}
+}
+
+// waitFlush waits for a Flush with reason, skipping other reasons.
+func (r *recorder) waitFlush(t *testing.T, reason string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	var others []string
+	for {
+		select {
+		case got := <-r.flushes:
+			if got == reason {
+				return
+			}
+			others = append(others, got)
+		case <-deadline:
+			t.Fatalf("no Flush(%q) within %v (got %q)", reason, timeout, others)
+		}
+	}
+}
+
+// drainFlushes returns the flushes so far other than "fresh", which any
+// recovery from a hiccup of the test machine may add.
+func (r *recorder) drainFlushes() []string {
+	var got []string
+	for {
+		select {
+		case reason := <-r.flushes:
+			if reason != "fresh" {
+				got = append(got, reason)
+			}
+		default:
+			return got
+		}
+	}
+}
+
+// newBus starts a bus, closed when t ends.
+func newBus(t *testing.T, rdb redis.UniversalClient, cfg Config) *Bus {
+	t.Helper()
+	b, err := New(rdb, cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() { _ = b.Close() })
+	return b
+}
+
+// waitFresh waits for b's first heartbeat to come back.
+func waitFresh(t *testing.T, b *Bus) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if !b.WaitFresh(ctx) {
+		t.Fatalf("WaitFresh = false after 5s; stats %+v", b.Stats())
+	}
+}
+
+// eventually polls cond, for state that no callback reports (Fresh).
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("%s: not within %v", what, timeout)
+		}
+		<-tick.C
+	}
+	return time.Since(start)
+}
+
+// pair returns two fresh buses on one channel, each with its own client.
+func pair(t *testing.T, cfgA func(*Config)) (a, b *Bus, ra, rb *recorder) {
+	t.Helper()
+	addr, ch := redistest.Addr(t), newChannel(t)
+	ra, rb = newRecorder(), newRecorder()
+	ac := ra.config(ch)
+	if cfgA != nil {
+		cfgA(&ac)
+	}
+	a = newBus(t, newClient(t, addr), ac)
+	b = newBus(t, newClient(t, addr), rb.config(ch))
+	waitFresh(t, a)
+	waitFresh(t, b)
+	return a, b, ra, rb
+}
+
+// ctxTimeout returns a context that ends after d, or when t ends.
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestPublishReachesOtherBus(t *testing.T) {
+	a, b, ra, rb := pair(t, nil)
+	if a.InstanceID() == b.InstanceID() || len(a.InstanceID()) != 16 {
+		t.Fatalf("InstanceIDs %q and %q, want two distinct 16-digit defaults", a.InstanceID(), b.InstanceID())
+	}
+	ctx := ctxTimeout(t, 5*time.Second)
+
+	if err := a.Publish(ctx, "user:1", "user:2"); err != nil {
+		t.Fatalf("a.Publish: %v", err)
+	}
+	if got, want := rb.nextEvict(t, 2*time.Second), []string{"user:1", "user:2"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("b's Evict(%q), want %q", got, want)
+	}
+
+	// a hears its own message before b's (one channel, one order): if a
+	// applied its own keys, its first Evict would be them.
+	if err := b.Publish(ctx, "from-b"); err != nil {
+		t.Fatalf("b.Publish: %v", err)
+	}
+	if got, want := ra.nextEvict(t, 2*time.Second), []string{"from-b"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("a's first Evict(%q), want %q: a must not apply its own keys", got, want)
+	}
+	// Likewise b hears its own "from-b" before a's "barrier".
+	if err := a.Publish(ctx, "barrier"); err != nil {
+		t.Fatalf("a.Publish: %v", err)
+	}
+	if got, want := rb.nextEvict(t, 2*time.Second), []string{"barrier"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("b's second Evict(%q), want %q: b must not apply its own keys", got, want)
+	}
+
+	if s := a.Stats(); s.SentMessages != 2 || s.SentKeys != 3 || s.ReceivedKeys != 1 || !s.Fresh {
+		t.Errorf("a.Stats() = %+v, want 2 messages and 3 keys sent, 1 key received, fresh", s)
+	}
+	if s := b.Stats(); s.SentMessages != 1 || s.SentKeys != 1 || s.ReceivedKeys != 3 || s.ReceivedMessages < 2 {
+		t.Errorf("b.Stats() = %+v, want 1 message and 1 key sent, 3 keys received", s)
+	}
+	if got := append(ra.drainFlushes(), rb.drainFlushes()...); len(got) > 0 {
+		t.Errorf("Flush(%q), want none", got)
+	}
+}
+
+func TestWaitFresh(t *testing.T) {
+	addr, ch := redistest.Addr(t), newChannel(t)
+	r := newRecorder()
+	b := newBus(t, newClient(t, addr), r.config(ch))
+	if b.StalenessBound() != 2*time.Second {
+		t.Errorf("StalenessBound() = %v, want the 2s default", b.StalenessBound())
+	}
+	start := time.Now()
+	if !b.WaitFresh(ctxTimeout(t, time.Second)) {
+		t.Fatalf("WaitFresh = false within 1s on a live Redis; stats %+v", b.Stats())
+	}
+	t.Logf("fresh after %v", time.Since(start))
+	if s := b.Stats(); !s.Fresh || !b.Fresh() {
+		t.Errorf("after WaitFresh: Fresh() = %v, Stats() = %+v; want fresh", b.Fresh(), s)
+	}
+	// Turning fresh flushes whatever was filled before.
+	r.waitFlush(t, "fresh", time.Second)
+}
+
+func TestWaitFreshWithoutRedis(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	_ = l.Close() // nothing listens there now
+
+	b := newBus(t, newClient(t, addr), newRecorder().config(newChannel(t)))
+	if b.WaitFresh(ctxTimeout(t, 200*time.Millisecond)) {
+		t.Fatal("WaitFresh = true with no Redis")
+	}
+	if err := b.Publish(ctxTimeout(t, time.Second), "k"); err == nil {
+		t.Error("Publish with no Redis: want an error")
+	}
+	if s := b.Stats(); s.Fresh || s.ReceiveErrors == 0 || s.PublishErrors == 0 {
+		t.Errorf("Stats() = %+v, want not fresh, receive and publish errors", s)
+	}
+}
+
+func TestPublishCoalesces(t *testing.T) {
+	a, _, _, rb := pair(t, nil)
+	const n = 50
+	ctx := ctxTimeout(t, 5*time.Second)
+	start := make(chan struct{})
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			errs <- a.Publish(ctx, fmt.Sprintf("key:%02d", i))
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	}
+
+	got := make(map[string]bool)
+	for len(got) < n {
+		for _, k := range rb.nextEvict(t, 2*time.Second) {
+			if got[k] {
+				t.Errorf("key %q evicted twice", k)
+			}
+			got[k] = true
+		}
+	}
+	for i := range n {
+		if k := fmt.Sprintf("key:%02d", i); !got[k] {
+			t.Errorf("key %q never evicted", k)
+		}
+	}
+	s := a.Stats()
+	t.Logf("%d keys in %d messages (%.1f keys per message)", s.SentKeys, s.SentMessages, float64(s.SentKeys)/float64(s.SentMessages))
+	if s.SentKeys != n || s.SentMessages >= n {
+		t.Errorf("a.Stats() = %+v, want %d keys in fewer than %d messages", s, n, n)
+	}
+}
+
+func TestPublishDedupes(t *testing.T) {
+	a, _, _, rb := pair(t, nil)
+	if err := a.Publish(ctxTimeout(t, 5*time.Second), "d", "e", "d", "d", "e"); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+	if got, want := rb.nextEvict(t, 2*time.Second), []string{"d", "e"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("Evict(%q), want %q", got, want)
+	}
+	if s := a.Stats(); s.SentMessages != 1 || s.SentKeys != 2 {
+		t.Errorf("a.Stats() = %+v, want 2 keys in 1 message", s)
+	}
+}
+
+func TestPublishInvalidKey(t *testing.T) {
+	const limit = 8
+	a, _, _, rb := pair(t, func(c *Config) { c.MaxKeyBytes = limit })
+	ctx := ctxTimeout(t, 5*time.Second)
+	for _, keys := range [][]string{
+		{""},
+		{strings.Repeat("k", limit+1)},
+		{"fine", ""},
+		{"fine", strings.Repeat("k", limit+1), "also-ok"},
+	} {
+		if err := a.Publish(ctx, keys...); !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("Publish(%q) = %v, want ErrInvalidKey", keys, err)
+		}
+	}
+	if err := a.Publish(ctx); err != nil {
+		t.Errorf("Publish() = %v, want nil", err)
+	}
+	if s := a.Stats(); s.SentMessages != 0 || s.SentKeys != 0 {
+		t.Errorf("a.Stats() = %+v after invalid keys, want nothing sent", s)
+	}
+	// A key at the limit goes out, and is the first thing b hears.
+	atLimit := strings.Repeat("x", limit)
+	if err := a.Publish(ctx, atLimit); err != nil {
+		t.Fatalf("Publish(%d-byte key): %v", limit, err)
+	}
+	if got := rb.nextEvict(t, 2*time.Second); !reflect.DeepEqual(got, []string{atLimit}) {
+		t.Errorf("b's first Evict(%q), want only %q", got, atLimit)
+	}
+}
+
+func TestPublishSplitsLargeBatches(t *testing.T) {
+	t.Run("MaxKeysPerMessage", func(t *testing.T) {
+		a, _, _, rb := pair(t, func(c *Config) { c.MaxKeysPerMessage = 4 })
+		var keys []string
+		for i := range 10 {
+			keys = append(keys, fmt.Sprintf("k%d", i))
+		}
+		if err := a.Publish(ctxTimeout(t, 5*time.Second), keys...); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		var got []string
+		for _, want := range []int{4, 4, 2} {
+			ks := rb.nextEvict(t, 2*time.Second)
+			if len(ks) != want {
+				t.Errorf("Evict(%q), want %d keys", ks, want)
+			}
+			got = append(got, ks...)
+		}
+		if !reflect.DeepEqual(got, keys) {
+			t.Errorf("evicted %q, want %q", got, keys)
+		}
+		if s := a.Stats(); s.SentMessages != 3 || s.SentKeys != 10 {
+			t.Errorf("a.Stats() = %+v, want 10 keys in 3 messages", s)
+		}
+		if got := rb.drainFlushes(); len(got) > 0 {
+			t.Errorf("Flush(%q), want none: the messages are in sequence", got)
+		}
+	})
+
+	t.Run("MaxMessageBytes", func(t *testing.T) {
+		addr, ch := redistest.Addr(t), newChannel(t)
+		// The smallest MaxMessageBytes that New accepts for 100-byte keys.
+		const keyBytes, msgBytes = 100, fixedSize + maxInstanceID + 2*100
+		raw := newClient(t, addr).Subscribe(context.Background(), ch)
+		t.Cleanup(func() { _ = raw.Close() })
+		if _, err := raw.Receive(ctxTimeout(t, 2*time.Second)); err != nil {
+			t.Fatalf("SUBSCRIBE: %v", err)
+		}
+		cfg := newRecorder().config(ch)
+		cfg.MaxKeyBytes, cfg.MaxMessageBytes = keyBytes, msgBytes
+		cfg.InstanceID = strings.Repeat("i", maxInstanceID)
+		a := newBus(t, newClient(t, addr), cfg)
+		var keys []string
+		for i := range 6 {
+			keys = append(keys, fmt.Sprintf("%0*d", keyBytes, i))
+		}
+		if err := a.Publish(ctxTimeout(t, 5*time.Second), keys...); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		var got []string
+		for len(got) < len(keys) {
+			msg, err := raw.ReceiveTimeout(ctxTimeout(t, 2*time.Second), 2*time.Second)
+			if err != nil {
+				t.Fatalf("receive: %v (keys so far %d)", err, len(got))
+			}
+			pm, ok := msg.(*redis.Message)
+			if !ok {
+				continue
+			}
+			if len(pm.Payload) > msgBytes {
+				t.Errorf("a %d-byte message, over MaxMessageBytes %d", len(pm.Payload), msgBytes)
+			}
+			m, err := decodeMessage([]byte(pm.Payload), 512, keyBytes)
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			got = append(got, m.keys...)
+		}
+		if !slices.Equal(got, keys) {
+			t.Errorf("sent %d keys, want %d in order", len(got), len(keys))
+		}
+		if s := a.Stats(); s.SentMessages < 2 {
+			t.Errorf("a.Stats() = %+v, want the keys split over several messages", s)
+		}
+	})
+}
+
+// TestReceiverFlushes plays a peer by publishing crafted frames with a raw
+// client. Each step ends with a keys message, whose Evict shows that every
+// frame of the step has been applied.
+func TestReceiverFlushes(t *testing.T) {
+	addr, ch := redistest.Addr(t), newChannel(t)
+	r := newRecorder()
+	b := newBus(t, newClient(t, addr), r.config(ch))
+	waitFresh(t, b)
+	r.drainFlushes()
+	raw := newClient(t, addr)
+	ctx := ctxTimeout(t, 10*time.Second)
+
+	const peerID = "peer-1"
+	steps := []struct {
+		name        string
+		frames      [][]byte
+		wantEvicts  [][]string
+		wantFlushes []string
+	}{
+		{"first message from a peer", [][]byte{encode(keysMsg(peerID, 7, 5, "a"))}, [][]string{{"a"}}, nil},
+		{"next in sequence", [][]byte{encode(keysMsg(peerID, 7, 6, "b"))}, [][]string{{"b"}}, nil},
+		{"keys after a gap", [][]byte{encode(keysMsg(peerID, 7, 8, "c"))}, [][]string{{"c"}}, []string{"gap"}},
+		{"a repeated seq", [][]byte{encode(keysMsg(peerID, 7, 8, "c2"))}, [][]string{{"c2"}}, nil},
+		{"heartbeat at the last seq", [][]byte{
+			encode(heartbeatMsg(peerID, 7, 8)),
+			encode(keysMsg(peerID, 7, 9, "d")),
+		}, [][]string{{"d"}}, nil},
+		{"heartbeat above the last seq", [][]byte{
+			encode(heartbeatMsg(peerID, 7, 11)),
+			encode(keysMsg(peerID, 7, 12, "e")),
+		}, [][]string{{"e"}}, []string{"gap"}},
+		{"keys in a new epoch", [][]byte{encode(keysMsg(peerID, 8, 1, "f"))}, [][]string{{"f"}}, []string{"epoch"}},
+		{"heartbeat in a new epoch", [][]byte{
+			encode(heartbeatMsg(peerID, 9, 3)),
+			encode(keysMsg(peerID, 9, 4, "g")),
+		}, [][]string{{"g"}}, []string{"epoch"}},
+		{"another peer", [][]byte{
+			encode(heartbeatMsg("peer-2", 1, 40)),
+			encode(keysMsg("peer-2", 1, 41, "h")),
+			encode(keysMsg(peerID, 9, 5, "i")),
+		}, [][]string{{"h"}, {"i"}}, nil},
+		{"garbage", [][]byte{
+			[]byte("SET user:1 not-a-frame"),
+			encode(keysMsg(peerID, 9, 6, "j")),
+		}, [][]string{{"j"}}, []string{"malformed"}},
+		{"keys under our own instance id and epoch", [][]byte{
+			encode(keysMsg(b.InstanceID(), b.epoch, 1, "own")),
+			encode(keysMsg(peerID, 9, 7, "k")),
+		}, [][]string{{"k"}}, nil},
+		// Another process given the same fixed InstanceID: its keys apply.
+		{"keys under our instance id from another epoch", [][]byte{
+			encode(keysMsg(b.InstanceID(), b.epoch+1, 1, "twin")),
+		}, [][]string{{"twin"}}, nil},
+	}
+	for _, st := range steps {
+		for _, f := range st.frames {
+			if err := raw.Publish(ctx, ch, f).Err(); err != nil {
+				t.Fatalf("%s: PUBLISH: %v", st.name, err)
+			}
+		}
+		for _, want := range st.wantEvicts {
+			if got := r.nextEvict(t, 2*time.Second); !reflect.DeepEqual(got, want) {
+				t.Errorf("%s: Evict(%q), want %q", st.name, got, want)
+			}
+		}
+		if got := r.drainFlushes(); !slices.Equal(got, st.wantFlushes) {
+			t.Errorf("%s: Flush(%q), want %q", st.name, got, st.wantFlushes)
+		}
+	}
+	if s := b.Stats(); s.Malformed != 1 || s.ReceivedKeys != 13 {
+		t.Errorf("Stats() = %+v, want 1 malformed and 13 keys received", s)
+	}
+}
+
+func TestResubscribeFlushes(t *testing.T) {
+	srv := redistest.Start(t)
+	ch := newChannel(t)
+	r := newRecorder()
+	b := newBus(t, newClient(t, srv.Addr), r.config(ch))
+	waitFresh(t, b)
+	r.drainFlushes()
+
+	n, err := newClient(t, srv.Addr).ClientKillByFilter(ctxTimeout(t, time.Second), "TYPE", "pubsub").Result()
+	if err != nil || n != 1 {
+		t.Fatalf("CLIENT KILL TYPE pubsub = %d, %v; want the bus's connection killed", n, err)
+	}
+	r.waitFlush(t, "resubscribe", 2*time.Second)
+
+	other := newBus(t, newClient(t, srv.Addr), newRecorder().config(ch))
+	if err := other.Publish(ctxTimeout(t, 2*time.Second), "after"); err != nil {
+		t.Fatalf("Publish after resubscription: %v", err)
+	}
+	if got := r.nextEvict(t, 2*time.Second); !reflect.DeepEqual(got, []string{"after"}) {
+		t.Errorf("Evict(%q) after resubscription, want [after]", got)
+	}
+	eventually(t, 2*time.Second, "Fresh again after resubscription", b.Fresh)
+	if s := b.Stats(); s.ReceiveErrors < 1 || s.Flushes < 2 {
+		t.Errorf("Stats() = %+v, want a receive error and the resubscribe flush counted", s)
+	}
+}
+
+// staleBus returns a fresh bus with a 200ms bound (so a 50ms heartbeat)
+// and a 40ms PublishTimeout on a private Redis.
+//
+// NOTE: the PublishTimeout is under the heartbeat on purpose. While Redis
+// is down every heartbeat fails after a whole PublishTimeout; with the
+// default 100ms the next tick is always due by then, and Publish, queued
+// behind them on the one sending goroutine, waits a random number of them
+// (measured: 67-606ms).
+func staleBus(t *testing.T) (*redistest.Server, *Bus, *recorder) {
+	t.Helper()
+	srv := redistest.Start(t)
+	r := newRecorder()
+	cfg := r.config(newChannel(t))
+	cfg.StalenessBound, cfg.PublishTimeout = 200*time.Millisecond, 40*time.Millisecond
+	b := newBus(t, newClient(t, srv.Addr), cfg)
+	waitFresh(t, b)
+	r.drainFlushes()
+	return srv, b, r
+}
+
+// TestStaleWhenRedisHangs covers the watchdog: Redis keeps the connections
+// but answers nothing that writes, so the bus's own heartbeats stop coming
+// back and nothing but the bound says so.
+func TestStaleWhenRedisHangs(t *testing.T) {
+	srv, b, r := staleBus(t)
+	const pause = 500 * time.Millisecond
+	paused := time.Now()
+	err := newClient(t, srv.Addr).Do(ctxTimeout(t, time.Second), "CLIENT", "PAUSE", pause.Milliseconds(), "WRITE").Err()
+	if err != nil {
+		t.Fatalf("CLIENT PAUSE: %v", err)
+	}
+	// Fresh turns false at most a bound after the last heartbeat heard,
+	// which was before the pause; the rest is slack for the test machine.
+	took := eventually(t, b.StalenessBound()+100*time.Millisecond, "Fresh false while Redis hangs", func() bool { return !b.Fresh() })
+	t.Logf("not fresh %v after Redis paused", took)
+	// Usually the watchdog turns Fresh off; under load the subscription's
+	// own timeout of a bound may come first. Either is a stale spell.
+	if s := b.Stats(); s.Fresh || s.StaleSpells < 1 {
+		t.Errorf("Stats() = %+v, want not fresh after a stale spell", s)
+	}
+
+	r.waitFlush(t, "fresh", pause+5*time.Second)
+	eventually(t, time.Second, "Fresh after the pause", b.Fresh)
+	t.Logf("fresh again %v after Redis paused for %v", time.Since(paused), pause)
+}
+
+func TestStaleWhenRedisDies(t *testing.T) {
+	srv, b, r := staleBus(t)
+	stopped := time.Now()
+	srv.Stop()
+	took := eventually(t, b.StalenessBound()+100*time.Millisecond, "Fresh false after Redis stopped", func() bool { return !b.Fresh() })
+	t.Logf("not fresh %v after Redis stopped", took)
+	// The subscription's EOF turns Fresh off before the watchdog would.
+	if s := b.Stats(); s.Fresh || s.ReceiveErrors < 1 || s.StaleSpells < 1 {
+		t.Errorf("Stats() = %+v, want not fresh after a receive error and a stale spell", s)
+	}
+
+	start := time.Now()
+	err := b.Publish(ctxTimeout(t, 5*time.Second), "while-down")
+	took = time.Since(start)
+	t.Logf("Publish with Redis down: %v after %v (%v after the stop)", err, took, time.Since(stopped))
+	if err == nil {
+		t.Error("Publish with Redis down = nil, want an error")
+	}
+	if took >= 200*time.Millisecond {
+		t.Errorf("Publish with Redis down took %v, want under 200ms", took)
+	}
+	if s := b.Stats(); s.PublishErrors < 1 || s.SentMessages != 0 {
+		t.Errorf("Stats() = %+v, want a publish error and nothing sent", s)
+	}
+
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := time.Now()
+	// The flush comes before Fresh turns true, so that nothing missed
+	// while down is trusted again.
+	r.waitFlush(t, "fresh", 5*time.Second)
+	eventually(t, time.Second, "Fresh after Redis restarted", b.Fresh)
+	t.Logf("fresh %v after Redis restarted", time.Since(restarted))
+	if err := b.Publish(ctxTimeout(t, time.Second), "after"); err != nil {
+		t.Errorf("Publish after recovery: %v", err)
+	}
+}
+
+func TestNewConfigErrors(t *testing.T) {
+	rdb := newClient(t, "127.0.0.1:1") // New fails before it dials
+	valid := newRecorder().config("tiercache:inv:config")
+	tests := []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"no Channel", func(c *Config) { c.Channel = "" }, "Channel is required"},
+		{"no Evict", func(c *Config) { c.Evict = nil }, "Evict and Flush are required"},
+		{"no Flush", func(c *Config) { c.Flush = nil }, "Evict and Flush are required"},
+		{"Heartbeat at half the bound", func(c *Config) { c.StalenessBound, c.Heartbeat = time.Second, 500*time.Millisecond }, "Heartbeat"},
+		{"Heartbeat over the bound", func(c *Config) { c.Heartbeat = 3 * time.Second }, "Heartbeat"},
+		{"negative StalenessBound", func(c *Config) { c.StalenessBound = -time.Second }, "negative"},
+		{"negative Heartbeat", func(c *Config) { c.Heartbeat = -time.Millisecond }, "Heartbeat"},
+		{"negative Window", func(c *Config) { c.Window = -time.Millisecond }, "negative"},
+		{"negative PublishTimeout", func(c *Config) { c.PublishTimeout = -time.Millisecond }, "negative"},
+		{"negative MaxKeyBytes", func(c *Config) { c.MaxKeyBytes = -1 }, "MaxKeyBytes"},
+		{"negative MaxKeysPerMessage", func(c *Config) { c.MaxKeysPerMessage = -1 }, "MaxKeysPerMessage"},
+		{"MaxMessageBytes too small", func(c *Config) { c.MaxMessageBytes = 100 }, "MaxMessageBytes"},
+		{"InstanceID too long", func(c *Config) { c.InstanceID = strings.Repeat("i", maxInstanceID+1) }, "InstanceID"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := valid
+			tt.edit(&cfg)
+			b, err := New(rdb, cfg)
+			if err == nil {
+				_ = b.Close()
+				t.Fatalf("New(%s) = nil error", tt.name)
+			}
+			if !strings.HasPrefix(err.Error(), "invalidation: bad Config") || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("New(%s) error = %v, want a bad Config error about %q", tt.name, err, tt.want)
+			}
+		})
+	}
+
+	t.Run("nil client", func(t *testing.T) {
+		if b, err := New(nil, valid); err == nil {
+			_ = b.Close()
+			t.Error("New(nil, cfg) = nil error")
+		}
+	})
+}
+
+func TestCloseStopsEverything(t *testing.T) {
+	addr := redistest.Addr(t)
+	ignore := goleak.IgnoreCurrent()
+	// Cleanups run last first: the client closes, then the check runs.
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	r := newRecorder()
+	b, err := New(newClient(t, addr), r.config(newChannel(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFresh(t, b)
+	ctx := ctxTimeout(t, 2*time.Second)
+	if err := b.Publish(ctx, "k"); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+
+	for i := range 2 {
+		if err := b.Close(); err != nil {
+			t.Errorf("Close #%d = %v", i+1, err)
+		}
+	}
+	if err := b.Publish(ctx, "k"); !errors.Is(err, ErrClosed) {
+		t.Errorf("Publish after Close = %v, want ErrClosed", err)
+	}
+	if b.Fresh() || b.WaitFresh(ctx) {
+		t.Error("fresh after Close")
+	}
+}
