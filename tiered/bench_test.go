@@ -62,40 +62,36 @@ func BenchmarkL1Hit(b *testing.B) {
 		})
 	}
 	b.Run("impl=tiered", func(b *testing.B) {
-		c, err := tiered.New[product](tiered.Config{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		ctx := context.Background()
-		for i, k := range keys {
-			if err := c.Set(ctx, k, benchValue(i)); err != nil {
-				b.Fatal(err)
-			}
-		}
-		runHits(b, func(k string) bool { _, err := c.Get(ctx, k); return err == nil }, keys)
+		benchTieredHits(b, tiered.Config{}, keys)
 	})
 	// With Redis, L1 hits also ask the invalidation bus whether L1 may be
 	// trusted: one atomic load.
 	b.Run("impl=tiered-bus", func(b *testing.B) {
 		rdb := redis.NewClient(&redis.Options{Addr: redistest.Addr(b), ContextTimeoutEnabled: true})
 		defer rdb.Close()
-		c, err := tiered.New[product](tiered.Config{Redis: rdb, Namespace: redistest.Namespace(b)})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer c.Close()
-		ctx := context.Background()
-		for i, k := range keys {
-			if err := c.Set(ctx, k, benchValue(i)); err != nil {
-				b.Fatal(err)
-			}
-		}
-		runHits(b, func(k string) bool { _, err := c.Get(ctx, k); return err == nil }, keys)
-		if s := c.Stats(); !s.Bus.Fresh || s.StaleSkips > 0 {
+		s := benchTieredHits(b, tiered.Config{Redis: rdb, Namespace: redistest.Namespace(b)}, keys)
+		if !s.Bus.Fresh || s.StaleSkips > 0 {
 			b.Fatalf("bus not fresh during the benchmark: %+v", s)
 		}
 	})
+}
+
+// benchTieredHits fills a Cache configured by cfg with keys, runs the hits
+// and returns its Stats.
+func benchTieredHits(b *testing.B, cfg tiered.Config, keys []string) tiered.Stats {
+	c, err := tiered.New[product](cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	for i, k := range keys {
+		if err := c.Set(ctx, k, benchValue(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	runHits(b, func(k string) bool { _, err := c.Get(ctx, k); return err == nil }, keys)
+	return c.Stats()
 }
 
 // runHits runs get over keys serially and, as a second figure, in parallel.

@@ -22,15 +22,7 @@ import (
 
 func newIntCache(t *testing.T, cfg tiered.Config) *tiered.Cache[int64] {
 	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = discardLogger
-	}
-	c, err := tiered.New[int64](cfg)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return newTestCache[int64](t, cfg)
 }
 
 // write is one write by the test's process, A.

@@ -62,6 +62,7 @@ type counters struct {
 // hash costs more than the rest of the hit path). Hits on one key share a
 // cell, as they share ristretto's shard lock anyway. Reads sum the cells.
 type stripedCounter struct {
+	_     [128]byte // keeps the first cell off the lines of the fields before it, which the hit path reads
 	cells [16]struct {
 		n atomic.Int64
 		_ [120]byte // a cell per 128 bytes: no false sharing, even with adjacent-line prefetch

@@ -69,10 +69,16 @@ var discardLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func newCache(t *testing.T, cfg tiered.Config) *tiered.Cache[product] {
 	t.Helper()
+	return newTestCache[product](t, cfg)
+}
+
+// newTestCache returns a Cache of V that t closes, logging nowhere.
+func newTestCache[V any](t *testing.T, cfg tiered.Config) *tiered.Cache[V] {
+	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = discardLogger
 	}
-	c, err := tiered.New[product](cfg)
+	c, err := tiered.New[V](cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
