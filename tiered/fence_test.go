@@ -90,12 +90,11 @@ func TestLoadOutlivingItsLeaseIsNotWritten(t *testing.T) {
 	}
 }
 
-// TestAnotherProcessLeaseIsLeftAlone: a load that finds another process's
-// lease on the key answers its callers and leaves L2 to the lease holder.
-func TestAnotherProcessLeaseIsLeftAlone(t *testing.T) {
+// TestWaitsForAnotherProcessLoad: a miss that finds another cache loading
+// the key (its lease in L2) waits for that load's value instead of loading.
+func TestWaitsForAnotherProcessLoad(t *testing.T) {
 	ctx := context.Background()
 	ns := redistest.Namespace(t)
-	raw := newClient(t)
 	holder := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
 	started, release := make(chan struct{}), make(chan struct{})
 	done := make(chan error, 1)
@@ -108,22 +107,24 @@ func TestAnotherProcessLeaseIsLeftAlone(t *testing.T) {
 		done <- err
 	}()
 	<-started
-	lease := raw.Get(ctx, ns+":k").Val()
 
 	other := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
 	src := &countingLoader{}
-	if v, err := other.GetOrLoad(ctx, "k", src.load); err != nil || v.Name != "p-k" {
-		t.Fatalf("GetOrLoad behind a lease = %+v, %v", v, err)
-	}
-	if got := raw.Get(ctx, ns+":k").Val(); got != lease {
-		t.Errorf("the lease holder's lease was overwritten")
-	}
+	got := make(chan product, 1)
+	go func() {
+		v, err := other.GetOrLoad(ctx, "k", src.load)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- v
+	}()
+	eventually(t, 2*time.Second, "the second cache never waited", func() bool { return other.Stats().LeaseWaits == 1 })
 	close(release)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if v, err := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, DisableInvalidation: true}).Get(ctx, "k"); err != nil || v.ID != 1 {
-		t.Errorf("L2 after the holder's fill = %+v, %v; want the holder's value", v, err)
+	if v := <-got; v.ID != 1 || src.calls.Load() != 0 {
+		t.Errorf("waiter got %+v after %d loads of its own; want the holder's value and none", v, src.calls.Load())
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,17 +28,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return false`)
 
-// leaseOver puts the lease ARGV[2] on KEYS[1] for ARGV[3] ms if the key
-// is absent or still holds ARGV[1], bytes the reader judged junk (corrupt,
-// foreign or expired): a load repairs them, but never replaces anything
-// written since.
-var leaseOver = redis.NewScript(`
+// leaseOrGet puts the lease ARGV[2] on KEYS[1] for ARGV[3] ms if the key
+// is absent or still holds ARGV[1] (bytes the reader judged junk: corrupt,
+// foreign or expired; "" for none), and returns 1; otherwise it returns
+// what the key holds (a value, or another process's lease). One round
+// trip, so a waiting process polls with one command.
+var leaseOrGet = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if v == false or v == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
-return 0`)
+return v`)
 
 // leaseRelease deletes KEYS[1] if it still holds the lease ARGV[1].
 var leaseRelease = redis.NewScript(`
@@ -58,25 +60,30 @@ return 1`)
 // errLeaseLost reports a fill refused because its lease was gone.
 var errLeaseLost = errors.New("tiered: lease lost to a write, delete or expiry")
 
-// acquireLease puts a lease on key and returns its bytes; held is false
-// when the key holds something else than junk (the bytes the miss read,
-// nil if none): a value written since, or another process's lease.
-func (l *l2) acquireLease(ctx context.Context, key string, junk []byte, ttl time.Duration) (lease []byte, held bool, err error) {
+// acquireLease puts a lease on key and returns its bytes. When it cannot
+// (held false), cur is what the key holds instead: a value written since,
+// or another process's lease. junk is the bytes a reader judged junk (nil
+// if none), which the lease may replace.
+func (l *l2) acquireLease(ctx context.Context, key string, junk []byte, ttl time.Duration) (lease []byte, held bool, cur []byte, err error) {
 	var token [16]byte
 	_, _ = rand.Read(token[:])
 	lease = appendEnvelope(nil, 0, flagLease, time.Now().Add(ttl), token[:])
-	ms := max(ttl.Milliseconds(), 1)
 	err = l.call(ctx, func(ctx context.Context) error {
-		var err error
-		if junk == nil {
-			held, err = l.rdb.SetNX(ctx, key, lease, ttl).Result()
+		v, err := leaseOrGet.Run(ctx, l.rdb, []string{key}, junk, lease, max(ttl.Milliseconds(), 1)).Result()
+		if err != nil {
 			return err
 		}
-		n, err := leaseOver.Run(ctx, l.rdb, []string{key}, junk, lease, ms).Int()
-		held = n == 1
-		return err
+		switch v := v.(type) {
+		case int64:
+			held = v == 1
+		case string:
+			cur = []byte(v)
+		default:
+			return fmt.Errorf("lease script returned %T", v)
+		}
+		return nil
 	})
-	return lease, held, err
+	return lease, held, cur, err
 }
 
 // fillLeased writes b under key for ttl if key still holds lease.

@@ -35,6 +35,7 @@ type peerConfig struct {
 	Addr      string
 	Namespace string
 	Bound     time.Duration
+	LeaseTTL  time.Duration
 	NoFence   bool
 	// Bus makes the peer a bare invalidation bus on channel Namespace,
 	// plus a raw subscriber on Namespace+":raw", printing "applied <key>
@@ -59,7 +60,7 @@ func runPeer() {
 		return
 	}
 	c, err := tiered.New[int64](tiered.Config{
-		Redis: rdb, Namespace: pc.Namespace, StalenessBound: pc.Bound,
+		Redis: rdb, Namespace: pc.Namespace, StalenessBound: pc.Bound, LeaseTTL: pc.LeaseTTL,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
@@ -112,6 +113,15 @@ func (p *peerProc) load(ctx context.Context, key string) (int64, error) {
 	return v, err
 }
 
+// sleepLoad returns a loader that sleeps ms, then reads the database.
+func (p *peerProc) sleepLoad(ms string) tiered.LoadFunc[int64] {
+	d, _ := strconv.Atoi(ms)
+	return func(ctx context.Context, key string) (int64, error) {
+		time.Sleep(time.Duration(d) * time.Millisecond)
+		return p.load(ctx, key)
+	}
+}
+
 func (p *peerProc) result(id string, v int64, err error) {
 	switch {
 	case errors.Is(err, tiered.ErrNotFound):
@@ -150,6 +160,33 @@ func (p *peerProc) run(id, op string, args []string) {
 			return v, err
 		}, opts...)
 		p.result(id, v, err)
+	case "sleepload": // key ms: a load that takes ms
+		v, err := p.c.GetOrLoad(ctx, arg(0), p.sleepLoad(arg(1)))
+		p.result(id, v, err)
+	case "burst": // key n ms: n goroutines GetOrLoad key at once, loads taking ms
+		n, _ := strconv.Atoi(arg(1))
+		load := p.sleepLoad(arg(2))
+		vals := make(chan string, n)
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				v, err := p.c.GetOrLoad(ctx, arg(0), load)
+				vals <- fmt.Sprint(v, err)
+			})
+		}
+		wg.Wait()
+		close(vals)
+		seen := make(map[string]bool)
+		for v := range vals {
+			seen[v] = true
+		}
+		if len(seen) != 1 {
+			p.reply(id, "err", strconv.Quote(fmt.Sprint(seen)))
+			return
+		}
+		for v := range seen {
+			p.reply(id, "ok", v)
+		}
 	case "release":
 		p.release <- struct{}{}
 		p.reply(id, "ok")

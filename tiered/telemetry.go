@@ -26,6 +26,9 @@ type Stats struct {
 	Loads, SharedLoads, LoadErrors int64
 	// L1Items and L1Bytes are what L1 holds now.
 	L1Items, L1Bytes int64
+	// LeaseWaits counts flights that found another process loading their
+	// key and waited for its value instead of loading.
+	LeaseWaits int64
 	// FencedFills counts L2 reads and loads kept out of L1 because their
 	// key was invalidated while they were in flight; LeasesLost counts
 	// loaded values kept out of L2 for the same reason.
@@ -51,6 +54,7 @@ type counters struct {
 	l2Errors, decodeErrs  atomic.Int64
 	loads, shared, loadEr atomic.Int64
 	fenced, leaseLost     atomic.Int64
+	leaseWaits            atomic.Int64
 	staleSkips, flushes   atomic.Int64
 	breaker               atomic.Int32 // gobreaker.State
 }
@@ -120,7 +124,7 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		return nil, err
 	}
 	loads, err := meter.Int64ObservableCounter("tiercache.loads",
-		metric.WithDescription("Loader calls (result=ok|error) and callers served by a shared load (result=shared)."))
+		metric.WithDescription("Loader calls (result=ok|error), callers served by a shared load (result=shared), and flights that waited for another process's load (result=waited)."))
 	if err != nil {
 		return nil, err
 	}
@@ -162,6 +166,7 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		// every collection would be waste.
 		call, decode       = with(attribute.String("kind", "call")), with(attribute.String("kind", "decode"))
 		ok, failed, shared = with(attribute.String("result", "ok")), with(attribute.String("result", "error")), with(attribute.String("result", "shared"))
+		waited             = with(attribute.String("result", "waited"))
 		plain              = with()
 	)
 	in.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -175,6 +180,7 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		o.ObserveInt64(loads, s.Loads-s.LoadErrors, ok)
 		o.ObserveInt64(loads, s.LoadErrors, failed)
 		o.ObserveInt64(loads, s.SharedLoads, shared)
+		o.ObserveInt64(loads, s.LeaseWaits, waited)
 		o.ObserveInt64(breaker, int64(c.counters.breaker.Load()), plain)
 		o.ObserveInt64(l1Bytes, s.L1Bytes, plain)
 		o.ObserveInt64(l1Items, s.L1Items, plain)

@@ -304,7 +304,16 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 			l2err = c.l2.addTags(ctx, c.cfg.Namespace, key, o.tags, o.ttl+c.cfg.LeaseTTL)
 		}
 		if l2err == nil {
-			lease, leased, l2err = c.l2.acquireLease(ctx, c.l2Key(key), junk, c.cfg.LeaseTTL)
+			var e *entry[V]
+			var ttl time.Duration
+			lease, leased, e, ttl, l2err = c.awaitLease(ctx, key, junk)
+			if e != nil {
+				// Another process loaded it while we waited.
+				c.counters.l2Hits.Add(1)
+				e.filled = started
+				c.install(key, e, c.l1TTL(ttl), t, false)
+				return flightResult[V]{e: e, tier: "l2"}
+			}
 		}
 		if l2err != nil {
 			c.l2Failed(ctx, "lease", key, l2err)
@@ -450,27 +459,84 @@ func (c *Cache[V]) readL2(ctx context.Context, key string) (e *entry[V], ttl tim
 		}
 		return nil, 0, nil, err
 	}
+	switch e, ttl, state := c.decodeL2(ctx, key, b); state {
+	case l2Value:
+		return e, ttl, nil, nil
+	case l2Junk:
+		return nil, 0, b, errL2Miss
+	}
+	return nil, 0, nil, errL2Miss
+}
+
+// l2State says what the bytes under a key in L2 are.
+type l2State int
+
+const (
+	l2Value l2State = iota // a live value (or a live negative entry)
+	l2Lease                // another process's lease: it is loading
+	l2Junk                 // corrupt, foreign or expired: a miss that a load may replace
+)
+
+// decodeL2 decodes the bytes b read from L2 for key.
+func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V], time.Duration, l2State) {
 	env, err := decodeEnvelope(b, c.cfg.Codec.ID(), c.cfg.MaxValueBytes)
 	if err != nil {
 		c.decodeFailed(ctx, key, err)
-		return nil, 0, b, errL2Miss
+		return nil, 0, l2Junk
 	}
 	ttl, live := env.remaining(time.Now())
 	switch {
 	case !live:
-		return nil, 0, b, errL2Miss
+		return nil, 0, l2Junk
 	case env.lease:
-		return nil, 0, nil, errL2Miss
+		return nil, 0, l2Lease
 	}
-	e = &entry[V]{negative: env.negative, cost: int64(len(b) + len(key))}
+	e := &entry[V]{negative: env.negative, cost: int64(len(b) + len(key))}
 	if !env.negative {
 		if err := c.cfg.Codec.Unmarshal(env.payload, &e.v); err != nil {
 			c.decodeFailed(ctx, key, err)
-			return nil, 0, b, errL2Miss
+			return nil, 0, l2Junk
 		}
 	}
-	return e, ttl, nil, nil
+	return e, ttl, l2Value
 }
+
+// awaitLease takes key's lease or, while another process holds it, waits
+// for that process to fill the key, polling with backoff: one load for the
+// whole cluster. It returns the lease if it got one, or the entry the
+// holder wrote. If the holder dies, its lease expires and this process
+// takes it over. After LeaseTTL of waiting it gives up (held false, e nil),
+// and the caller loads without writing L2.
+func (c *Cache[V]) awaitLease(ctx context.Context, key string, junk []byte) (lease []byte, held bool, e *entry[V], ttl time.Duration, err error) {
+	deadline := time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout)
+	backoff := time.Millisecond
+	for waited := false; ; {
+		var cur []byte
+		lease, held, cur, err = c.l2.acquireLease(ctx, c.l2Key(key), junk, c.cfg.LeaseTTL)
+		if err != nil || held {
+			return lease, held, nil, 0, err
+		}
+		var state l2State
+		if e, ttl, state = c.decodeL2(ctx, key, cur); state == l2Value {
+			return nil, false, e, ttl, nil
+		}
+		if state == l2Junk {
+			junk = cur
+		} else if !waited {
+			waited = true
+			c.counters.leaseWaits.Add(1)
+		}
+		if time.Now().Add(backoff).After(deadline) {
+			return nil, false, nil, 0, nil
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, maxLeasePoll)
+	}
+}
+
+// maxLeasePoll caps the wait between two polls of a key whose lease another
+// process holds: it is how late a waiter may see the holder's fill.
+const maxLeasePoll = 16 * time.Millisecond
 
 // writeL2 stores the envelope b for ttl; without an L2 it does nothing.
 func (c *Cache[V]) writeL2(ctx context.Context, key string, b []byte, ttl time.Duration) error {
@@ -642,6 +708,7 @@ func (c *Cache[V]) Stats() Stats {
 		L2Errors: c.counters.l2Errors.Load(), DecodeErrors: c.counters.decodeErrs.Load(),
 		Loads: c.counters.loads.Load(), SharedLoads: c.counters.shared.Load(), LoadErrors: c.counters.loadEr.Load(),
 		L1Items: c.l1.items.Load(), L1Bytes: c.l1.cost.Load(),
+		LeaseWaits:  c.counters.leaseWaits.Load(),
 		FencedFills: c.counters.fenced.Load(), LeasesLost: c.counters.leaseLost.Load(),
 		StaleSkips: c.counters.staleSkips.Load(), Flushes: c.counters.flushes.Load(),
 		Breaker: "none",
