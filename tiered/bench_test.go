@@ -174,3 +174,47 @@ func BenchmarkL2Hit(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkBatchFromL2: 100 keys, all in L2 and none in L1 (L1 too small
+// to keep anything): one GetOrLoadMany vs 100 sequential Gets.
+func BenchmarkBatchFromL2(b *testing.B) {
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: redistest.Addr(b), ContextTimeoutEnabled: true})
+	defer rdb.Close()
+	c, err := tiered.New[product](tiered.Config{Redis: rdb, Namespace: redistest.Namespace(b), L1MaxBytes: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	keys := make([]string, 100)
+	for i := range keys {
+		keys[i] = benchKey(i)
+		if err := c.Set(ctx, keys[i], benchValue(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	noLoad := func(_ context.Context, missing []string) (map[string]product, error) {
+		return nil, fmt.Errorf("%d keys not in L2", len(missing))
+	}
+	b.Run("impl=sequential-gets", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, k := range keys {
+				if _, err := c.Get(ctx, k); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+	b.Run("impl=getorloadmany", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if got, err := c.GetOrLoadMany(ctx, keys, noLoad); err != nil || len(got) != len(keys) {
+				b.Fatal(len(got), err)
+			}
+		}
+	})
+	if s := c.Stats(); s.L1Hits > 0 {
+		b.Fatalf("L1 answered %d reads; this benchmark is about L2", s.L1Hits)
+	}
+}

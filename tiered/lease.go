@@ -65,9 +65,7 @@ var errLeaseLost = errors.New("tiered: lease lost to a write, delete or expiry")
 // or another process's lease. junk is the bytes a reader judged junk (nil
 // if none), which the lease may replace.
 func (l *l2) acquireLease(ctx context.Context, key string, junk []byte, ttl time.Duration) (lease []byte, held bool, cur []byte, err error) {
-	var token [16]byte
-	_, _ = rand.Read(token[:])
-	lease = appendEnvelope(nil, 0, flagLease, time.Now().Add(ttl), token[:])
+	lease = newLease(ttl)
 	err = l.call(ctx, func(ctx context.Context) error {
 		v, err := leaseOrGet.Run(ctx, l.rdb, []string{key}, junk, lease, max(ttl.Milliseconds(), 1)).Result()
 		if err != nil {
@@ -84,6 +82,13 @@ func (l *l2) acquireLease(ctx context.Context, key string, junk []byte, ttl time
 		return nil
 	})
 	return lease, held, cur, err
+}
+
+// newLease returns a lease envelope with a random token, expiring after ttl.
+func newLease(ttl time.Duration) []byte {
+	var token [16]byte
+	_, _ = rand.Read(token[:])
+	return appendEnvelope(nil, 0, flagLease, time.Now().Add(ttl), token[:])
 }
 
 // fillLeased writes b under key for ttl if key still holds lease.
@@ -106,14 +111,17 @@ func (l *l2) releaseLease(ctx context.Context, key string, lease []byte) error {
 	})
 }
 
-// addTags records key in the set of each tag. One round trip: the scripts
-// are pipelined, and on Redis Cluster go-redis splits the pipeline by node.
-func (l *l2) addTags(ctx context.Context, ns, key string, tags []string, ttl time.Duration) error {
+// addTags records each key in the set of each tag. One round trip: the
+// scripts are pipelined, and on Redis Cluster go-redis splits the pipeline
+// by node.
+func (l *l2) addTags(ctx context.Context, ns string, keys, tags []string, ttl time.Duration) error {
 	return l.call(ctx, func(ctx context.Context) error {
 		_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, t := range tags {
-				// Eval, not Run: a pipeline cannot fall back from EVALSHA.
-				tagAdd.Eval(ctx, p, []string{tagKey(ns, t)}, key, max(ttl.Milliseconds(), 1))
+			for _, k := range keys {
+				for _, t := range tags {
+					// Eval, not Run: a pipeline cannot fall back from EVALSHA.
+					tagAdd.Eval(ctx, p, []string{tagKey(ns, t)}, k, max(ttl.Milliseconds(), 1))
+				}
 			}
 			return nil
 		})

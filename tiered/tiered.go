@@ -16,7 +16,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
-	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 )
 
@@ -46,7 +45,7 @@ type Cache[V any] struct {
 	l2       *l2 // nil: L1 only
 	fence    *fence
 	bus      *invalidation.Bus // nil: no Redis, or DisableInvalidation
-	flight   singleflight.Group
+	flights  flights[V]
 	counters counters
 	metrics  *instruments
 	tracer   trace.Tracer
@@ -225,24 +224,25 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	if load != nil {
 		fkey = "l" + key
 	}
-	ch := c.flight.DoChan(fkey, func() (any, error) {
-		// The flight serves every waiting caller, so it must not die with
-		// the first caller's context; it keeps its values (trace, baggage).
+	fl, leader := c.flights.join(fkey)
+	if leader {
+		// The flight serves every waiting caller, so it runs on its own
+		// goroutine and must not die with the first caller's context; it
+		// keeps the context's values (trace, baggage).
 		fctx := context.WithoutCancel(ctx)
-		return c.fill(fctx, key, load, o), nil
-	})
-	var res singleflight.Result
+		go func() { c.flights.finish(fkey, fl, c.fill(fctx, key, load, o)) }()
+	}
 	select {
-	case res = <-ch:
+	case <-fl.done:
 	case <-ctx.Done():
 		span.SetStatus(codes.Error, "caller gave up")
 		return zero, ctx.Err()
 	}
-	fr := res.Val.(flightResult[V])
-	if res.Shared {
+	fr, shared := fl.res, fl.callers > 1
+	if shared {
 		c.counters.shared.Add(1)
 	}
-	span.SetAttributes(attribute.String("tiercache.tier", fr.tier), attribute.Bool("tiercache.shared", res.Shared))
+	span.SetAttributes(attribute.String("tiercache.tier", fr.tier), attribute.Bool("tiercache.shared", shared))
 	if fr.e == nil {
 		if fr.err != nil {
 			span.RecordError(fr.err)
@@ -301,7 +301,7 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 		if len(o.tags) > 0 {
 			// The key joins its tags before its lease is taken, so that an
 			// InvalidateTags during the load finds it and deletes the lease.
-			l2err = c.l2.addTags(ctx, c.cfg.Namespace, key, o.tags, o.ttl+c.cfg.LeaseTTL)
+			l2err = c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, o.tags, o.ttl+c.cfg.LeaseTTL)
 		}
 		if l2err == nil {
 			var e *entry[V]
@@ -407,7 +407,7 @@ func (c *Cache[V]) install(key string, e *entry[V], ttl time.Duration, t ticket,
 // removed from L2 again: a tagged value that its tags do not list would
 // escape InvalidateTags.
 func (c *Cache[V]) tagWritten(ctx context.Context, key string, tags []string, ttl time.Duration) error {
-	err := c.l2.addTags(ctx, c.cfg.Namespace, key, tags, ttl)
+	err := c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, tags, ttl)
 	if err != nil {
 		c.l2Failed(ctx, "tag", key, err)
 		if derr := c.l2.del(ctx, c.l2Key(key)); derr != nil {

@@ -1,0 +1,117 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Batch operations on L2, each one pipelined round trip (one per node on
+// Redis Cluster, where go-redis splits a pipeline by slot). They need the
+// go-redis client: gocache's store interface has neither pipelines nor
+// scripts.
+
+// getMany returns the bytes under each key, nil where there are none.
+func (l *l2) getMany(ctx context.Context, keys []string) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	err := l.call(ctx, func(ctx context.Context) error {
+		cmds, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, k := range keys {
+				p.Get(ctx, k)
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		for i, cmd := range cmds {
+			if b, err := cmd.(*redis.StringCmd).Bytes(); err == nil {
+				out[i] = b
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// leaseMany is acquireLease for many keys: for each, held reports a lease
+// taken (its bytes in leases), else cur holds what the key holds.
+func (l *l2) leaseMany(ctx context.Context, keys []string, ttl time.Duration) (leases [][]byte, held []bool, cur [][]byte, err error) {
+	leases, held, cur = make([][]byte, len(keys)), make([]bool, len(keys)), make([][]byte, len(keys))
+	for i := range keys {
+		leases[i] = newLease(ttl)
+	}
+	ms := max(ttl.Milliseconds(), 1)
+	err = l.pipelineScript(ctx, leaseOrGet, keys, func(i int) []any { return []any{"", leases[i], ms} }, func(i int, v any) error {
+		switch v := v.(type) {
+		case int64:
+			held[i] = v == 1
+		case string:
+			cur[i] = []byte(v)
+		default:
+			return fmt.Errorf("lease script returned %T", v)
+		}
+		return nil
+	})
+	return leases, held, cur, err
+}
+
+// fillMany is fillLeased for many keys; lost[i] reports a lease gone.
+func (l *l2) fillMany(ctx context.Context, keys []string, leases, values [][]byte, ttls []time.Duration) (lost []bool, err error) {
+	lost = make([]bool, len(keys))
+	err = l.pipelineScript(ctx, casFill, keys, func(i int) []any {
+		return []any{leases[i], values[i], max(ttls[i].Milliseconds(), 1)}
+	}, func(i int, v any) error {
+		lost[i] = v == nil
+		return nil
+	})
+	return lost, err
+}
+
+// releaseMany is releaseLease for many keys.
+func (l *l2) releaseMany(ctx context.Context, keys []string, leases [][]byte) error {
+	return l.pipelineScript(ctx, leaseRelease, keys, func(i int) []any { return []any{leases[i]} }, func(int, any) error { return nil })
+}
+
+// pipelineScript runs script once per key (KEYS[1] = keys[i], ARGV =
+// args(i)) in one pipeline and hands each reply to each: a nil reply is
+// Redis's nil. A pipeline cannot fall back from EVALSHA to EVAL per
+// command, so when Redis does not know the script (a restart flushed it),
+// it loads it and runs the pipeline again.
+func (l *l2) pipelineScript(ctx context.Context, script *redis.Script, keys []string, args func(i int) []any, each func(i int, v any) error) error {
+	return l.call(ctx, func(ctx context.Context) error {
+		for attempt := 0; ; attempt++ {
+			cmds, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for i, k := range keys {
+					script.EvalSha(ctx, p, []string{k}, args(i)...)
+				}
+				return nil
+			})
+			if err != nil && !errors.Is(err, redis.Nil) {
+				if attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
+					if err := script.Load(ctx, l.rdb).Err(); err != nil {
+						return err
+					}
+					continue
+				}
+				return err
+			}
+			for i, cmd := range cmds {
+				v, err := cmd.(*redis.Cmd).Result()
+				if errors.Is(err, redis.Nil) {
+					v, err = nil, nil
+				}
+				if err != nil {
+					return err
+				}
+				if err := each(i, v); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	})
+}

@@ -1,0 +1,451 @@
+package tiered
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// LoadManyFunc loads the values for keys missing from both tiers, in one
+// call. A key missing from the returned map does not exist in the source;
+// it is cached as absent, as ErrNotFound is for LoadFunc.
+type LoadManyFunc[V any] func(ctx context.Context, missing []string) (map[string]V, error)
+
+// GetMany returns the values cached for keys: from L1, then from L2 for the
+// others, in one pipelined round trip. Keys in neither tier, or cached as
+// absent, are not in the map. L2 failures are handled as in Get.
+func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, error) {
+	return c.getMany(ctx, "tiered.GetMany", keys, nil, nil)
+}
+
+// GetOrLoadMany returns the values for keys: from L1, then from L2 in one
+// pipelined round trip, then from one call of loadMany with exactly the
+// keys still missing. Keys that another caller in this process, single or
+// batch, is already reading or loading are not loaded again: this call
+// waits for them. In L2 the keys are leased as in GetOrLoad, so keys being
+// loaded by another process are waited for too.
+//
+// Keys that loadMany does not return are cached as absent and are not in
+// the map. If loadMany fails, GetOrLoadMany returns what it has and an
+// error. Options apply to the values loaded.
+func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, loadMany LoadManyFunc[V], opts ...Option) (map[string]V, error) {
+	if loadMany == nil {
+		return nil, errors.New("tiered: GetOrLoadMany with a nil loader")
+	}
+	return c.getMany(ctx, "tiered.GetOrLoadMany", keys, loadMany, opts)
+}
+
+func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load LoadManyFunc[V], opts []Option) (out map[string]V, err error) {
+	for _, k := range keys {
+		if err := c.checkKey(k); err != nil {
+			return nil, err
+		}
+	}
+	o, err := c.options(opts)
+	if err != nil {
+		return nil, err
+	}
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	ctx, span := c.tracer.Start(ctx, op, trace.WithAttributes(
+		attribute.String("tiercache.namespace", c.cfg.Namespace), attribute.Int("tiercache.keys", len(keys))))
+	defer endSpan(span, &err)
+
+	out = make(map[string]V, len(keys))
+	var missing []string
+	seen := make(map[string]struct{}, len(keys))
+	for _, k := range keys {
+		if _, dup := seen[k]; dup {
+			continue
+		}
+		seen[k] = struct{}{}
+		if e, ok := c.l1.get(k); ok && c.servable(e) {
+			c.counters.l1Hits.add(k)
+			if !e.negative {
+				out[k] = e.v
+			}
+			continue
+		}
+		c.counters.l1Misses.Add(1)
+		missing = append(missing, k)
+	}
+	span.SetAttributes(attribute.Int("tiercache.l1_misses", len(missing)))
+	if len(missing) == 0 {
+		return out, nil
+	}
+	if load == nil {
+		// A read: no flights to share, one pipelined L2 read.
+		res, err := c.readMany(ctx, missing)
+		for k, e := range res {
+			if !e.negative {
+				out[k] = e.v
+			}
+		}
+		return out, c.strict(err)
+	}
+
+	// Join the flights of the missing keys: lead those nobody is filling,
+	// wait for the others.
+	fls := make(map[string]*flight[V], len(missing))
+	var led []string
+	for _, k := range missing {
+		fl, leader := c.flights.join("l" + k)
+		fls[k] = fl
+		if leader {
+			led = append(led, k)
+		}
+	}
+	if len(led) > 0 {
+		ledFls := make([]*flight[V], len(led))
+		for i, k := range led {
+			ledFls[i] = fls[k]
+		}
+		fctx := context.WithoutCancel(ctx)
+		go c.fillMany(fctx, led, ledFls, load, o)
+	}
+	var failed int
+	var firstErr error
+	for _, k := range missing {
+		fl := fls[k]
+		select {
+		case <-fl.done:
+		case <-ctx.Done():
+			return out, ctx.Err()
+		}
+		if fl.callers > 1 {
+			c.counters.shared.Add(1)
+		}
+		fr := fl.res
+		if fr.e != nil && !fr.e.negative {
+			out[k] = fr.e.v
+		}
+		if fr.err != nil && (fr.e == nil || c.cfg.Strict) {
+			if failed++; firstErr == nil {
+				firstErr = fr.err
+			}
+		}
+	}
+	if failed > 0 {
+		return out, fmt.Errorf("tiered: %d of %d keys not loaded: %w", failed, len(missing), firstErr)
+	}
+	return out, nil
+}
+
+// readMany reads keys from L2 in one round trip and fills L1 with what it
+// finds. Without the go-redis client (a Store alone) it reads key by key.
+func (c *Cache[V]) readMany(ctx context.Context, keys []string) (map[string]*entry[V], error) {
+	found := make(map[string]*entry[V], len(keys))
+	if c.l2 == nil {
+		return found, nil
+	}
+	tickets := make([]ticket, len(keys))
+	for i, k := range keys {
+		tickets[i] = c.fence.ticket(k)
+	}
+	started := time.Now().UnixNano()
+	var raw [][]byte
+	var err error
+	if c.l2.rdb != nil {
+		l2keys := make([]string, len(keys))
+		for i, k := range keys {
+			l2keys[i] = c.l2Key(k)
+		}
+		if raw, err = c.l2.getMany(ctx, l2keys); err != nil {
+			c.l2Failed(ctx, "get-many", keys[0], err)
+			c.counters.l2Misses.Add(int64(len(keys)))
+			return found, err
+		}
+	} else {
+		raw = make([][]byte, len(keys))
+		for i, k := range keys {
+			b, err := c.l2.get(ctx, c.l2Key(k))
+			if err != nil && !errors.Is(err, errL2Miss) {
+				c.l2Failed(ctx, "get", k, err)
+			}
+			raw[i] = b
+		}
+	}
+	for i, k := range keys {
+		if raw[i] == nil {
+			c.counters.l2Misses.Add(1)
+			continue
+		}
+		e, ttl, state := c.decodeL2(ctx, k, raw[i])
+		if state != l2Value {
+			c.counters.l2Misses.Add(1)
+			continue
+		}
+		c.counters.l2Hits.Add(1)
+		e.filled = started
+		c.install(k, e, c.l1TTL(ttl), tickets[i], false)
+		found[k] = e
+	}
+	return found, nil
+}
+
+// fillMany is fill for a batch: the keys this caller leads, whose flights
+// it finishes. One pipelined L2 round trip reads the keys and leases the
+// absent ones; keys another process is loading are waited for; then one
+// loader call loads the rest and one pipelined round trip writes them.
+func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V], load LoadManyFunc[V], o callOptions) {
+	results := make(map[string]flightResult[V], len(keys))
+	defer func() {
+		for i, k := range keys {
+			c.flights.finish("l"+k, fls[i], results[k])
+		}
+	}()
+	tickets := make(map[string]ticket, len(keys))
+	for _, k := range keys {
+		tickets[k] = c.fence.ticket(k)
+	}
+	started := time.Now().UnixNano()
+	install := func(k string, e *entry[V], ttl time.Duration, tier string) {
+		e.filled = started
+		c.install(k, e, ttl, tickets[k], false)
+		results[k] = flightResult[V]{e: e, tier: tier}
+	}
+
+	// What L2 has, leasing what it has not.
+	leases := make(map[string][]byte)
+	var toLoad []string
+	var l2err error
+	switch {
+	case c.l2 == nil:
+		toLoad = keys
+	case c.l2.rdb == nil || c.noFence:
+		found, err := c.readMany(ctx, keys)
+		l2err = err
+		for _, k := range keys {
+			if e, ok := found[k]; ok {
+				results[k] = flightResult[V]{e: e, tier: "l2"}
+			} else {
+				toLoad = append(toLoad, k)
+			}
+		}
+	default:
+		if len(o.tags) > 0 {
+			// The keys join their tags before their leases are taken: see fill.
+			l2err = c.tagMany(ctx, keys, o.tags, o.ttl+c.cfg.LeaseTTL)
+		}
+		if l2err == nil {
+			toLoad, l2err = c.leaseOrReadMany(ctx, keys, leases, install)
+		} else {
+			toLoad = keys
+		}
+	}
+	if len(toLoad) == 0 {
+		return
+	}
+
+	vals, err := c.runLoadMany(ctx, toLoad, load)
+	if err != nil {
+		for _, k := range toLoad {
+			results[k] = flightResult[V]{tier: "loader", err: err}
+		}
+		c.releaseMany(ctx, toLoad, leases)
+		return
+	}
+	type fillReq struct {
+		key  string
+		e    *entry[V]
+		b    []byte
+		ttl  time.Duration
+		drop bool // not to be cached
+	}
+	reqs := make([]fillReq, 0, len(toLoad))
+	var unlease []string
+	for _, k := range toLoad {
+		e := &entry[V]{negative: true}
+		if v, ok := vals[k]; ok {
+			e = &entry[V]{v: v}
+		}
+		e.filled = started
+		r := fillReq{key: k, e: e, ttl: o.ttl}
+		if e.negative {
+			r.ttl = c.cfg.NegativeTTL
+		}
+		if r.ttl < 0 {
+			r.drop = true
+		} else {
+			r.ttl = c.jitter(r.ttl)
+			if r.b, err = c.encode(k, e, r.ttl); err != nil {
+				c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", k, "err", err)
+				r.drop = true
+			}
+		}
+		if r.drop {
+			unlease = append(unlease, k)
+		}
+		reqs = append(reqs, r)
+		results[k] = flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
+	}
+	c.releaseMany(ctx, unlease, leases)
+
+	// One pipelined write of the leased values; a lease lost keeps its
+	// value out of both tiers.
+	var wkeys []string
+	var wleases, wvals [][]byte
+	var wttls []time.Duration
+	for _, r := range reqs {
+		if lease, ok := leases[r.key]; ok && !r.drop {
+			wkeys = append(wkeys, c.l2Key(r.key))
+			wleases, wvals, wttls = append(wleases, lease), append(wvals, r.b), append(wttls, r.ttl)
+		}
+	}
+	lost := make(map[string]bool)
+	if len(wkeys) > 0 {
+		l, err := c.l2.fillMany(ctx, wkeys, wleases, wvals, wttls)
+		if err != nil {
+			c.l2Failed(ctx, "fill-many", keys[0], err)
+			l2err = err
+		}
+		var filled []string
+		for i, k := range wkeys {
+			key := k[len(c.cfg.Namespace)+1:]
+			if err == nil && l[i] {
+				lost[key] = true
+				c.counters.leaseLost.Add(1)
+			} else if err == nil {
+				filled = append(filled, key)
+			}
+		}
+		if len(o.tags) > 0 && len(filled) > 0 {
+			if err := c.tagMany(ctx, filled, o.tags, o.ttl); err != nil {
+				l2err = err
+			}
+		}
+	}
+	for _, r := range reqs {
+		if r.drop || lost[r.key] {
+			continue
+		}
+		if _, leased := leases[r.key]; !leased && c.l2 != nil && (c.l2.rdb == nil || c.noFence) && l2err == nil {
+			if err := c.writeL2(ctx, r.key, r.b, r.ttl); err != nil {
+				l2err = err
+			}
+		}
+		c.install(r.key, r.e, c.l1TTL(r.ttl), tickets[r.key], false)
+		if l2err != nil {
+			results[r.key] = flightResult[V]{e: r.e, tier: "loader", err: c.strict(l2err)}
+		}
+	}
+	// One wait for ristretto, as a single load's install waits: callers
+	// arriving after this batch must find its keys in L1.
+	c.l1.r.Wait()
+}
+
+// leaseOrReadMany reads keys from L2 and leases the absent ones in one
+// pipelined round trip. Values found are installed through install; keys
+// leased go into leases and the returned list to load. Keys another process
+// holds a lease on are polled, as awaitLease does, until they are filled,
+// their lease can be taken, or LeaseTTL has passed (then they are loaded
+// without writing L2).
+func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases map[string][]byte, install func(string, *entry[V], time.Duration, string)) (toLoad []string, err error) {
+	deadline := time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout)
+	backoff := time.Millisecond
+	pending := keys
+	for round := 0; len(pending) > 0; round++ {
+		l2keys := make([]string, len(pending))
+		for i, k := range pending {
+			l2keys[i] = c.l2Key(k)
+		}
+		ls, held, cur, err := c.l2.leaseMany(ctx, l2keys, c.cfg.LeaseTTL)
+		if err != nil {
+			c.l2Failed(ctx, "lease-many", pending[0], err)
+			c.counters.l2Misses.Add(int64(len(pending)))
+			return append(toLoad, pending...), err
+		}
+		var waiting []string
+		for i, k := range pending {
+			if held[i] {
+				if round == 0 {
+					c.counters.l2Misses.Add(1)
+				}
+				leases[k] = ls[i]
+				toLoad = append(toLoad, k)
+				continue
+			}
+			e, ttl, state := c.decodeL2(ctx, k, cur[i])
+			switch state {
+			case l2Value:
+				c.counters.l2Hits.Add(1)
+				install(k, e, c.l1TTL(ttl), "l2")
+			case l2Junk:
+				// Corrupt or foreign bytes: load, and leave L2 to a
+				// single GetOrLoad, which replaces them under a lease.
+				c.counters.l2Misses.Add(1)
+				toLoad = append(toLoad, k)
+			case l2Lease:
+				if round == 0 {
+					c.counters.l2Misses.Add(1)
+					c.counters.leaseWaits.Add(1)
+				}
+				waiting = append(waiting, k)
+			}
+		}
+		if len(waiting) > 0 && time.Now().Add(backoff).After(deadline) {
+			return append(toLoad, waiting...), nil
+		}
+		pending = waiting
+		if len(pending) > 0 {
+			time.Sleep(backoff)
+			backoff = min(2*backoff, maxLeasePoll)
+		}
+	}
+	return toLoad, nil
+}
+
+// releaseMany gives back the leases of keys that will not be filled.
+func (c *Cache[V]) releaseMany(ctx context.Context, keys []string, leases map[string][]byte) {
+	var lkeys []string
+	var ls [][]byte
+	for _, k := range keys {
+		if l, ok := leases[k]; ok {
+			lkeys, ls = append(lkeys, c.l2Key(k)), append(ls, l)
+		}
+	}
+	if len(lkeys) > 0 {
+		if err := c.l2.releaseMany(ctx, lkeys, ls); err != nil {
+			c.l2Failed(ctx, "release-many", keys[0], err)
+		}
+	}
+}
+
+// tagMany adds every key to every tag.
+func (c *Cache[V]) tagMany(ctx context.Context, keys, tags []string, ttl time.Duration) error {
+	if err := c.l2.addTags(ctx, c.cfg.Namespace, keys, tags, ttl); err != nil {
+		c.l2Failed(ctx, "tag", keys[0], err)
+		return err
+	}
+	return nil
+}
+
+// runLoadMany calls load once, turning a panic into an error.
+func (c *Cache[V]) runLoadMany(ctx context.Context, keys []string, load LoadManyFunc[V]) (vals map[string]V, err error) {
+	if c.cfg.LoadTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.LoadTimeout)
+		defer cancel()
+	}
+	start := time.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			vals, err = nil, fmt.Errorf("tiered: batch loader panicked: %v", r)
+		}
+		c.counters.loads.Add(1)
+		if err != nil {
+			c.counters.loadEr.Add(1)
+		}
+		c.metrics.recordLoad(ctx, time.Since(start))
+	}()
+	vals, err = load(ctx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("tiered: load %d keys: %w", len(keys), err)
+	}
+	return vals, nil
+}
