@@ -54,11 +54,29 @@ type Config struct {
 	// to L2. Default: 10 seconds.
 	LeaseTTL time.Duration
 
-	// TTL is how long an entry lives in L2. Default: 1 hour.
+	// TTL is how long an entry is fresh. Default: 1 hour.
 	TTL time.Duration
 
+	// StaleTTL is how long past its TTL an entry may still be served, at
+	// once, while one refresh (GetOrLoad's loader, cluster-wide) runs in the
+	// background: stale-while-revalidate. Default: 0, none.
+	StaleTTL time.Duration
+
+	// MaxStale is how long past its TTL an entry may be served when
+	// refreshing it fails (the loader or L2): stale-if-error. The failure
+	// is counted. L2 keeps entries for TTL plus the longer of StaleTTL and
+	// MaxStale. Default: 0, none.
+	MaxStale time.Duration
+
+	// EarlyRefresh is XFetch's β: GetOrLoad refreshes a hot key in the
+	// background shortly before its TTL ends, at random, earlier for slower
+	// loads and larger β, so that its readers never wait on a load.
+	// Default: 1; negative: off.
+	EarlyRefresh float64
+
 	// L1TTL bounds how long a process keeps its own copy; an L1 copy never
-	// outlives the L2 entry it came from. Default: 1 minute (or TTL if less).
+	// outlives the L2 entry it came from. Default: 1 minute, or TTL plus
+	// the longer of StaleTTL and MaxStale if less.
 	L1TTL time.Duration
 
 	// L1MaxBytes is the L1 budget, counted as the encoded size of values plus
@@ -124,7 +142,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.TTL = time.Hour
 	}
 	if cfg.L1TTL == 0 {
-		cfg.L1TTL = min(time.Minute, cfg.TTL)
+		// Long enough to serve stale copies from L1, which an L1-only
+		// cache needs.
+		cfg.L1TTL = min(time.Minute, cfg.TTL+max(cfg.StaleTTL, cfg.MaxStale))
 	}
 	if cfg.L1MaxBytes == 0 {
 		cfg.L1MaxBytes = 64 << 20
@@ -162,11 +182,17 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = 10 * time.Second
 	}
+	if cfg.EarlyRefresh == 0 {
+		cfg.EarlyRefresh = 1
+	}
 
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if cfg.TTL < 0 || cfg.L1TTL < 0 || cfg.L2Timeout < 0 || cfg.BreakerCooldown < 0 || cfg.LoadTimeout < 0 || cfg.LeaseTTL < 0 {
 		bad("durations must not be negative (TTL, L1TTL, L2Timeout, BreakerCooldown, LoadTimeout, LeaseTTL)")
+	}
+	if cfg.StaleTTL < 0 || cfg.MaxStale < 0 {
+		bad("StaleTTL %v and MaxStale %v must not be negative", cfg.StaleTTL, cfg.MaxStale)
 	}
 	if cfg.StalenessBound < 10*time.Millisecond {
 		bad("StalenessBound %v must be at least 10ms", cfg.StalenessBound)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -56,8 +57,14 @@ const (
 	flagCompressed = 1 << 1 // reserved: no writer sets it yet, so a reader refuses it
 	// flagLease marks a placeholder that a loading process holds on the key;
 	// its payload is the holder's token. Readers treat it as a miss.
-	flagLease  = 1 << 2
-	knownFlags = flagNegative | flagLease
+	flagLease = 1 << 2
+	// flagFresh says that the payload starts with a 12-byte extension: the
+	// fresh-until time (Unix ms, 8 bytes; the header's expiry is then the
+	// stale-until) and the duration of the load that produced the value
+	// (µs, 4 bytes), which early refresh needs.
+	flagFresh  = 1 << 3
+	knownFlags = flagNegative | flagLease | flagFresh
+	freshExt   = 12
 )
 
 // Errors that decoding an envelope may wrap. All of them make the entry a miss.
@@ -79,18 +86,33 @@ type envelope struct {
 	payload  []byte
 	negative bool
 	lease    bool
+	fresh    int64 // fresh-until, Unix ms; 0: the same as expiry
+	delta    int64 // the load's duration in µs; 0: unknown
 }
 
 // appendEnvelope appends the envelope for payload to dst.
 func appendEnvelope(dst []byte, codec, flags uint8, expiry time.Time, payload []byte) []byte {
+	dst = appendHeader(dst, codec, flags, expiry, len(payload))
+	return append(dst, payload...)
+}
+
+// appendFreshEnvelope appends an envelope whose value is fresh until fresh
+// and may be served stale until expiry; delta is the load's duration.
+func appendFreshEnvelope(dst []byte, codec, flags uint8, fresh, expiry time.Time, delta time.Duration, payload []byte) []byte {
+	dst = appendHeader(dst, codec, flags|flagFresh, expiry, freshExt+len(payload))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(fresh.UnixMilli()))
+	dst = binary.BigEndian.AppendUint32(dst, uint32(min(max(delta.Microseconds(), 0), math.MaxUint32)))
+	return append(dst, payload...)
+}
+
+func appendHeader(dst []byte, codec, flags uint8, expiry time.Time, n int) []byte {
 	var exp int64
 	if !expiry.IsZero() {
 		exp = expiry.UnixMilli()
 	}
 	dst = append(dst, envelopeMagic, envelopeVersion, codec, flags)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(exp))
-	dst = binary.BigEndian.AppendUint32(dst, uint32(len(payload)))
-	return append(dst, payload...)
+	return binary.BigEndian.AppendUint32(dst, uint32(n))
 }
 
 // decodeEnvelope parses b without allocating: every length is checked against
@@ -124,6 +146,14 @@ func decodeEnvelope(b []byte, wantCodec uint8, maxPayload int) (envelope, error)
 		return envelope{}, fmt.Errorf("%w: %d, want %d", errEnvelopeCodec, e.codec, wantCodec)
 	}
 	e.payload = b[headerSize:]
+	if e.flags&flagFresh != 0 {
+		if len(e.payload) < freshExt {
+			return envelope{}, fmt.Errorf("%w: %d bytes for a %d-byte extension", errEnvelopeLength, len(e.payload), freshExt)
+		}
+		e.fresh = int64(binary.BigEndian.Uint64(e.payload))
+		e.delta = int64(binary.BigEndian.Uint32(e.payload[8:]))
+		e.payload = e.payload[freshExt:]
+	}
 	return e, nil
 }
 

@@ -70,6 +70,7 @@ func TestEnvelopeRejects(t *testing.T) {
 func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add(appendEnvelope(nil, 1, 0, time.UnixMilli(1), []byte(`{"id":1,"name":"x"}`)))
 	f.Add(appendEnvelope(nil, 1, flagNegative, time.Time{}, nil))
+	f.Add(appendFreshEnvelope(nil, 1, 0, time.UnixMilli(1), time.UnixMilli(2), 50*time.Millisecond, []byte(`{"id":1}`)))
 	f.Add([]byte("hello"))
 	f.Add([]byte("\xc7\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff"))
 	const limit = 4096
@@ -82,6 +83,10 @@ func FuzzDecodeEnvelope(f *testing.F) {
 			t.Fatalf("accepted a %d-byte payload over the %d limit", len(e.payload), limit)
 		}
 		again := appendEnvelope(nil, e.codec, e.flags, time.UnixMilli(e.expiry), e.payload)
+		if e.flags&flagFresh != 0 {
+			again = appendFreshEnvelope(nil, e.codec, e.flags&^flagFresh, time.UnixMilli(e.fresh), time.UnixMilli(e.expiry),
+				time.Duration(e.delta)*time.Microsecond, e.payload)
+		}
 		if e.expiry != 0 && !bytes.Equal(again, b) {
 			t.Fatalf("re-encoding %q gave %q", b, again)
 		}

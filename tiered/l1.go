@@ -18,6 +18,11 @@ type entry[V any] struct {
 	// (Unix ns): a copy can be no staler than its age. Set only when an
 	// invalidation bus may need it.
 	filled int64
+	// fresh is when the value stops being fresh, hard when it may no longer
+	// be served even stale, and checkAt when a hit must look at the clock
+	// (Unix ns; 0: never, the L1 TTL is enough). delta is how long the
+	// load that produced it took, for early refresh.
+	fresh, hard, checkAt, delta int64
 	// state drives the item and cost accounting: ristretto admits and evicts
 	// on its own goroutine, so the writer and the OnExit hook race to settle
 	// each entry. entryPending → entryCounted (queued) → entryGone (evicted,

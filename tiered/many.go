@@ -242,7 +242,9 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 		return
 	}
 
+	loadStart := time.Now()
 	vals, err := c.runLoadMany(ctx, toLoad, load)
+	delta := int64(time.Since(loadStart))
 	if err != nil {
 		for _, k := range toLoad {
 			results[k] = flightResult[V]{tier: "loader", err: err}
@@ -262,7 +264,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 	for _, k := range toLoad {
 		e := &entry[V]{negative: true}
 		if v, ok := vals[k]; ok {
-			e = &entry[V]{v: v}
+			e = &entry[V]{v: v, delta: delta}
 		}
 		e.filled = started
 		r := fillReq{key: k, e: e, ttl: o.ttl}
@@ -272,8 +274,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 		if r.ttl < 0 {
 			r.drop = true
 		} else {
-			r.ttl = c.jitter(r.ttl)
-			if r.b, err = c.encode(k, e, r.ttl); err != nil {
+			if r.b, r.ttl, err = c.encode(k, e, c.jitter(r.ttl), o); err != nil {
 				c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", k, "err", err)
 				r.drop = true
 			}

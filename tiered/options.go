@@ -6,20 +6,28 @@ import (
 )
 
 // Option changes one call from the Config defaults. Options apply to
-// Set and GetOrLoad; with GetOrLoad they apply to the value loaded, and
+// Set, GetOrLoad and GetOrLoadMany; with GetOrLoad they apply to the value loaded, and
 // when callers share a load, the options of the caller that started it
 // win.
 type Option func(*callOptions)
 
 type callOptions struct {
-	ttl  time.Duration
-	tags []string
+	ttl                time.Duration
+	staleTTL, maxStale time.Duration
+	tags               []string
 }
 
 // WithTTL stores the value in L2 for d instead of Config.TTL; its L1 copy
 // still lives at most Config.L1TTL. d must be positive.
 func WithTTL(d time.Duration) Option {
 	return func(o *callOptions) { o.ttl = d }
+}
+
+// WithStale overrides Config.StaleTTL and Config.MaxStale for one call:
+// how long past its TTL a value may be served while it is refreshed, and
+// how long when refreshing fails. Neither may be negative.
+func WithStale(staleTTL, maxStale time.Duration) Option {
+	return func(o *callOptions) { o.staleTTL, o.maxStale = staleTTL, maxStale }
 }
 
 // WithTags attaches tags to the value, so that InvalidateTags with any of
@@ -32,7 +40,7 @@ func WithTags(tags ...string) Option {
 
 // options applies opts over the Config defaults and checks the result.
 func (c *Cache[V]) options(opts []Option) (callOptions, error) {
-	o := callOptions{ttl: c.cfg.TTL}
+	o := callOptions{ttl: c.cfg.TTL, staleTTL: c.cfg.StaleTTL, maxStale: c.cfg.MaxStale}
 	for _, opt := range opts {
 		if opt != nil {
 			opt(&o)
@@ -40,6 +48,9 @@ func (c *Cache[V]) options(opts []Option) (callOptions, error) {
 	}
 	if o.ttl <= 0 {
 		return o, fmt.Errorf("tiered: WithTTL(%v): must be positive", o.ttl)
+	}
+	if o.staleTTL < 0 || o.maxStale < 0 {
+		return o, fmt.Errorf("tiered: WithStale(%v, %v): must not be negative", o.staleTTL, o.maxStale)
 	}
 	for _, t := range o.tags {
 		if err := c.checkKey(t); err != nil {

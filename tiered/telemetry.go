@@ -26,6 +26,11 @@ type Stats struct {
 	Loads, SharedLoads, LoadErrors int64
 	// L1Items and L1Bytes are what L1 holds now.
 	L1Items, L1Bytes int64
+	// Refreshes counts background refreshes started (early, by XFetch, or
+	// of a stale value). StaleServed counts reads answered with a value
+	// past its TTL; StaleOnError counts those answered so because a refresh
+	// failed (the loader or L2).
+	Refreshes, StaleServed, StaleOnError int64
 	// LeaseWaits counts flights that found another process loading their
 	// key and waited for its value instead of loading.
 	LeaseWaits int64
@@ -54,7 +59,9 @@ type counters struct {
 	l2Errors, decodeErrs  atomic.Int64
 	loads, shared, loadEr atomic.Int64
 	fenced, leaseLost     atomic.Int64
-	leaseWaits            atomic.Int64
+	leaseWaits, refreshes atomic.Int64
+	staleServed           atomic.Int64
+	staleOnError          atomic.Int64
 	staleSkips, flushes   atomic.Int64
 	breaker               atomic.Int32 // gobreaker.State
 }
@@ -156,6 +163,16 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 	if err != nil {
 		return nil, err
 	}
+	refreshes, err := meter.Int64ObservableCounter("tiercache.refreshes",
+		metric.WithDescription("Background refreshes started: early (XFetch) or of a stale value."))
+	if err != nil {
+		return nil, err
+	}
+	stale, err := meter.Int64ObservableCounter("tiercache.stale",
+		metric.WithDescription("Reads answered with a value past its TTL: while it refreshed (reason=revalidate), or because the refresh failed (reason=error)."))
+	if err != nil {
+		return nil, err
+	}
 	with := func(kv ...attribute.KeyValue) metric.ObserveOption {
 		return metric.WithAttributes(append([]attribute.KeyValue{ns}, kv...)...)
 	}
@@ -167,6 +184,8 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		call, decode       = with(attribute.String("kind", "call")), with(attribute.String("kind", "decode"))
 		ok, failed, shared = with(attribute.String("result", "ok")), with(attribute.String("result", "error")), with(attribute.String("result", "shared"))
 		waited             = with(attribute.String("result", "waited"))
+		revalidate         = with(attribute.String("reason", "revalidate"))
+		onError            = with(attribute.String("reason", "error"))
 		plain              = with()
 	)
 	in.reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
@@ -188,8 +207,11 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		o.ObserveInt64(fenced, s.LeasesLost, l2)
 		o.ObserveInt64(staleSkips, s.StaleSkips, plain)
 		o.ObserveInt64(flushes, s.Flushes, plain)
+		o.ObserveInt64(refreshes, s.Refreshes, plain)
+		o.ObserveInt64(stale, s.StaleServed-s.StaleOnError, revalidate)
+		o.ObserveInt64(stale, s.StaleOnError, onError)
 		return nil
-	}, hits, misses, l2Errors, loads, breaker, l1Bytes, l1Items, fenced, staleSkips, flushes)
+	}, hits, misses, l2Errors, loads, breaker, l1Bytes, l1Items, fenced, staleSkips, flushes, refreshes, stale)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -56,6 +57,13 @@ type Cache[V any] struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 
+	clock *clock
+	beta  float64 // XFetch's β; 0: no early refresh
+	// bg counts background refreshes, which Close waits for; bgMu keeps
+	// one from starting after Close has begun to wait.
+	bg   sync.WaitGroup
+	bgMu sync.Mutex
+
 	// noFence switches off both fences (L1 tickets, L2 leases), so that
 	// tests can show the races they close. Set only by tests.
 	noFence bool
@@ -68,10 +76,11 @@ func New[V any](cfg Config) (*Cache[V], error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache[V]{cfg: cfg, fence: newFence(), logL2: rate.Sometimes{Interval: time.Second}}
+	c := &Cache[V]{cfg: cfg, fence: newFence(), logL2: rate.Sometimes{Interval: time.Second}, beta: max(cfg.EarlyRefresh, 0)}
 	if c.l1, err = newL1[V](cfg.L1MaxBytes); err != nil {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
 	}
+	c.clock = newClock()
 	st := cfg.Store
 	if st == nil && cfg.Redis != nil {
 		st = gocacheredis.NewRedis(cfg.Redis)
@@ -108,6 +117,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 	}
 	if c.metrics, err = newInstruments(c, mp.Meter(instrumentationName)); err != nil {
 		c.l1.close()
+		c.clock.close()
 		return nil, fmt.Errorf("tiered: metrics: %w", err)
 	}
 	if cfg.Redis != nil && !cfg.DisableInvalidation {
@@ -125,6 +135,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 		if err != nil {
 			_ = c.metrics.reg.Unregister()
 			c.l1.close()
+			c.clock.close()
 			return nil, fmt.Errorf("tiered: invalidation bus: %w", err)
 		}
 		// Wait briefly for the bus, so that the first fills are not
@@ -181,7 +192,7 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], op
 	}
 	// The L1 hit path: no allocation, and no span unless the caller's span
 	// is recording (a span costs ~20× the hit itself; metrics count hits).
-	if e, ok := c.l1.get(key); ok && c.servable(e) {
+	if e, ok := c.l1.get(key); ok && c.servable(e) && (e.checkAt == 0 || c.clock.now() < e.checkAt) {
 		c.counters.l1Hits.add(key)
 		if parent := trace.SpanFromContext(ctx); parent.IsRecording() {
 			_, span := c.tracer.Start(ctx, op, trace.WithAttributes(attribute.String("tiercache.tier", "l1")))
@@ -189,7 +200,6 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], op
 		}
 		return e.result()
 	}
-	c.counters.l1Misses.Add(1)
 	return c.getMiss(ctx, op, key, load, opts)
 }
 
@@ -215,6 +225,31 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	if err != nil {
 		return zero, err
 	}
+	// An L1 copy due for a look at the clock: fresh but drawing for an
+	// early refresh, stale within StaleTTL (served at once, refreshed in
+	// the background), or kept only for stale-if-error.
+	var fallback *entry[V]
+	if e, ok := c.l1.get(key); ok && c.servable(e) && e.checkAt != 0 {
+		now := c.clock.now()
+		switch {
+		case now < e.fresh:
+			if load != nil && c.xfetch(e, now) {
+				c.refreshAsync(ctx, key, load, o, e.fresh)
+			}
+			c.counters.l1Hits.add(key)
+			return e.result()
+		case now < staleUntil(e, o):
+			if load != nil {
+				c.refreshAsync(ctx, key, load, o, e.fresh)
+			}
+			c.counters.l1Hits.add(key)
+			c.counters.staleServed.Add(1)
+			return e.result()
+		case now < e.hard:
+			fallback = e
+		}
+	}
+	c.counters.l1Misses.Add(1)
 	ctx, span := c.tracer.Start(ctx, op, trace.WithAttributes(attribute.String("tiercache.namespace", c.cfg.Namespace)))
 	defer span.End()
 
@@ -241,6 +276,15 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	fr, shared := fl.res, fl.callers > 1
 	if shared {
 		c.counters.shared.Add(1)
+	}
+	if fr.e == nil && fr.err != nil && load != nil && fallback != nil && c.clock.now() < fallback.hard {
+		// Stale-if-error: the refresh failed (L2 or the loader), and the
+		// L1 copy is within MaxStale.
+		c.counters.staleOnError.Add(1)
+		fr = flightResult[V]{e: fallback, tier: "stale"}
+	}
+	if fr.tier == "stale" {
+		c.counters.staleServed.Add(1)
 	}
 	span.SetAttributes(attribute.String("tiercache.tier", fr.tier), attribute.Bool("tiercache.shared", shared))
 	if fr.e == nil {
@@ -269,23 +313,51 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o callOptions) flightResult[V] {
 	t := c.fence.ticket(key)
 	started := time.Now().UnixNano()
-	if e, ok := c.l1.get(key); ok && c.servable(e) {
+	if e, ok := c.l1.get(key); ok && c.servable(e) && (e.checkAt == 0 || c.clock.now() < e.fresh) {
 		return flightResult[V]{e: e, tier: "l1"}
 	}
 	var l2err error
 	var junk []byte
 	if c.l2 != nil {
-		e, ttl, j, err := c.readL2(ctx, key)
-		junk = j
+		b, err := c.l2.get(ctx, c.l2Key(key))
 		switch {
 		case err == nil:
+			e, ttl, state := c.decodeL2(ctx, key, b)
+			if state == l2Junk {
+				junk = b
+			}
+			if state != l2Value {
+				c.counters.l2Misses.Add(1)
+				break
+			}
 			c.counters.l2Hits.Add(1)
 			e.filled = started
-			c.install(key, e, c.l1TTL(ttl), t, false)
-			return flightResult[V]{e: e, tier: "l2"}
+			now := c.clock.now()
+			switch {
+			case e.fresh == 0 || now < e.fresh:
+				c.install(key, e, c.l1TTL(ttl), t, false)
+				if load != nil && c.xfetch(e, now) {
+					c.refreshAsync(ctx, key, load, o, e.fresh)
+				}
+				return flightResult[V]{e: e, tier: "l2"}
+			case now < staleUntil(e, o):
+				c.install(key, e, c.l1TTL(ttl), t, false)
+				if load != nil {
+					c.refreshAsync(ctx, key, load, o, e.fresh)
+				}
+				return flightResult[V]{e: e, tier: "stale"}
+			case load == nil:
+				// Past the stale window, a Get finds nothing.
+				return flightResult[V]{tier: "none"}
+			default:
+				// Past the stale window: reload now, and serve this value
+				// if that fails, within MaxStale.
+				return c.reload(ctx, key, load, o, t, started, b, e)
+			}
 		case errors.Is(err, errL2Miss):
 			c.counters.l2Misses.Add(1)
 		default:
+			c.l2Failed(ctx, "get", key, err)
 			c.counters.l2Misses.Add(1)
 			l2err = err
 		}
@@ -344,8 +416,7 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 	}
 	// The value fills L2 first, then L1: a reader in another process must be
 	// able to find in L2 anything this process already serves from L1.
-	ttl = c.jitter(ttl)
-	b, err := c.encode(key, e, ttl)
+	b, ttl, err := c.encode(key, e, c.jitter(ttl), o)
 	if err != nil {
 		// The loaded value is good; it just cannot be cached.
 		c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", key, "err", err)
@@ -444,28 +515,7 @@ func (c *Cache[V]) runLoad(ctx context.Context, key string, load LoadFunc[V]) (e
 	if err != nil {
 		return nil, fmt.Errorf("tiered: load %q: %w", key, err)
 	}
-	return &entry[V]{v: v}, nil
-}
-
-// readL2 returns the entry stored in L2 for key and its remaining TTL.
-// Bytes that do not decode are a miss, counted and logged, never a panic;
-// they come back as junk, which a load may replace (a live lease is a miss
-// but not junk: it is another process's load).
-func (c *Cache[V]) readL2(ctx context.Context, key string) (e *entry[V], ttl time.Duration, junk []byte, err error) {
-	b, err := c.l2.get(ctx, c.l2Key(key))
-	if err != nil {
-		if !errors.Is(err, errL2Miss) {
-			c.l2Failed(ctx, "get", key, err)
-		}
-		return nil, 0, nil, err
-	}
-	switch e, ttl, state := c.decodeL2(ctx, key, b); state {
-	case l2Value:
-		return e, ttl, nil, nil
-	case l2Junk:
-		return nil, 0, b, errL2Miss
-	}
-	return nil, 0, nil, errL2Miss
+	return &entry[V]{v: v, delta: int64(time.Since(start))}, nil
 }
 
 // l2State says what the bytes under a key in L2 are.
@@ -484,7 +534,7 @@ func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V
 		c.decodeFailed(ctx, key, err)
 		return nil, 0, l2Junk
 	}
-	ttl, live := env.remaining(time.Now())
+	ttl, live := env.remaining(time.Unix(0, c.clock.now()))
 	switch {
 	case !live:
 		return nil, 0, l2Junk
@@ -492,6 +542,13 @@ func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V
 		return nil, 0, l2Lease
 	}
 	e := &entry[V]{negative: env.negative, cost: int64(len(b) + len(key))}
+	if env.fresh != 0 && !env.negative {
+		e.fresh, e.hard, e.delta = env.fresh*1e6, env.expiry*1e6, env.delta*1e3
+		if env.expiry == 0 {
+			e.hard = math.MaxInt64
+		}
+		c.schedule(e)
+	}
 	if !env.negative {
 		if err := c.cfg.Codec.Unmarshal(env.payload, &e.v); err != nil {
 			c.decodeFailed(ctx, key, err)
@@ -550,28 +607,33 @@ func (c *Cache[V]) writeL2(ctx context.Context, key string, b []byte, ttl time.D
 	return nil
 }
 
-// encode returns the envelope for e and sets e.cost, its L1 size. Without an
-// L2 it still encodes, because the encoded size is what L1's budget counts.
-func (c *Cache[V]) encode(key string, e *entry[V], ttl time.Duration) ([]byte, error) {
+// encode returns the envelope for e, fresh for ttl, and how long L2 should
+// keep it: ttl plus the longer of the stale windows in o (absences get no
+// stale window). It sets e's cost (its L1 size, which counts even without
+// an L2) and its freshness.
+func (c *Cache[V]) encode(key string, e *entry[V], ttl time.Duration, o callOptions) ([]byte, time.Duration, error) {
 	var payload []byte
-	var flags uint8
-	if e.negative {
-		flags |= flagNegative
-	} else {
+	if !e.negative {
 		var err error
 		if payload, err = c.cfg.Codec.Marshal(e.v); err != nil {
-			return nil, fmt.Errorf("tiered: encode %q: %w", key, err)
+			return nil, 0, fmt.Errorf("tiered: encode %q: %w", key, err)
 		}
 		if len(payload) > c.cfg.MaxValueBytes {
-			return nil, fmt.Errorf("%w: %q encodes to %d bytes, limit %d", ErrValueTooLarge, key, len(payload), c.cfg.MaxValueBytes)
+			return nil, 0, fmt.Errorf("%w: %q encodes to %d bytes, limit %d", ErrValueTooLarge, key, len(payload), c.cfg.MaxValueBytes)
 		}
 	}
-	var expiry time.Time
-	if ttl > 0 {
-		expiry = time.Now().Add(ttl)
+	now := time.Unix(0, c.clock.now())
+	if e.negative {
+		e.cost = int64(headerSize + len(key))
+		return appendEnvelope(make([]byte, 0, headerSize), 0, flagNegative, now.Add(ttl), nil), ttl, nil
 	}
-	e.cost = int64(headerSize + len(payload) + len(key))
-	return appendEnvelope(make([]byte, 0, headerSize+len(payload)), c.cfg.Codec.ID(), flags, expiry, payload), nil
+	keep := ttl + max(o.staleTTL, o.maxStale)
+	fresh, hard := now.Add(ttl), now.Add(keep)
+	e.fresh, e.hard = fresh.UnixNano(), hard.UnixNano()
+	c.schedule(e)
+	e.cost = int64(headerSize + freshExt + len(payload) + len(key))
+	b := make([]byte, 0, headerSize+freshExt+len(payload))
+	return appendFreshEnvelope(b, c.cfg.Codec.ID(), 0, fresh, hard, time.Duration(e.delta), payload), keep, nil
 }
 
 // Set stores v under key in L2 and then in L1, for Config.TTL (or
@@ -597,8 +659,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 	defer endSpan(span, &err)
 
 	e := &entry[V]{v: v, filled: time.Now().UnixNano()}
-	ttl := c.jitter(o.ttl)
-	b, err := c.encode(key, e, ttl)
+	b, ttl, err := c.encode(key, e, c.jitter(o.ttl), o)
 	if err != nil {
 		return err // bad input: nothing was written anywhere
 	}
@@ -690,11 +751,15 @@ func (c *Cache[V]) publish(ctx context.Context, keys ...string) error {
 func (c *Cache[V]) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		c.bgMu.Lock()
 		c.closed.Store(true)
+		c.bgMu.Unlock()
 		if c.bus != nil {
 			_ = c.bus.Close() // first: its flushes must not meet a closed L1
 		}
+		c.bg.Wait() // background refreshes, which install into L1
 		c.l1.close()
+		c.clock.close()
 		err = c.metrics.reg.Unregister()
 	})
 	return err
@@ -708,7 +773,8 @@ func (c *Cache[V]) Stats() Stats {
 		L2Errors: c.counters.l2Errors.Load(), DecodeErrors: c.counters.decodeErrs.Load(),
 		Loads: c.counters.loads.Load(), SharedLoads: c.counters.shared.Load(), LoadErrors: c.counters.loadEr.Load(),
 		L1Items: c.l1.items.Load(), L1Bytes: c.l1.cost.Load(),
-		LeaseWaits:  c.counters.leaseWaits.Load(),
+		LeaseWaits: c.counters.leaseWaits.Load(),
+		Refreshes:  c.counters.refreshes.Load(), StaleServed: c.counters.staleServed.Load(), StaleOnError: c.counters.staleOnError.Load(),
 		FencedFills: c.counters.fenced.Load(), LeasesLost: c.counters.leaseLost.Load(),
 		StaleSkips: c.counters.staleSkips.Load(), Flushes: c.counters.flushes.Load(),
 		Breaker: "none",

@@ -1,0 +1,258 @@
+package tiered
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Freshness. An entry is fresh until fresh-until (its TTL), may then be
+// served stale while one refresh runs in the background until
+// fresh-until + StaleTTL, and when a refresh fails, until fresh-until +
+// MaxStale; L2 keeps it until the later of the two. Hot keys are refreshed
+// before fresh-until by XFetch (Vattani, Chierichetti and Lowenstein,
+// "Optimal Probabilistic Cache Stampede Prevention", VLDB 2015): a read at
+// time now starts a refresh when now − δ·β·ln(rand) ≥ fresh-until, δ being
+// how long the last load took, so that the expected refresh comes about δ·β
+// before expiry and readers of a hot key never wait on its load.
+
+// xfetchSpan is how many δ·β before fresh-until a hit starts to draw: an
+// earlier refresh has probability below e^−10 per read.
+const xfetchSpan = 10
+
+// clock is a coarse wall clock: a goroutine stores the time every
+// clockTick, so that L1 hits check freshness with an atomic load instead
+// of time.Now (53 ns on the CI VM, about as much as the rest of a hit).
+type clock struct {
+	ns   atomic.Int64
+	stop chan struct{}
+	done chan struct{}
+}
+
+const clockTick = time.Millisecond
+
+func newClock() *clock {
+	k := &clock{stop: make(chan struct{}), done: make(chan struct{})}
+	k.ns.Store(time.Now().UnixNano())
+	go func() {
+		defer close(k.done)
+		t := time.NewTicker(clockTick)
+		defer t.Stop()
+		for {
+			select {
+			case <-k.stop:
+				return
+			case now := <-t.C:
+				k.ns.Store(now.UnixNano())
+			}
+		}
+	}()
+	return k
+}
+
+func (k *clock) now() int64 { return k.ns.Load() }
+
+func (k *clock) close() {
+	close(k.stop)
+	<-k.done
+}
+
+// schedule sets when a hit on e must look at the clock: at fresh-until, or
+// earlier where XFetch may start drawing. Entries without fresh-until
+// (absences) are left to their TTL.
+func (c *Cache[V]) schedule(e *entry[V]) {
+	e.checkAt = e.fresh
+	if e.fresh != 0 && c.beta > 0 && e.delta > 0 {
+		e.checkAt -= int64(xfetchSpan * c.beta * float64(e.delta))
+	}
+}
+
+// xfetch draws whether a read of e at now starts an early refresh.
+func (c *Cache[V]) xfetch(e *entry[V], now int64) bool {
+	if c.beta <= 0 || e.delta <= 0 {
+		return false
+	}
+	return float64(now)-float64(e.delta)*c.beta*math.Log(rand.Float64()) >= float64(e.fresh)
+}
+
+// staleUntil is how long e may be served stale at once: StaleTTL past
+// fresh-until (as the reader's options say), never past what L2 keeps.
+func staleUntil[V any](e *entry[V], o callOptions) int64 {
+	return min(e.fresh+int64(o.staleTTL), e.hard)
+}
+
+// refreshAsync starts one background refresh of key in this process, unless
+// one is running or the cache is closing. than is the fresh-until of the
+// entry that asked: a value fresher than it in L2 means another process
+// refreshed already.
+func (c *Cache[V]) refreshAsync(ctx context.Context, key string, load LoadFunc[V], o callOptions, than int64) {
+	c.bgMu.Lock()
+	if c.isClosed() {
+		c.bgMu.Unlock()
+		return
+	}
+	fl, leader := c.flights.join("r" + key)
+	if !leader {
+		c.bgMu.Unlock()
+		return
+	}
+	c.bg.Add(1)
+	c.bgMu.Unlock()
+	c.counters.refreshes.Add(1)
+	fctx := context.WithoutCancel(ctx)
+	go func() {
+		defer c.bg.Done()
+		c.flights.finish("r"+key, fl, c.refresh(fctx, key, load, o, than))
+	}()
+}
+
+// refresh reloads key ahead of or past its fresh-until, for refreshAsync.
+func (c *Cache[V]) refresh(ctx context.Context, key string, load LoadFunc[V], o callOptions, than int64) flightResult[V] {
+	if c.l2 == nil || c.l2.rdb == nil || c.noFence {
+		return c.reload(ctx, key, load, o, c.fence.ticket(key), time.Now().UnixNano(), nil, nil)
+	}
+	t := c.fence.ticket(key)
+	started := time.Now().UnixNano()
+	b, err := c.l2.get(ctx, c.l2Key(key))
+	switch {
+	case errors.Is(err, errL2Miss):
+		return c.fill(ctx, key, load, o) // gone from L2: an ordinary leased load
+	case err != nil:
+		c.l2Failed(ctx, "refresh", key, err)
+		return flightResult[V]{tier: "l2", err: err}
+	}
+	e, ttl, state := c.decodeL2(ctx, key, b)
+	switch {
+	case state != l2Value:
+		return c.fill(ctx, key, load, o)
+	case e.fresh > than:
+		// Another process refreshed it already.
+		e.filled = started
+		c.install(key, e, c.l1TTL(ttl), t, false)
+		return flightResult[V]{e: e, tier: "l2"}
+	}
+	return c.reload(ctx, key, load, o, t, started, b, e)
+}
+
+// casReplace sets KEYS[1] to ARGV[2] for ARGV[3] ms if it still holds the
+// bytes whose SHA-1 is ARGV[1]: a refresh replaces the value it read, and
+// nothing written since.
+var casReplace = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v and redis.sha1hex(v) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0`)
+
+// reload loads key again while L2 still holds old (the value read, stale
+// or about to be, decoded as oldE; both nil without L2). One process in the
+// cluster reloads: it holds a refresh lease beside the key, and the others
+// wait for its value. The new value replaces old only if old is still
+// there (a Set or Delete meanwhile wins). If the load fails, oldE is served
+// while within MaxStale.
+func (c *Cache[V]) reload(ctx context.Context, key string, load LoadFunc[V], o callOptions, t ticket, started int64, old []byte, oldE *entry[V]) flightResult[V] {
+	var token []byte
+	rk := c.cfg.Namespace + "#refresh:" + key
+	write := c.l2 != nil
+	if old != nil {
+		token = newLease(c.cfg.LeaseTTL)
+		held := true
+		err := c.l2.call(ctx, func(ctx context.Context) (err error) {
+			held, err = c.l2.rdb.SetNX(ctx, rk, token, c.cfg.LeaseTTL).Result()
+			return err
+		})
+		if err != nil {
+			c.l2Failed(ctx, "refresh-lease", key, err)
+			write = false
+		}
+		if !held {
+			if res, ok := c.awaitRefresh(ctx, key, t, started, oldE.fresh); ok {
+				return res
+			}
+			write, token = false, nil
+		}
+		defer func() {
+			if token != nil {
+				if err := c.l2.releaseLease(ctx, rk, token); err != nil {
+					c.l2Failed(ctx, "refresh-release", key, err)
+				}
+			}
+		}()
+	}
+	e, err := c.runLoad(ctx, key, load)
+	if err != nil {
+		if oldE != nil && c.clock.now() < oldE.hard {
+			c.counters.staleOnError.Add(1)
+			return flightResult[V]{e: oldE, tier: "stale"}
+		}
+		return flightResult[V]{tier: "loader", err: err}
+	}
+	e.filled = started
+	ttl := o.ttl
+	if e.negative {
+		ttl = c.cfg.NegativeTTL
+	}
+	if ttl < 0 {
+		return flightResult[V]{e: e, tier: "loader"}
+	}
+	b, l2ttl, err := c.encode(key, e, c.jitter(ttl), o)
+	if err != nil {
+		c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", key, "err", err)
+		return flightResult[V]{e: e, tier: "loader"}
+	}
+	var l2err error
+	switch {
+	case !write:
+	case old == nil:
+		l2err = c.writeL2(ctx, key, b, l2ttl)
+	default:
+		sum := sha1.Sum(old)
+		var n int
+		l2err = c.l2.call(ctx, func(ctx context.Context) (err error) {
+			n, err = casReplace.Run(ctx, c.l2.rdb, []string{c.l2Key(key)}, hex.EncodeToString(sum[:]), b, max(l2ttl.Milliseconds(), 1)).Int()
+			return err
+		})
+		if l2err == nil && n == 0 {
+			// Written or deleted since we read it: ours may be older.
+			c.counters.leaseLost.Add(1)
+			return flightResult[V]{e: e, tier: "loader"}
+		}
+		if l2err == nil && len(o.tags) > 0 {
+			l2err = c.tagWritten(ctx, key, o.tags, l2ttl)
+		}
+	}
+	if l2err != nil {
+		c.l2Failed(ctx, "refresh-write", key, l2err)
+	}
+	c.install(key, e, c.l1TTL(l2ttl), t, true)
+	return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
+}
+
+// awaitRefresh polls L2, as awaitLease does, while another process
+// refreshes key, until it holds a value fresher than than. ok is false if
+// none came within LeaseTTL.
+func (c *Cache[V]) awaitRefresh(ctx context.Context, key string, t ticket, started, than int64) (flightResult[V], bool) {
+	deadline := time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout)
+	c.counters.leaseWaits.Add(1)
+	for backoff := time.Millisecond; time.Now().Add(backoff).Before(deadline); backoff = min(2*backoff, maxLeasePoll) {
+		time.Sleep(backoff)
+		b, err := c.l2.get(ctx, c.l2Key(key))
+		if err != nil {
+			continue
+		}
+		if e, ttl, state := c.decodeL2(ctx, key, b); state == l2Value && e.fresh > than {
+			e.filled = started
+			c.install(key, e, c.l1TTL(ttl), t, false)
+			return flightResult[V]{e: e, tier: "l2"}, true
+		}
+	}
+	return flightResult[V]{}, false
+}
