@@ -58,18 +58,29 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 
 	out = make(map[string]V, len(keys))
 	var missing []string
+	var fallback map[string]*entry[V] // L1 copies past their stale window, for stale-if-error
 	seen := make(map[string]struct{}, len(keys))
+	now := c.clock.now()
+	refresh := c.refresher(ctx, load, o)
 	for _, k := range keys {
 		if _, dup := seen[k]; dup {
 			continue
 		}
 		seen[k] = struct{}{}
 		if e, ok := c.l1.get(k); ok && c.servable(e) {
-			c.counters.l1Hits.add(k)
-			if !e.negative {
-				out[k] = e.v
+			if c.usable(k, e, o, now, refresh) {
+				c.counters.l1Hits.add(k)
+				if !e.negative {
+					out[k] = e.v
+				}
+				continue
 			}
-			continue
+			if now < e.hard {
+				if fallback == nil {
+					fallback = make(map[string]*entry[V])
+				}
+				fallback[k] = e
+			}
 		}
 		c.counters.l1Misses.Add(1)
 		missing = append(missing, k)
@@ -80,7 +91,7 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 	}
 	if load == nil {
 		// A read: no flights to share, one pipelined L2 read.
-		res, err := c.readMany(ctx, missing)
+		res, err := c.readMany(ctx, missing, o)
 		for k, e := range res {
 			if !e.negative {
 				out[k] = e.v
@@ -121,6 +132,13 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 			c.counters.shared.Add(1)
 		}
 		fr := fl.res
+		if e := fallback[k]; fr.e == nil && fr.err != nil && e != nil && c.clock.now() < e.hard {
+			c.counters.staleOnError.Add(1)
+			fr = flightResult[V]{e: e, tier: "stale"}
+		}
+		if fr.tier == "stale" {
+			c.counters.staleServed.Add(1)
+		}
 		if fr.e != nil && !fr.e.negative {
 			out[k] = fr.e.v
 		}
@@ -138,7 +156,7 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 
 // readMany reads keys from L2 in one round trip and fills L1 with what it
 // finds. Without the go-redis client (a Store alone) it reads key by key.
-func (c *Cache[V]) readMany(ctx context.Context, keys []string) (map[string]*entry[V], error) {
+func (c *Cache[V]) readMany(ctx context.Context, keys []string, o callOptions) (map[string]*entry[V], error) {
 	found := make(map[string]*entry[V], len(keys))
 	if c.l2 == nil {
 		return found, nil
@@ -176,7 +194,7 @@ func (c *Cache[V]) readMany(ctx context.Context, keys []string) (map[string]*ent
 			continue
 		}
 		e, ttl, state := c.decodeL2(ctx, k, raw[i])
-		if state != l2Value {
+		if state != l2Value || !c.usable(k, e, o, c.clock.now(), nil) {
 			c.counters.l2Misses.Add(1)
 			continue
 		}
@@ -210,15 +228,17 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 		results[k] = flightResult[V]{e: e, tier: tier}
 	}
 
-	// What L2 has, leasing what it has not.
+	// What L2 has, leasing what it has not. Values past their stale window
+	// are loaded again, and kept in stale for stale-if-error.
 	leases := make(map[string][]byte)
+	stale := make(map[string]*entry[V])
 	var toLoad []string
 	var l2err error
 	switch {
 	case c.l2 == nil:
 		toLoad = keys
 	case c.l2.rdb == nil || c.noFence:
-		found, err := c.readMany(ctx, keys)
+		found, err := c.readMany(ctx, keys, o)
 		l2err = err
 		for _, k := range keys {
 			if e, ok := found[k]; ok {
@@ -233,7 +253,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 			l2err = c.tagMany(ctx, keys, o.tags, o.ttl+c.cfg.LeaseTTL)
 		}
 		if l2err == nil {
-			toLoad, l2err = c.leaseOrReadMany(ctx, keys, leases, install)
+			toLoad, l2err = c.leaseOrReadMany(ctx, keys, leases, stale, o, c.refresher(ctx, load, o), install)
 		} else {
 			toLoad = keys
 		}
@@ -248,6 +268,10 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 	if err != nil {
 		for _, k := range toLoad {
 			results[k] = flightResult[V]{tier: "loader", err: err}
+			if e := stale[k]; e != nil && c.clock.now() < e.hard {
+				c.counters.staleOnError.Add(1)
+				results[k] = flightResult[V]{e: e, tier: "stale"}
+			}
 		}
 		c.releaseMany(ctx, toLoad, leases)
 		return
@@ -346,7 +370,8 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 // holds a lease on are polled, as awaitLease does, until they are filled,
 // their lease can be taken, or LeaseTTL has passed (then they are loaded
 // without writing L2).
-func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases map[string][]byte, install func(string, *entry[V], time.Duration, string)) (toLoad []string, err error) {
+func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases map[string][]byte, stale map[string]*entry[V], o callOptions,
+	refresh func(string, int64), install func(string, *entry[V], time.Duration, string)) (toLoad []string, err error) {
 	deadline := time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout)
 	backoff := time.Millisecond
 	pending := keys
@@ -375,6 +400,13 @@ func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases ma
 			switch state {
 			case l2Value:
 				c.counters.l2Hits.Add(1)
+				if !c.usable(k, e, o, c.clock.now(), refresh) {
+					// Past its stale window: load it again. L2 keeps the old
+					// value until a single GetOrLoad replaces it or it expires.
+					stale[k] = e
+					toLoad = append(toLoad, k)
+					continue
+				}
 				install(k, e, c.l1TTL(ttl), "l2")
 			case l2Junk:
 				// Corrupt or foreign bytes: load, and leave L2 to a
@@ -399,6 +431,49 @@ func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases ma
 		}
 	}
 	return toLoad, nil
+}
+
+// usable reports whether e may be served at now: fresh, or stale within
+// its window (then counted, and refreshed in the background if refresh is
+// not nil); a fresh entry may also draw an early refresh.
+func (c *Cache[V]) usable(key string, e *entry[V], o callOptions, now int64, refresh func(string, int64)) bool {
+	switch {
+	case e.checkAt == 0 || now < e.checkAt:
+		return true
+	case now < e.fresh:
+		if refresh != nil && c.xfetch(e, now) {
+			refresh(key, e.fresh)
+		}
+		return true
+	case now < staleUntil(e, o):
+		c.counters.staleServed.Add(1)
+		if refresh != nil {
+			refresh(key, e.fresh)
+		}
+		return true
+	}
+	return false
+}
+
+// refresher returns what starts a background refresh of one key for a
+// batch, through its batch loader; nil without a loader.
+func (c *Cache[V]) refresher(ctx context.Context, load LoadManyFunc[V], o callOptions) func(string, int64) {
+	if load == nil {
+		return nil
+	}
+	one := func(ctx context.Context, key string) (V, error) {
+		var zero V
+		vals, err := load(ctx, []string{key})
+		if err != nil {
+			return zero, err
+		}
+		v, ok := vals[key]
+		if !ok {
+			return zero, ErrNotFound
+		}
+		return v, nil
+	}
+	return func(key string, than int64) { c.refreshAsync(ctx, key, one, o, than) }
 }
 
 // releaseMany gives back the leases of keys that will not be filled.

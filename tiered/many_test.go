@@ -232,3 +232,42 @@ func TestGetOrLoadManyNegativeAndErrors(t *testing.T) {
 		t.Errorf("batch with an empty key: %v, want ErrInvalidKey", err)
 	}
 }
+
+// TestGetOrLoadManyStale: a batch serves values past their TTL while its
+// loader fails, within MaxStale, as GetOrLoad does.
+func TestGetOrLoadManyStale(t *testing.T) {
+	for _, mode := range []string{"l1-only", "redis"} {
+		t.Run(mode, func(t *testing.T) {
+			ctx := context.Background()
+			cfg := tiered.Config{TTL: 200 * time.Millisecond, MaxStale: 5 * time.Second, Jitter: -1, EarlyRefresh: -1}
+			if mode == "redis" {
+				cfg.Redis, cfg.Namespace = newClient(t), redistest.Namespace(t)
+			}
+			c := newCache(t, cfg)
+			var fail atomic.Bool
+			load := func(ctx context.Context, missing []string) (map[string]product, error) {
+				if fail.Load() {
+					return nil, errors.New("database down")
+				}
+				out := make(map[string]product)
+				for _, k := range missing {
+					out[k] = product{Name: k}
+				}
+				return out, nil
+			}
+			keys := batchKeys(0, 10)
+			if got, err := c.GetOrLoadMany(ctx, keys, load); err != nil || len(got) != 10 {
+				t.Fatalf("first batch: %d values, %v", len(got), err)
+			}
+			fail.Store(true)
+			time.Sleep(300 * time.Millisecond)
+			got, err := c.GetOrLoadMany(ctx, keys, load)
+			if err != nil || len(got) != 10 {
+				t.Errorf("past the TTL with the loader failing: %d values, %v; want the 10 stale ones", len(got), err)
+			}
+			if s := c.Stats(); s.StaleOnError != 10 {
+				t.Errorf("StaleOnError = %d, want 10", s.StaleOnError)
+			}
+		})
+	}
+}
