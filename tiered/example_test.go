@@ -150,3 +150,47 @@ func ExampleWithTTL() {
 	// <nil>
 	// tiered: WithTTL(0s): must be positive
 }
+
+func ExampleCache_GetOrLoadMany() {
+	products, _ := tiered.New[Product](tiered.Config{})
+	defer products.Close()
+	ctx := context.Background()
+	_ = products.Set(ctx, "product:1", Product{ID: 1, Name: "Kettle"})
+
+	// One loader call, with exactly the keys in neither tier. Keys it
+	// does not return are cached as absent.
+	loadMany := func(ctx context.Context, missing []string) (map[string]Product, error) {
+		fmt.Println("loading", missing)
+		return map[string]Product{"product:2": {ID: 2, Name: "Teapot"}}, nil
+	}
+	got, err := products.GetOrLoadMany(ctx, []string{"product:1", "product:2", "product:3"}, loadMany)
+	fmt.Println(len(got), got["product:1"].Name, got["product:2"].Name, err)
+	// Output:
+	// loading [product:2 product:3]
+	// 2 Kettle Teapot <nil>
+}
+
+func ExampleCache_GetMany() {
+	products, _ := tiered.New[Product](tiered.Config{})
+	defer products.Close()
+	ctx := context.Background()
+	_ = products.Set(ctx, "product:1", Product{ID: 1})
+	got, err := products.GetMany(ctx, []string{"product:1", "product:2"})
+	fmt.Println(len(got), err)
+	// Output: 1 <nil>
+}
+
+func ExampleWithStale() {
+	// Fresh for a minute; then served at once for up to an hour while one
+	// refresh runs, and for up to a day while the database is down.
+	products, _ := tiered.New[Product](tiered.Config{
+		TTL: time.Minute, StaleTTL: time.Hour, MaxStale: 24 * time.Hour,
+	})
+	defer products.Close()
+	ctx := context.Background()
+	// This page may show a price past its TTL only while the database is
+	// down, and for five minutes at most.
+	p, err := products.GetOrLoad(ctx, "product:42", findProduct, tiered.WithStale(0, 5*time.Minute))
+	fmt.Println(p.Name, err)
+	// Output: Teapot <nil>
+}
