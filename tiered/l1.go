@@ -11,18 +11,24 @@ import (
 // entry is what L1 holds for a key: the decoded value, never bytes, so a hit
 // costs no decoding.
 type entry[V any] struct {
-	v        V
+	// checkAt and negative come first: with v they are all a hit reads,
+	// and kept together they share a cache line for small values.
+	//
+	// checkAt is when a hit must look at the clock (Unix ns; 0: never, the
+	// L1 TTL is enough); fresh is when the value stops being fresh, hard
+	// when it may no longer be served even stale. delta is how long the
+	// load that produced it took, for early refresh.
+	checkAt  int64
 	negative bool
+	v        V
+	fresh    int64
+	hard     int64
+	delta    int64
 	cost     int64
 	// filled is when the read or load that produced the value started
 	// (Unix ns): a copy can be no staler than its age. Set only when an
 	// invalidation bus may need it.
 	filled int64
-	// fresh is when the value stops being fresh, hard when it may no longer
-	// be served even stale, and checkAt when a hit must look at the clock
-	// (Unix ns; 0: never, the L1 TTL is enough). delta is how long the
-	// load that produced it took, for early refresh.
-	fresh, hard, checkAt, delta int64
 	// state drives the item and cost accounting: ristretto admits and evicts
 	// on its own goroutine, so the writer and the OnExit hook race to settle
 	// each entry. entryPending → entryCounted (queued) → entryGone (evicted,

@@ -57,7 +57,7 @@ type Cache[V any] struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 
-	clock *clock
+	clock clock
 	beta  float64 // XFetch's β; 0: no early refresh
 	// bg counts background refreshes, which Close waits for; bgMu keeps
 	// one from starting after Close has begun to wait.
@@ -80,7 +80,6 @@ func New[V any](cfg Config) (*Cache[V], error) {
 	if c.l1, err = newL1[V](cfg.L1MaxBytes); err != nil {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
 	}
-	c.clock = newClock()
 	st := cfg.Store
 	if st == nil && cfg.Redis != nil {
 		st = gocacheredis.NewRedis(cfg.Redis)
