@@ -9,7 +9,7 @@ func DisableFences[V any](c *Cache[V]) { c.noFence = true }
 // PeekL1 returns what c's L1 holds for key, without touching L2, once
 // ristretto has applied the stores queued so far.
 func PeekL1[V any](c *Cache[V], key string) (v V, negative, ok bool) {
-	c.l1.r.Wait()
+	c.l1.wait()
 	e, ok := c.l1.get(key)
 	if !ok {
 		return v, false, false

@@ -59,8 +59,10 @@ type l1[V any] struct {
 	items  atomic.Int64
 	cost   atomic.Int64
 	closed atomic.Bool
-	// life serializes clear and close: both stop ristretto's goroutine.
-	life sync.Mutex
+	// life keeps writes (read-locked) away from close and clear
+	// (write-locked): ristretto panics on a Del after Close, and a Wait
+	// that races with Close never returns. Hits take no lock.
+	life sync.RWMutex
 }
 
 func newL1[V any](maxCost int64) (*l1[V], error) {
@@ -94,6 +96,11 @@ func (c *l1[V]) get(key string) (*entry[V], bool) {
 // it afterwards: this is what gives Set read-your-write. See the type comment
 // for why it waits.
 func (c *l1[V]) set(key string, e *entry[V], ttl time.Duration) bool {
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if c.closed.Load() {
+		return false
+	}
 	if !c.add(key, e, ttl) {
 		// Dropped: the set buffer was full. Drain it and try once more.
 		c.r.Wait()
@@ -117,6 +124,11 @@ func (c *l1[V]) set(key string, e *entry[V], ttl time.Duration) bool {
 // queued first keeps the order right: an older fill still queued for key is
 // removed before e is added, instead of e being refused as a duplicate.
 func (c *l1[V]) fill(key string, e *entry[V], ttl time.Duration) {
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if c.closed.Load() {
+		return
+	}
 	c.r.Del(key)
 	c.add(key, e, ttl)
 }
@@ -135,7 +147,20 @@ func (c *l1[V]) add(key string, e *entry[V], ttl time.Duration) bool {
 }
 
 func (c *l1[V]) del(key string) {
-	c.r.Del(key)
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if !c.closed.Load() {
+		c.r.Del(key)
+	}
+}
+
+// wait waits for ristretto to apply the writes queued so far.
+func (c *l1[V]) wait() {
+	c.life.RLock()
+	defer c.life.RUnlock()
+	if !c.closed.Load() {
+		c.r.Wait()
+	}
 }
 
 // clear removes every entry. Callers bump the fence's global generation

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -90,13 +91,15 @@ func (l *l2) pipelineScript(ctx context.Context, script *redis.Script, keys []st
 				}
 				return nil
 			})
-			if err != nil && !errors.Is(err, redis.Nil) {
-				if attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
-					if err := script.Load(ctx, l.rdb).Err(); err != nil {
-						return err
-					}
-					continue
+			if attempt == 0 && slices.ContainsFunc(cmds, func(c redis.Cmder) bool { return redis.HasErrorPrefix(c.Err(), "NOSCRIPT") }) {
+				// Pipelined reports the first error only, which may be a
+				// script's nil reply: look at every command.
+				if err := script.Load(ctx, l.rdb).Err(); err != nil {
+					return err
 				}
+				continue
+			}
+			if err != nil && !errors.Is(err, redis.Nil) {
 				return err
 			}
 			for i, cmd := range cmds {

@@ -1,9 +1,11 @@
 package tiered
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -116,8 +118,13 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 		for i, k := range led {
 			ledFls[i] = fls[k]
 		}
-		fctx := context.WithoutCancel(ctx)
-		go c.fillMany(fctx, led, ledFls, load, o)
+		fctx, cancel := c.detach(ctx)
+		if !c.spawn(func() { defer cancel(); c.fillMany(fctx, led, ledFls, load, o) }) {
+			cancel()
+			for i, k := range led {
+				c.flights.finish("l"+k, ledFls[i], flightResult[V]{err: ErrClosed})
+			}
+		}
 	}
 	var failed int
 	var firstErr error
@@ -181,9 +188,10 @@ func (c *Cache[V]) readMany(ctx context.Context, keys []string, o callOptions) (
 	} else {
 		raw = make([][]byte, len(keys))
 		for i, k := range keys {
-			b, err := c.l2.get(ctx, c.l2Key(k))
-			if err != nil && !errors.Is(err, errL2Miss) {
-				c.l2Failed(ctx, "get", k, err)
+			b, gerr := c.l2.get(ctx, c.l2Key(k))
+			if gerr != nil && !errors.Is(gerr, errL2Miss) {
+				c.l2Failed(ctx, "get", k, gerr)
+				err = cmp.Or(err, gerr)
 			}
 			raw[i] = b
 		}
@@ -203,7 +211,7 @@ func (c *Cache[V]) readMany(ctx context.Context, keys []string, o callOptions) (
 		c.install(k, e, c.l1TTL(ttl), tickets[i], false)
 		found[k] = e
 	}
-	return found, nil
+	return found, err
 }
 
 // fillMany is fill for a batch: the keys this caller leads, whose flights
@@ -213,8 +221,18 @@ func (c *Cache[V]) readMany(ctx context.Context, keys []string, o callOptions) (
 func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V], load LoadManyFunc[V], o callOptions) {
 	results := make(map[string]flightResult[V], len(keys))
 	defer func() {
+		// Every flight is finished, even after a panic (a codec's, say),
+		// which would otherwise leave its callers waiting forever.
+		var perr error
+		if r := recover(); r != nil {
+			perr = fmt.Errorf("tiered: batch fill panicked: %v", r)
+		}
 		for i, k := range keys {
-			c.flights.finish("l"+k, fls[i], results[k])
+			res := results[k]
+			if perr != nil && res.e == nil {
+				res.err = perr
+			}
+			c.flights.finish("l"+k, fls[i], res)
 		}
 	}()
 	tickets := make(map[string]ticket, len(keys))
@@ -326,6 +344,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 	if len(wkeys) > 0 {
 		l, err := c.l2.fillMany(ctx, wkeys, wleases, wvals, wttls)
 		if err != nil {
+			_ = c.l2.releaseMany(context.WithoutCancel(ctx), wkeys, wleases)
 			c.l2Failed(ctx, "fill-many", keys[0], err)
 			l2err = err
 		}
@@ -340,7 +359,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 			}
 		}
 		if len(o.tags) > 0 && len(filled) > 0 {
-			if err := c.tagMany(ctx, filled, o.tags, o.ttl); err != nil {
+			if err := c.tagMany(ctx, filled, o.tags, slices.Max(wttls)); err != nil {
 				l2err = err
 			}
 		}
@@ -361,7 +380,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 	}
 	// One wait for ristretto, as a single load's install waits: callers
 	// arriving after this batch must find its keys in L1.
-	c.l1.r.Wait()
+	c.l1.wait()
 }
 
 // leaseOrReadMany reads keys from L2 and leases the absent ones in one
@@ -382,6 +401,9 @@ func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases ma
 		}
 		ls, held, cur, err := c.l2.leaseMany(ctx, l2keys, c.cfg.LeaseTTL)
 		if err != nil {
+			// Some leases may have been taken (on Cluster, a pipeline
+			// can fail on one node only): give back every one we made.
+			_ = c.l2.releaseMany(context.WithoutCancel(ctx), l2keys, ls)
 			c.l2Failed(ctx, "lease-many", pending[0], err)
 			c.counters.l2Misses.Add(int64(len(pending)))
 			return append(toLoad, pending...), err
@@ -426,7 +448,9 @@ func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases ma
 		}
 		pending = waiting
 		if len(pending) > 0 {
-			time.Sleep(backoff)
+			if !sleep(ctx, backoff) {
+				return append(toLoad, pending...), nil
+			}
 			backoff = min(2*backoff, maxLeasePoll)
 		}
 	}

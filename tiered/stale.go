@@ -1,6 +1,7 @@
 package tiered
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
@@ -131,24 +132,21 @@ func staleUntil[V any](e *entry[V], o callOptions) int64 {
 // entry that asked: a value fresher than it in L2 means another process
 // refreshed already.
 func (c *Cache[V]) refreshAsync(ctx context.Context, key string, load LoadFunc[V], o callOptions, than int64) {
-	c.bgMu.Lock()
-	if c.isClosed() {
-		c.bgMu.Unlock()
-		return
-	}
 	fl, leader := c.flights.join("r" + key)
 	if !leader {
-		c.bgMu.Unlock()
 		return
 	}
-	c.bg.Add(1)
-	c.bgMu.Unlock()
+	fctx, cancel := c.detach(ctx)
+	started := c.spawn(func() {
+		defer cancel()
+		c.flights.finish("r"+key, fl, c.safely(key, func() flightResult[V] { return c.refresh(fctx, key, load, o, than) }))
+	})
+	if !started {
+		cancel()
+		c.flights.finish("r"+key, fl, flightResult[V]{err: ErrClosed})
+		return
+	}
 	c.counters.refreshes.Add(1)
-	fctx := context.WithoutCancel(ctx)
-	go func() {
-		defer c.bg.Done()
-		c.flights.finish("r"+key, fl, c.refresh(fctx, key, load, o, than))
-	}()
 }
 
 // refresh reloads key ahead of or past its fresh-until, for refreshAsync.
@@ -207,12 +205,13 @@ func (c *Cache[V]) reload(ctx context.Context, key string, load LoadFunc[V], o c
 			held, err = c.l2.rdb.SetNX(ctx, rk, token, c.cfg.LeaseTTL).Result()
 			return err
 		})
-		if err != nil {
+		switch {
+		case err != nil:
+			// L2 is failing: load, serve, and leave L2 alone.
 			c.l2Failed(ctx, "refresh-lease", key, err)
-			write = false
-		}
-		if !held {
-			if res, ok := c.awaitRefresh(ctx, key, t, started, oldE.fresh); ok {
+			write, token = false, nil
+		case !held:
+			if res, ok := c.awaitRefresh(ctx, key, rk, t, started, old); ok {
 				return res
 			}
 			write, token = false, nil
@@ -277,20 +276,47 @@ func (c *Cache[V]) reload(ctx context.Context, key string, load LoadFunc[V], o c
 // awaitRefresh polls L2, as awaitLease does, while another process
 // refreshes key, until it holds a value fresher than than. ok is false if
 // none came within LeaseTTL.
-func (c *Cache[V]) awaitRefresh(ctx context.Context, key string, t ticket, started, than int64) (flightResult[V], bool) {
+func (c *Cache[V]) awaitRefresh(ctx context.Context, key, rk string, t ticket, started int64, old []byte) (flightResult[V], bool) {
 	deadline := time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout)
 	c.counters.leaseWaits.Add(1)
 	for backoff := time.Millisecond; time.Now().Add(backoff).Before(deadline); backoff = min(2*backoff, maxLeasePoll) {
-		time.Sleep(backoff)
-		b, err := c.l2.get(ctx, c.l2Key(key))
-		if err != nil {
+		if !sleep(ctx, backoff) {
+			break
+		}
+		var b []byte
+		var leased int64
+		err := c.l2.call(ctx, func(ctx context.Context) error {
+			cmds, err := c.l2.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				p.Get(ctx, c.l2Key(key))
+				p.Exists(ctx, rk)
+				return nil
+			})
+			if err != nil && !errors.Is(err, redis.Nil) {
+				return err
+			}
+			b, _ = cmds[0].(*redis.StringCmd).Bytes()
+			leased = cmds[1].(*redis.IntCmd).Val()
+			return nil
+		})
+		switch {
+		case err != nil:
+			return flightResult[V]{}, false
+		case bytes.Equal(b, old):
+			if leased == 0 {
+				return flightResult[V]{}, false // the refresher gave up
+			}
 			continue
 		}
-		if e, ttl, state := c.decodeL2(ctx, key, b); state == l2Value && e.fresh > than {
+		// The key changed: the refresh landed, or a write or delete.
+		if b == nil {
+			return flightResult[V]{}, false
+		}
+		if e, ttl, state := c.decodeL2(ctx, key, b); state == l2Value {
 			e.filled = started
 			c.install(key, e, c.l1TTL(ttl), t, false)
 			return flightResult[V]{e: e, tier: "l2"}, true
 		}
+		return flightResult[V]{}, false
 	}
 	return flightResult[V]{}, false
 }

@@ -108,6 +108,10 @@ func (c *Cache[V]) deleteTagged(ctx context.Context, tk string, keys []string) e
 		})
 		return err
 	})
+	// Some keys may be gone even if the pipeline failed: evict them all,
+	// here and everywhere (an extra eviction is harmless).
+	c.invalidateLocal(keys...)
+	perr := c.publish(ctx, keys...)
 	if err != nil {
 		members := make([]any, len(keys))
 		for i, k := range keys {
@@ -116,7 +120,5 @@ func (c *Cache[V]) deleteTagged(ctx context.Context, tk string, keys []string) e
 		_ = c.l2.rdb.SAdd(context.WithoutCancel(ctx), tk, members...).Err()
 		return err
 	}
-	c.invalidateLocal(keys...)
-	c.publish(ctx, keys...)
-	return nil
+	return c.strict(perr)
 }

@@ -59,10 +59,13 @@ type Cache[V any] struct {
 
 	clock clock
 	beta  float64 // XFetch's β; 0: no early refresh
-	// bg counts background refreshes, which Close waits for; bgMu keeps
-	// one from starting after Close has begun to wait.
-	bg   sync.WaitGroup
-	bgMu sync.Mutex
+	// bg counts the goroutines that fill flights and refresh in the
+	// background, which Close cancels (closing) and waits for; bgMu keeps
+	// one from starting once Close has begun.
+	bg       sync.WaitGroup
+	bgMu     sync.Mutex
+	closing  context.Context
+	closeAll context.CancelFunc
 
 	// noFence switches off both fences (L1 tickets, L2 leases), so that
 	// tests can show the races they close. Set only by tests.
@@ -77,6 +80,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 		return nil, err
 	}
 	c := &Cache[V]{cfg: cfg, fence: newFence(), logL2: rate.Sometimes{Interval: time.Second}, beta: max(cfg.EarlyRefresh, 0)}
+	c.closing, c.closeAll = context.WithCancel(context.Background())
 	if c.l1, err = newL1[V](cfg.L1MaxBytes); err != nil {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
 	}
@@ -217,6 +221,54 @@ func (c *Cache[V]) young(e *entry[V]) bool {
 	return false
 }
 
+// spawn runs f on a goroutine that Close waits for, unless Close has begun.
+func (c *Cache[V]) spawn(f func()) bool {
+	c.bgMu.Lock()
+	defer c.bgMu.Unlock()
+	if c.isClosed() {
+		return false
+	}
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		f()
+	}()
+	return true
+}
+
+// detach returns a context for work that outlives the caller who started
+// it (a flight, a refresh): it keeps ctx's values but not its deadline or
+// cancellation, and is cancelled by Close.
+func (c *Cache[V]) detach(ctx context.Context) (context.Context, context.CancelFunc) {
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(c.closing, cancel)
+	return fctx, func() { stop(); cancel() }
+}
+
+// safely runs f, turning a panic (a codec's, say; loaders' panics are
+// caught closer) into an error for the flight's callers: on a flight's
+// goroutine a panic would take the process down.
+func (c *Cache[V]) safely(key string, f func() flightResult[V]) (res flightResult[V]) {
+	defer func() {
+		if r := recover(); r != nil {
+			res = flightResult[V]{err: fmt.Errorf("tiered: filling %q panicked: %v", key, r)}
+		}
+	}()
+	return f()
+}
+
+// sleep waits for d or until ctx is done, and reports whether it slept.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // getMiss is get's miss path, apart so that the hit path stays small.
 func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V], opts []Option) (V, error) {
 	var zero V
@@ -262,9 +314,15 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	if leader {
 		// The flight serves every waiting caller, so it runs on its own
 		// goroutine and must not die with the first caller's context; it
-		// keeps the context's values (trace, baggage).
-		fctx := context.WithoutCancel(ctx)
-		go func() { c.flights.finish(fkey, fl, c.fill(fctx, key, load, o)) }()
+		// keeps the context's values (trace, baggage), and ends with Close.
+		fctx, cancel := c.detach(ctx)
+		if !c.spawn(func() {
+			defer cancel()
+			c.flights.finish(fkey, fl, c.safely(key, func() flightResult[V] { return c.fill(fctx, key, load, o) }))
+		}) {
+			cancel()
+			c.flights.finish(fkey, fl, flightResult[V]{err: ErrClosed})
+		}
 	}
 	select {
 	case <-fl.done:
@@ -351,6 +409,9 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 			default:
 				// Past the stale window: reload now, and serve this value
 				// if that fails, within MaxStale.
+				if c.l2.rdb == nil || c.noFence {
+					b = nil // no refresh lease or compare-and-set without go-redis: write plainly
+				}
 				return c.reload(ctx, key, load, o, t, started, b, e)
 			}
 		case errors.Is(err, errL2Miss):
@@ -582,10 +643,9 @@ func (c *Cache[V]) awaitLease(ctx context.Context, key string, junk []byte) (lea
 			waited = true
 			c.counters.leaseWaits.Add(1)
 		}
-		if time.Now().Add(backoff).After(deadline) {
+		if time.Now().Add(backoff).After(deadline) || !sleep(ctx, backoff) {
 			return nil, false, nil, 0, nil
 		}
-		time.Sleep(backoff)
 		backoff = min(2*backoff, maxLeasePoll)
 	}
 }
@@ -753,10 +813,11 @@ func (c *Cache[V]) Close() error {
 		c.bgMu.Lock()
 		c.closed.Store(true)
 		c.bgMu.Unlock()
+		c.closeAll() // loads and polls in flight end with their contexts
 		if c.bus != nil {
 			_ = c.bus.Close() // first: its flushes must not meet a closed L1
 		}
-		c.bg.Wait() // background refreshes, which install into L1
+		c.bg.Wait() // flights and refreshes, which install into L1
 		c.l1.close()
 		c.clock.close()
 		err = c.metrics.reg.Unregister()
