@@ -460,6 +460,7 @@ func (b *Bus) receive() {
 	defer b.wg.Done()
 	peers := make(map[string]*peer)
 	subscribed := false
+	var since time.Time // when the current subscription was confirmed
 	var errs int
 	for !b.closed.Load() {
 		ps := b.subscription()
@@ -501,6 +502,7 @@ func (b *Bus) receive() {
 				b.flush("resubscribe")
 			}
 			subscribed = true
+			since = time.Now()
 			// A heartbeat now, rather than at the next tick, makes the bus
 			// fresh within a round trip of subscribing.
 			select {
@@ -508,7 +510,7 @@ func (b *Bus) receive() {
 			default:
 			}
 		case *redis.Message:
-			b.apply(msg.Payload, peers)
+			b.apply(msg.Payload, peers, since)
 		}
 	}
 }
@@ -547,7 +549,7 @@ func (b *Bus) sleep(d time.Duration) {
 }
 
 // apply handles one message from the channel.
-func (b *Bus) apply(payload string, peers map[string]*peer) {
+func (b *Bus) apply(payload string, peers map[string]*peer, since time.Time) {
 	m, err := decodeMessage([]byte(payload), b.cfg.MaxKeysPerMessage, b.cfg.MaxKeyBytes)
 	if err == nil && len(payload) > b.cfg.MaxMessageBytes {
 		err = fmt.Errorf("%w: %d bytes, limit %d", errMalformed, len(payload), b.cfg.MaxMessageBytes)
@@ -590,14 +592,21 @@ func (b *Bus) apply(payload string, peers map[string]*peer) {
 	p := peers[m.instance]
 	switch {
 	case p == nil:
-		// A publisher we have not heard from: what it sent before we
-		// subscribed was in L2 before we flushed and went fresh.
+		// A publisher we have not heard from. What it sent before we
+		// subscribed was in L2 before we flushed and went fresh. But every
+		// publisher sends a heartbeat each Heartbeat: one we first hear
+		// from long after subscribing, already past its first message, has
+		// published something we never got (a failed publish, or while we
+		// had forgotten it).
 		p = &peer{epoch: m.epoch}
 		peers[m.instance] = p
 		if m.kind == kindHeartbeat {
 			p.seq = m.seq
 		} else {
 			p.seq = m.seq - 1
+		}
+		if p.seq > 0 && now.Sub(since) > 3*b.cfg.Heartbeat {
+			b.flush("gap")
 		}
 	case p.epoch != m.epoch:
 		b.flush("epoch")

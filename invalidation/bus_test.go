@@ -666,3 +666,39 @@ func TestCloseStopsEverything(t *testing.T) {
 		t.Error("fresh after Close")
 	}
 }
+
+// TestLatePeerPastItsFirstMessageFlushes: a publisher first heard from
+// long after subscribing (every publisher sends a heartbeat each
+// Heartbeat), already past its first message, has published something this
+// bus never got, such as a publish that failed: that is a gap. A new
+// publisher at its first message is not.
+func TestLatePeerPastItsFirstMessageFlushes(t *testing.T) {
+	addr, ch := redistest.Addr(t), newChannel(t)
+	r := newRecorder()
+	cfg := r.config(ch)
+	cfg.StalenessBound = 200 * time.Millisecond // heartbeats every 50 ms
+	b := newBus(t, newClient(t, addr), cfg)
+	waitFresh(t, b)
+	time.Sleep(200 * time.Millisecond) // more than three heartbeats since subscribing
+	r.drainFlushes()
+	raw := newClient(t, addr)
+	ctx := ctxTimeout(t, 5*time.Second)
+	for _, st := range []struct {
+		frame []byte
+		key   string
+		flush []string
+	}{
+		{encode(keysMsg("new-peer", 1, 1, "a")), "a", nil},
+		{encode(keysMsg("late-peer", 1, 4, "b")), "b", []string{"gap"}},
+	} {
+		if err := raw.Publish(ctx, ch, st.frame).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if got := r.nextEvict(t, 2*time.Second); !slices.Equal(got, []string{st.key}) {
+			t.Errorf("Evict(%q), want [%s]", got, st.key)
+		}
+		if got := r.drainFlushes(); !slices.Equal(got, st.flush) {
+			t.Errorf("after %s's first message: Flush(%q), want %q", st.key, got, st.flush)
+		}
+	}
+}
