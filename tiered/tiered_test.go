@@ -459,3 +459,32 @@ func TestL2HitIsOneRoundTrip(t *testing.T) {
 		t.Errorf("an L2 hit sent %d commands, want 1 (the expiry travels in the value)", n)
 	}
 }
+
+// TestCloseEndsFlightsInProgress: Close cancels the loads that flights and
+// background refreshes are running for callers who left, waits for them,
+// and leaves no goroutine behind.
+func TestCloseEndsFlightsInProgress(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	c, err := tiered.New[product](tiered.Config{Logger: discardLogger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	blocking := func(ctx context.Context, key string) (product, error) {
+		close(started)
+		<-ctx.Done() // a loader that honours its context, and nothing else
+		return product{}, ctx.Err()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-started; cancel() }() // the caller leaves; the flight goes on
+	if _, err := c.GetOrLoad(ctx, "k", blocking); !errors.Is(err, context.Canceled) {
+		t.Fatalf("GetOrLoad = %v, want the caller's cancellation", err)
+	}
+	done := make(chan struct{})
+	go func() { c.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return while a flight's load was in progress")
+	}
+}
