@@ -309,10 +309,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 			e = &entry[V]{v: v, delta: delta}
 		}
 		e.filled = started
-		r := fillReq{key: k, e: e, ttl: o.ttl}
-		if e.negative {
-			r.ttl = c.cfg.NegativeTTL
-		}
+		r := fillReq{key: k, e: e, ttl: c.cacheTTL(e, o)}
 		if r.ttl < 0 {
 			r.drop = true
 		} else {
@@ -525,25 +522,12 @@ func (c *Cache[V]) tagMany(ctx context.Context, keys, tags []string, ttl time.Du
 	return nil
 }
 
-// runLoadMany calls load once, turning a panic into an error.
+// runLoadMany calls load once (see guardLoad).
 func (c *Cache[V]) runLoadMany(ctx context.Context, keys []string, load LoadManyFunc[V]) (vals map[string]V, err error) {
-	if c.cfg.LoadTimeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.cfg.LoadTimeout)
-		defer cancel()
-	}
-	start := time.Now()
-	defer func() {
-		if r := recover(); r != nil {
-			vals, err = nil, fmt.Errorf("tiered: batch loader panicked: %v", r)
-		}
-		c.counters.loads.Add(1)
-		if err != nil {
-			c.counters.loadEr.Add(1)
-		}
-		c.metrics.recordLoad(ctx, time.Since(start))
-	}()
-	vals, err = load(ctx, keys)
+	err = c.guardLoad(ctx, func(ctx context.Context) (err error) {
+		vals, err = load(ctx, keys)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("tiered: load %d keys: %w", len(keys), err)
 	}

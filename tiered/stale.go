@@ -233,10 +233,7 @@ func (c *Cache[V]) reload(ctx context.Context, key string, load LoadFunc[V], o c
 		return flightResult[V]{tier: "loader", err: err}
 	}
 	e.filled = started
-	ttl := o.ttl
-	if e.negative {
-		ttl = c.cfg.NegativeTTL
-	}
+	ttl := c.cacheTTL(e, o)
 	if ttl < 0 {
 		return flightResult[V]{e: e, tier: "loader"}
 	}

@@ -465,10 +465,7 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 		return flightResult[V]{tier: "loader", err: err}
 	}
 	e.filled = started
-	ttl := o.ttl
-	if e.negative {
-		ttl = c.cfg.NegativeTTL
-	}
+	ttl := c.cacheTTL(e, o)
 	if ttl < 0 {
 		// Negative caching is off: answer, but remember nothing.
 		unlease()
@@ -549,9 +546,27 @@ func (c *Cache[V]) tagWritten(ctx context.Context, key string, tags []string, tt
 	return nil
 }
 
-// runLoad calls load, turning a panic into an error: the flight runs on its
-// own goroutine, where a panic would take the whole process down.
-func (c *Cache[V]) runLoad(ctx context.Context, key string, load LoadFunc[V]) (e *entry[V], err error) {
+// runLoad calls load for key (see guardLoad).
+func (c *Cache[V]) runLoad(ctx context.Context, key string, load LoadFunc[V]) (*entry[V], error) {
+	var v V
+	start := time.Now()
+	err := c.guardLoad(ctx, func(ctx context.Context) (err error) {
+		v, err = load(ctx, key)
+		return err
+	})
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return &entry[V]{negative: true}, nil
+	case err != nil:
+		return nil, fmt.Errorf("tiered: load %q: %w", key, err)
+	}
+	return &entry[V]{v: v, delta: int64(time.Since(start))}, nil
+}
+
+// guardLoad runs a loader call: bounded by Config.LoadTimeout, counted and
+// timed, with a panic turned into an error, since the call runs on a
+// flight's goroutine, where a panic would take the whole process down.
+func (c *Cache[V]) guardLoad(ctx context.Context, call func(ctx context.Context) error) (err error) {
 	if c.cfg.LoadTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.LoadTimeout)
@@ -560,22 +575,24 @@ func (c *Cache[V]) runLoad(ctx context.Context, key string, load LoadFunc[V]) (e
 	start := time.Now()
 	defer func() {
 		if r := recover(); r != nil {
-			e, err = nil, fmt.Errorf("tiered: loader for %q panicked: %v", key, r)
+			err = fmt.Errorf("loader panicked: %v", r)
 		}
 		c.counters.loads.Add(1)
-		if err != nil {
+		if err != nil && !errors.Is(err, ErrNotFound) {
 			c.counters.loadEr.Add(1)
 		}
 		c.metrics.recordLoad(ctx, time.Since(start))
 	}()
-	v, err := load(ctx, key)
-	if errors.Is(err, ErrNotFound) {
-		return &entry[V]{negative: true}, nil
+	return call(ctx)
+}
+
+// cacheTTL is how long e, just loaded, stays fresh: o's TTL, or
+// NegativeTTL for an absence; negative means not cached.
+func (c *Cache[V]) cacheTTL(e *entry[V], o callOptions) time.Duration {
+	if e.negative {
+		return c.cfg.NegativeTTL
 	}
-	if err != nil {
-		return nil, fmt.Errorf("tiered: load %q: %w", key, err)
-	}
-	return &entry[V]{v: v, delta: int64(time.Since(start))}, nil
+	return o.ttl
 }
 
 // l2State says what the bytes under a key in L2 are.
