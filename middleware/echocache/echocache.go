@@ -1,0 +1,357 @@
+package echocache
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+
+	"github.com/tiercache/tiercache/middleware/httpcache"
+	"github.com/tiercache/tiercache/tiered"
+)
+
+// Response is a stored response: what the cache keeps in its tiered.Cache.
+type Response struct {
+	Status    int         `json:"s"`
+	Header    http.Header `json:"h"`
+	Body      []byte      `json:"b,omitempty"`
+	Requested time.Time   `json:"rq"` // when the request went to the handler
+	Received  time.Time   `json:"rc"` // when the handler's response was complete
+	// Vary is set on the index entry of a URL: the request headers its
+	// response varies on (the index has no status or body).
+	Vary  []string `json:"v,omitempty"`
+	Index bool     `json:"i,omitempty"`
+}
+
+// Config configures the middleware.
+type Config struct {
+	// Skipper skips the middleware for a request. Default: never.
+	Skipper middleware.Skipper
+
+	// Cache stores the responses. Required. Give it its own Namespace; with
+	// Redis, its invalidation bus evicts purged and invalidated responses
+	// from every replica.
+	Cache *tiered.Cache[Response]
+
+	// Policy holds the shared-cache rules beyond RFC 9111 (a default TTL,
+	// cookies). The zero value is the strict default: responses without
+	// freshness information, requests with cookies and responses that set
+	// them are not cached.
+	Policy httpcache.Policy
+
+	// Key says how requests are keyed (trusting X-Forwarded-*, the key
+	// length cap).
+	Key httpcache.KeyConfig
+
+	// MaxBodyBytes caps a stored body; a larger response still reaches the
+	// client, but is not stored. Default: 1 MiB.
+	MaxBodyBytes int64
+
+	// Name is this cache's name in the Cache-Status header. Default:
+	// "tiercache".
+	Name string
+}
+
+// DefaultConfig is the default configuration, without a Cache.
+var DefaultConfig = Config{Skipper: middleware.DefaultSkipper, MaxBodyBytes: 1 << 20, Name: "tiercache"}
+
+// Middleware is a configured cache. It is an echo.MiddlewareFunc through
+// Handler, and offers purging.
+type Middleware struct {
+	cfg Config
+}
+
+// New returns the middleware caching in cache with DefaultConfig.
+func New(cache *tiered.Cache[Response]) echo.MiddlewareFunc {
+	cfg := DefaultConfig
+	cfg.Cache = cache
+	return WithConfig(cfg)
+}
+
+// WithConfig returns the middleware for cfg. It panics on a bad Config, as
+// Echo's own XxxWithConfig constructors do; ToMiddleware returns the error.
+func WithConfig(cfg Config) echo.MiddlewareFunc {
+	mw, err := cfg.ToMiddleware()
+	if err != nil {
+		panic(err)
+	}
+	return mw
+}
+
+// ToMiddleware validates cfg and returns the middleware.
+func (cfg Config) ToMiddleware() (echo.MiddlewareFunc, error) {
+	m, err := NewMiddleware(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return m.Handler, nil
+}
+
+// NewMiddleware returns the middleware for cfg, for the purge methods.
+func NewMiddleware(cfg Config) (*Middleware, error) {
+	if cfg.Cache == nil {
+		return nil, errors.New("echocache: Config.Cache is required")
+	}
+	if cfg.Skipper == nil {
+		cfg.Skipper = middleware.DefaultSkipper
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = DefaultConfig.MaxBodyBytes
+	}
+	if cfg.MaxBodyBytes < 0 {
+		return nil, fmt.Errorf("echocache: MaxBodyBytes %d is negative", cfg.MaxBodyBytes)
+	}
+	if cfg.Name == "" {
+		cfg.Name = DefaultConfig.Name
+	}
+	if cfg.Key.MaxKeyBytes == 0 {
+		// Room left, under the tiered cache's own key limit, for the Vary
+		// part of a variant's key and the prefixes of the index and tags.
+		cfg.Key.MaxKeyBytes = 512
+	}
+	return &Middleware{cfg: cfg}, nil
+}
+
+// Handler is the echo.MiddlewareFunc.
+func (m *Middleware) Handler(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if m.cfg.Skipper(c) {
+			return next(c)
+		}
+		req := c.Request()
+		switch req.Method {
+		case http.MethodGet, http.MethodHead:
+			return m.serve(c, next)
+		case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+			err := next(c)
+			if s := c.Response().Status; err == nil && s >= 200 && s < 400 {
+				m.invalidateAfter(c)
+			}
+			return err
+		}
+		return next(c)
+	}
+}
+
+func (m *Middleware) serve(c echo.Context, next echo.HandlerFunc) error {
+	req := c.Request()
+	if ok, reason := m.cfg.Policy.Cacheable(req); !ok {
+		m.status(c, "fwd=bypass; detail="+reason)
+		return next(c)
+	}
+	key, err := httpcache.Key(req, m.cfg.Key)
+	if err != nil {
+		m.status(c, "fwd=bypass; detail=key")
+		return next(c)
+	}
+	ctx := req.Context()
+	reqCC := httpcache.ParseCacheControl(req.Header.Values("Cache-Control"))
+	vkey := key
+	if idx, err := m.cfg.Cache.Get(ctx, "i|"+key); err == nil && idx.Index {
+		vkey = httpcache.VaryKey(key, idx.Vary, req)
+	}
+	if stored, err := m.cfg.Cache.Get(ctx, vkey); err == nil && !stored.Index && m.authorizedUse(req, stored) {
+		now := time.Now()
+		age := httpcache.Age(stored.Header, stored.Requested, stored.Received, now)
+		lifetime := m.cfg.Policy.Lifetime(stored.Header, stored.Received)
+		switch httpcache.Usable(req, stored.Header, age, lifetime) {
+		case httpcache.Serve:
+			// In whole seconds, as the Age header counts them.
+			return m.write(c, stored, age, fmt.Sprintf("hit; ttl=%d", int64(lifetime/time.Second)-int64(age/time.Second)))
+		case httpcache.ServeStale:
+			return m.write(c, stored, age, "hit; fwd=stale")
+		}
+		// Revalidate: go to the handler, as for a miss.
+		if reqCC.OnlyIfCached {
+			m.status(c, "fwd=stale; detail=only-if-cached")
+			return c.NoContent(http.StatusGatewayTimeout)
+		}
+		return m.fetch(c, next, key, "fwd=stale")
+	}
+	if reqCC.OnlyIfCached {
+		m.status(c, "fwd=miss; detail=only-if-cached")
+		return c.NoContent(http.StatusGatewayTimeout)
+	}
+	return m.fetch(c, next, key, "fwd=miss")
+}
+
+// authorizedUse applies RFC 9111 §3.5 to reads: a request with
+// Authorization is served from the cache only if the stored response
+// allows a shared cache to reuse it.
+func (m *Middleware) authorizedUse(req *http.Request, stored Response) bool {
+	if req.Header.Get("Authorization") == "" {
+		return true
+	}
+	cc := httpcache.ParseCacheControl(stored.Header.Values("Cache-Control"))
+	return cc.Public || cc.MustRevalidate || cc.SMaxAge.Present
+}
+
+// fetch runs the handler, passing its response to the client while
+// capturing it, and stores it if a shared cache may.
+func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd string) error {
+	req := c.Request()
+	res := c.Response()
+	// The Cache-Status goes out with the handler's headers; whether the
+	// response is stored is known only after, so it says the forward.
+	m.status(c, fwd)
+	cw := &captureWriter{ResponseWriter: res.Writer, max: m.cfg.MaxBodyBytes}
+	res.Writer = cw
+	requested := time.Now()
+	err := next(c)
+	res.Writer = cw.ResponseWriter
+	if err != nil || cw.overflow || !res.Committed {
+		return err
+	}
+	received := time.Now()
+	h := res.Header().Clone()
+	h.Del("Cache-Status")
+	if ok, _ := m.cfg.Policy.Storable(req, cw.status, h); !ok {
+		return nil
+	}
+	cc := httpcache.ParseCacheControl(h.Values("Cache-Control"))
+	for _, f := range cc.PrivateFields {
+		h.Del(f) // §5.2.2.7: a shared cache must not store the named fields
+	}
+	if len(cc.NoCacheFields) > 0 {
+		return nil // field-qualified no-cache: always revalidated, so not worth storing
+	}
+	vary, _ := httpcache.ParseVary(h.Values("Vary"))
+	stored := Response{Status: cw.status, Header: h, Body: cw.body.Bytes(), Requested: requested, Received: received}
+	lifetime := m.cfg.Policy.Lifetime(h, received)
+	keep := lifetime + max(cc.StaleWhileRevalidate.Value, cc.StaleIfError.Value)
+	if keep <= 0 {
+		keep = time.Minute // stored only to be revalidated (validators)
+	}
+	ctx := context.WithoutCancel(req.Context())
+	tags := []string{urlTag(key)}
+	for _, t := range cw.tags {
+		tags = append(tags, "sk:"+t)
+	}
+	opts := []tiered.Option{tiered.WithTTL(keep), tiered.WithTags(tags...)}
+	if err := m.cfg.Cache.Set(ctx, "i|"+key, Response{Index: true, Vary: vary}, opts...); err != nil {
+		c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
+		return nil
+	}
+	if err := m.cfg.Cache.Set(ctx, httpcache.VaryKey(key, vary, req), stored, opts...); err != nil {
+		c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
+	}
+	return nil
+}
+
+// write answers from a stored response: 304 for a matching conditional
+// request, else the stored status, headers and body, with Age.
+func (m *Middleware) write(c echo.Context, stored Response, age time.Duration, status string) error {
+	res := c.Response()
+	h := res.Header()
+	for k, v := range stored.Header {
+		h[k] = v
+	}
+	h.Set("Age", strconv.FormatInt(int64(age/time.Second), 10))
+	m.status(c, status)
+	if httpcache.NotModified(c.Request(), stored.Header) {
+		for _, f := range []string{"Content-Length", "Content-Type", "Content-Encoding"} {
+			h.Del(f)
+		}
+		res.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	res.WriteHeader(stored.Status)
+	if c.Request().Method == http.MethodHead {
+		return nil
+	}
+	_, err := res.Write(stored.Body)
+	return err
+}
+
+// status sets the Cache-Status header (RFC 9211). It names the cache and
+// says what happened; it never carries the key.
+func (m *Middleware) status(c echo.Context, params string) {
+	c.Response().Header().Set("Cache-Status", m.cfg.Name+"; "+params)
+}
+
+// invalidateAfter removes the cached responses of the URL an unsafe
+// request targeted, and of its same-origin Location and Content-Location
+// (RFC 9111 §4.4), in every replica.
+func (m *Middleware) invalidateAfter(c echo.Context) {
+	req := c.Request()
+	targets := []*url.URL{req.URL}
+	for _, f := range []string{"Location", "Content-Location"} {
+		if v := c.Response().Header().Get(f); v != "" {
+			if u, err := req.URL.Parse(v); err == nil && (u.Host == "" || strings.EqualFold(u.Host, req.Host)) {
+				targets = append(targets, u)
+			}
+		}
+	}
+	var tags []string
+	for _, u := range targets {
+		r := req.Clone(req.Context())
+		r.Method, r.URL, r.Body, r.ContentLength, r.TransferEncoding = http.MethodGet, u, http.NoBody, 0, nil
+		if key, err := httpcache.Key(r, m.cfg.Key); err == nil {
+			tags = append(tags, urlTag(key))
+		}
+	}
+	if err := m.cfg.Cache.InvalidateTags(context.WithoutCancel(req.Context()), tags...); err != nil {
+		c.Logger().Warnf("echocache: invalidating %s: %v", req.URL.Path, err)
+	}
+}
+
+// PurgeTags removes every response tagged (Surrogate-Key) with one of
+// tags, in every replica.
+func (m *Middleware) PurgeTags(ctx context.Context, tags ...string) error {
+	prefixed := make([]string, len(tags))
+	for i, t := range tags {
+		prefixed[i] = "sk:" + t
+	}
+	return m.cfg.Cache.InvalidateTags(ctx, prefixed...)
+}
+
+// PurgeURL removes the cached responses, all variants, of the GET for
+// rawURL ("https://example.com/products/42?x=1"), in every replica.
+func (m *Middleware) PurgeURL(ctx context.Context, rawURL string) error {
+	r, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return fmt.Errorf("echocache: purge %q: %w", rawURL, err)
+	}
+	if r.URL.Scheme == "https" {
+		r.TLS = &tlsState
+	}
+	key, err := httpcache.Key(r, httpcache.KeyConfig{MaxKeyBytes: m.cfg.Key.MaxKeyBytes})
+	if err != nil {
+		return fmt.Errorf("echocache: purge %q: %w", rawURL, err)
+	}
+	return m.cfg.Cache.InvalidateTags(ctx, urlTag(key))
+}
+
+// tlsState marks a purge request for an https URL as TLS, as the server
+// marks real ones, so that it gets the same key.
+var tlsState tls.ConnectionState
+
+// surrogateKeys splits Surrogate-Key field lines into tags: space-separated,
+// at most maxTags of at most maxTagBytes each (the rest are dropped).
+func surrogateKeys(lines []string) []string {
+	var tags []string
+	for _, l := range lines {
+		for _, t := range strings.Fields(l) {
+			if len(t) <= maxTagBytes && len(tags) < maxTags {
+				tags = append(tags, t)
+			}
+		}
+	}
+	return tags
+}
+
+const (
+	maxTags     = 32
+	maxTagBytes = 256
+)
+
+// urlTag tags every entry of one URL, so that all its variants go at once.
+func urlTag(key string) string { return "url:" + key }

@@ -1,0 +1,348 @@
+package echocache_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/middleware/echocache"
+	"github.com/tiercache/tiercache/middleware/httpcache"
+	"github.com/tiercache/tiercache/tiered"
+)
+
+func TestMain(m *testing.M) { redistest.Main(m) }
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// server is an Echo app with the middleware in front of handlers that
+// count their calls.
+type server struct {
+	e     *echo.Echo
+	mw    *echocache.Middleware
+	calls atomic.Int64
+}
+
+func newServer(t *testing.T, cfg echocache.Config, handler func(c echo.Context) error) *server {
+	t.Helper()
+	if cfg.Cache == nil {
+		c, err := tiered.New[echocache.Response](tiered.Config{Logger: discard})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		cfg.Cache = c
+	}
+	mw, err := echocache.NewMiddleware(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{e: echo.New(), mw: mw}
+	s.e.Use(mw.Handler)
+	h := func(c echo.Context) error {
+		s.calls.Add(1)
+		return handler(c)
+	}
+	s.e.Any("/*", h)
+	return s
+}
+
+func (s *server) do(t *testing.T, method, target string, header http.Header) *httptest.ResponseRecorder {
+	t.Helper()
+	req := httptest.NewRequest(method, target, nil)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	rec := httptest.NewRecorder()
+	s.e.ServeHTTP(rec, req)
+	return rec
+}
+
+func hdr(kv ...string) http.Header {
+	h := http.Header{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		h.Add(kv[i], kv[i+1])
+	}
+	return h
+}
+
+// respond returns a handler that answers 200 "body <path>" with headers.
+func respond(kv ...string) func(c echo.Context) error {
+	return func(c echo.Context) error {
+		for i := 0; i+1 < len(kv); i += 2 {
+			c.Response().Header().Add(kv[i], kv[i+1])
+		}
+		return c.String(http.StatusOK, "body "+c.Request().URL.Path)
+	}
+}
+
+func TestFreshResponseServedFromCache(t *testing.T) {
+	s := newServer(t, echocache.Config{}, respond("Cache-Control", "max-age=60", "ETag", `"v1"`))
+	first := s.do(t, "GET", "/p/1", nil)
+	second := s.do(t, "GET", "/p/1", nil)
+	if n := s.calls.Load(); n != 1 {
+		t.Fatalf("handler called %d times, want 1", n)
+	}
+	if second.Body.String() != first.Body.String() || second.Code != 200 {
+		t.Errorf("cached response %d %q, want %d %q", second.Code, second.Body, first.Code, first.Body)
+	}
+	if got := second.Header().Get("Cache-Status"); !strings.HasPrefix(got, "tiercache; hit; ttl=") {
+		t.Errorf("Cache-Status = %q, want a hit", got)
+	}
+	if second.Header().Get("Age") == "" {
+		t.Errorf("no Age header on a cached response")
+	}
+	if got := first.Header().Get("Cache-Status"); got != "tiercache; fwd=miss" {
+		t.Errorf("first Cache-Status = %q, want fwd=miss", got)
+	}
+	// A conditional request is answered 304 from the cache.
+	if rec := s.do(t, "GET", "/p/1", hdr("If-None-Match", `W/"v1"`)); rec.Code != http.StatusNotModified || rec.Body.Len() != 0 {
+		t.Errorf("conditional request: %d with %d bytes, want 304 and no body", rec.Code, rec.Body.Len())
+	}
+	if n := s.calls.Load(); n != 1 {
+		t.Errorf("handler called %d times, want 1", n)
+	}
+}
+
+// TestNotCached: one row per rule of a shared cache; each request is made
+// twice and must reach the handler twice.
+func TestNotCached(t *testing.T) {
+	fresh := "max-age=60"
+	tests := []struct {
+		name    string
+		cfg     echocache.Config
+		method  string
+		req     http.Header
+		handler func(c echo.Context) error
+	}{
+		{name: "no freshness information", handler: respond()},
+		{name: "response no-store", handler: respond("Cache-Control", "no-store, max-age=60")},
+		{name: "request no-store", req: hdr("Cache-Control", "no-store"), handler: respond("Cache-Control", fresh)},
+		{name: "private", handler: respond("Cache-Control", "private, max-age=60")},
+		{name: "Set-Cookie", handler: respond("Cache-Control", fresh, "Set-Cookie", "session=1")},
+		{name: "request with Cookie", req: hdr("Cookie", "session=1"), handler: respond("Cache-Control", fresh)},
+		{name: "request with Authorization", req: hdr("Authorization", "Bearer x"), handler: respond("Cache-Control", fresh)},
+		{name: "Vary: *", handler: respond("Cache-Control", fresh, "Vary", "*")},
+		{name: "500 with max-age", handler: func(c echo.Context) error {
+			c.Response().Header().Set("Cache-Control", fresh)
+			return c.String(http.StatusInternalServerError, "oops")
+		}},
+		{name: "400 without freshness", handler: func(c echo.Context) error {
+			return c.String(http.StatusBadRequest, "bad")
+		}},
+		{name: "POST", method: "POST", handler: respond("Cache-Control", fresh)},
+		{name: "body over the cap", cfg: echocache.Config{MaxBodyBytes: 4}, handler: respond("Cache-Control", fresh)},
+		{name: "field-qualified no-cache", handler: respond("Cache-Control", `max-age=60, no-cache="Set-Cookie"`)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newServer(t, tt.cfg, tt.handler)
+			method := tt.method
+			if method == "" {
+				method = "GET"
+			}
+			s.do(t, method, "/x", tt.req)
+			s.do(t, method, "/x", tt.req)
+			if n := s.calls.Load(); n != 2 {
+				t.Errorf("handler called %d times, want 2 (not cached)", n)
+			}
+		})
+	}
+}
+
+func TestAuthorizationAllowedByResponse(t *testing.T) {
+	s := newServer(t, echocache.Config{}, respond("Cache-Control", "public, max-age=60"))
+	auth := hdr("Authorization", "Bearer x")
+	s.do(t, "GET", "/x", auth)
+	s.do(t, "GET", "/x", auth)
+	if n := s.calls.Load(); n != 1 {
+		t.Errorf("handler called %d times, want 1: public allows a shared cache to store it", n)
+	}
+}
+
+func TestForwardedHeadersNotTrustedByDefault(t *testing.T) {
+	s := newServer(t, echocache.Config{}, respond("Cache-Control", "max-age=60"))
+	// A client tries to write into another host's entry.
+	s.do(t, "GET", "http://a.example/x", hdr("X-Forwarded-Host", "b.example"))
+	rec := s.do(t, "GET", "http://b.example/x", nil)
+	if n := s.calls.Load(); n != 2 || !strings.Contains(rec.Header().Get("Cache-Status"), "miss") {
+		t.Errorf("b.example answered from a.example's request (%d handler calls)", n)
+	}
+	tr := newServer(t, echocache.Config{Key: httpcache.KeyConfig{TrustForwarded: true}}, respond("Cache-Control", "max-age=60"))
+	tr.do(t, "GET", "http://proxy.internal/x", hdr("X-Forwarded-Host", "b.example", "X-Forwarded-Proto", "https"))
+	tr.do(t, "GET", "https://b.example/x", nil)
+	if n := tr.calls.Load(); n != 1 {
+		t.Errorf("with TrustForwarded, the forwarded host and scheme were not the key (%d handler calls)", n)
+	}
+}
+
+func TestRequestDirectives(t *testing.T) {
+	s := newServer(t, echocache.Config{}, respond("Cache-Control", "max-age=60"))
+	if rec := s.do(t, "GET", "/x", hdr("Cache-Control", "only-if-cached")); rec.Code != http.StatusGatewayTimeout {
+		t.Errorf("only-if-cached on a miss: %d, want 504", rec.Code)
+	}
+	s.do(t, "GET", "/x", nil)
+	s.do(t, "GET", "/x", hdr("Cache-Control", "no-cache"))
+	if n := s.calls.Load(); n != 2 {
+		t.Errorf("request no-cache answered from the cache (%d handler calls, want 2)", n)
+	}
+	if rec := s.do(t, "GET", "/x", hdr("Cache-Control", "only-if-cached")); rec.Code != 200 {
+		t.Errorf("only-if-cached on a hit: %d, want 200", rec.Code)
+	}
+}
+
+func TestVaryStoresVariants(t *testing.T) {
+	s := newServer(t, echocache.Config{}, func(c echo.Context) error {
+		c.Response().Header().Set("Cache-Control", "max-age=60")
+		c.Response().Header().Set("Vary", "Accept-Language")
+		return c.String(200, "lang "+c.Request().Header.Get("Accept-Language"))
+	})
+	en, de := hdr("Accept-Language", "en"), hdr("Accept-Language", "de")
+	s.do(t, "GET", "/x", en)
+	s.do(t, "GET", "/x", de)
+	if got := s.do(t, "GET", "/x", en).Body.String(); got != "lang en" {
+		t.Errorf("en variant = %q", got)
+	}
+	if got := s.do(t, "GET", "/x", de).Body.String(); got != "lang de" {
+		t.Errorf("de variant = %q", got)
+	}
+	if n := s.calls.Load(); n != 2 {
+		t.Errorf("handler called %d times, want 2 (one per variant)", n)
+	}
+}
+
+func TestUnsafeMethodInvalidates(t *testing.T) {
+	s := newServer(t, echocache.Config{}, func(c echo.Context) error {
+		if c.Request().Method == "POST" {
+			c.Response().Header().Set("Location", "/p/2")
+			return c.NoContent(http.StatusCreated)
+		}
+		c.Response().Header().Set("Cache-Control", "max-age=60")
+		return c.String(200, "v")
+	})
+	for _, p := range []string{"/p/1", "/p/2"} {
+		s.do(t, "GET", p, nil)
+	}
+	s.do(t, "PUT", "/p/1", nil)
+	s.do(t, "POST", "/p", nil) // Location: /p/2
+	before := s.calls.Load()
+	for _, p := range []string{"/p/1", "/p/2"} {
+		if rec := s.do(t, "GET", p, nil); !strings.Contains(rec.Header().Get("Cache-Status"), "fwd=miss") {
+			t.Errorf("GET %s after an unsafe request: Cache-Status %q, want a miss", p, rec.Header().Get("Cache-Status"))
+		}
+	}
+	if n := s.calls.Load() - before; n != 2 {
+		t.Errorf("%d handler calls after invalidation, want 2", n)
+	}
+}
+
+func TestSurrogateKeysAndPurge(t *testing.T) {
+	s := newServer(t, echocache.Config{}, respond("Cache-Control", "max-age=60", "Surrogate-Key", "product-1 category-7"))
+	rec := s.do(t, "GET", "/p/1", nil)
+	if rec.Header().Get("Surrogate-Key") != "" {
+		t.Errorf("Surrogate-Key reached the client")
+	}
+	s.do(t, "GET", "/p/1", nil)
+	if err := s.mw.PurgeTags(context.Background(), "category-7"); err != nil {
+		t.Fatal(err)
+	}
+	s.do(t, "GET", "/p/1", nil)
+	if err := s.mw.PurgeURL(context.Background(), "http://example.com/p/1"); err != nil {
+		t.Fatal(err)
+	}
+	s.do(t, "GET", "/p/1", nil)
+	if n := s.calls.Load(); n != 3 {
+		t.Errorf("handler called %d times, want 3 (first, after the tag purge, after the URL purge)", n)
+	}
+}
+
+func TestStreamedResponseReachesClient(t *testing.T) {
+	s := newServer(t, echocache.Config{MaxBodyBytes: 8}, func(c echo.Context) error {
+		c.Response().Header().Set("Cache-Control", "max-age=60")
+		c.Response().WriteHeader(200)
+		for _, chunk := range []string{"one,", "two,", "three"} {
+			if _, err := c.Response().Write([]byte(chunk)); err != nil {
+				return err
+			}
+			c.Response().Flush()
+		}
+		return nil
+	})
+	rec := s.do(t, "GET", "/stream", nil)
+	if rec.Body.String() != "one,two,three" || !rec.Flushed {
+		t.Errorf("streamed body %q (flushed %v), want all of it, flushed", rec.Body, rec.Flushed)
+	}
+	s.do(t, "GET", "/stream", nil)
+	if n := s.calls.Load(); n != 2 {
+		t.Errorf("a response over MaxBodyBytes was stored (%d handler calls)", n)
+	}
+}
+
+// TestPutOnOneReplicaInvalidatesTheOther: two Echo servers, each with its
+// own tiered cache and Redis client on one Redis, over real HTTP.
+func TestPutOnOneReplicaInvalidatesTheOther(t *testing.T) {
+	addr, ns := redistest.Addr(t), redistest.Namespace(t)
+	var version atomic.Int64
+	handler := func(c echo.Context) error {
+		if c.Request().Method == "PUT" {
+			version.Add(1)
+			return c.NoContent(http.StatusNoContent)
+		}
+		c.Response().Header().Set("Cache-Control", "max-age=600")
+		return c.String(200, "v"+strconv.FormatInt(version.Load(), 10))
+	}
+	var urls []string
+	for range 2 {
+		rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+		t.Cleanup(func() { rdb.Close() })
+		c, err := tiered.New[echocache.Response](tiered.Config{Redis: rdb, Namespace: ns, Logger: discard})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		s := newServer(t, echocache.Config{Cache: c}, handler)
+		srv := httptest.NewServer(s.e)
+		t.Cleanup(srv.Close)
+		urls = append(urls, srv.URL)
+	}
+	get := func(base string) string {
+		res, err := http.Get(base + "/p/1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, _ := io.ReadAll(res.Body)
+		return string(b)
+	}
+	// Both servers see 127.0.0.1:port hosts; the key includes the host, so
+	// each replica caches its own URL. The PUT goes to the second replica
+	// for the first replica's URL, as a load balancer in front of both
+	// would send it under one host name.
+	if got := get(urls[0]); got != "v0" {
+		t.Fatalf("first GET = %q", got)
+	}
+	req, _ := http.NewRequest("PUT", urls[1]+"/p/1", nil)
+	req.Host = strings.TrimPrefix(urls[0], "http://")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	deadline := time.Now().Add(time.Second)
+	for get(urls[0]) != "v1" {
+		if time.Now().After(deadline) {
+			t.Fatalf("replica 1 still serves the old response 1 s after a PUT on replica 2")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

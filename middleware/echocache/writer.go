@@ -1,0 +1,68 @@
+package echocache
+
+import (
+	"bufio"
+	"bytes"
+	"net"
+	"net/http"
+)
+
+// captureWriter passes the response to the client as the handler writes it
+// and keeps a copy, up to max bytes: past that it stops copying (the
+// response is then not stored) but keeps passing it on. It drops the
+// Surrogate-Key header, which is for the cache, before it goes out.
+type captureWriter struct {
+	http.ResponseWriter
+	status   int
+	body     bytes.Buffer
+	max      int64
+	overflow bool
+	tags     []string
+	wrote    bool
+}
+
+func (w *captureWriter) WriteHeader(status int) {
+	if w.wrote {
+		return
+	}
+	w.wrote = true
+	w.status = status
+	h := w.ResponseWriter.Header()
+	w.tags = surrogateKeys(h.Values("Surrogate-Key"))
+	h.Del("Surrogate-Key")
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *captureWriter) Write(b []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.overflow {
+		if int64(w.body.Len()+len(b)) > w.max {
+			w.overflow = true
+			w.body = bytes.Buffer{}
+		} else {
+			w.body.Write(b)
+		}
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Flush sends what was written so far: a streamed response reaches the
+// client as it is produced.
+func (w *captureWriter) Flush() {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	_ = http.NewResponseController(w.ResponseWriter).Flush()
+}
+
+// Hijack hands the connection over (WebSocket upgrades); such a response
+// is never stored.
+func (w *captureWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.overflow = true
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+// Unwrap lets http.ResponseController reach the writer underneath.
+func (w *captureWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
