@@ -25,8 +25,8 @@ type Response struct {
 	Body      []byte      `json:"b,omitempty"`
 	Requested time.Time   `json:"rq"` // when the request went to the handler
 	Received  time.Time   `json:"rc"` // when the handler's response was complete
-	// Vary is set on the index entry of a URL: the request headers its
-	// response varies on (the index has no status or body).
+	// Vary is set on the index entry of a URL whose response varies: the
+	// request headers it varies on (the index has no status or body).
 	Vary  []string `json:"v,omitempty"`
 	Index bool     `json:"i,omitempty"`
 }
@@ -154,18 +154,21 @@ func (m *Middleware) serve(c echo.Context, next echo.HandlerFunc) error {
 	}
 	ctx := req.Context()
 	reqCC := httpcache.ParseCacheControl(req.Header.Values("Cache-Control"))
-	vkey := key
-	if idx, err := m.cfg.Cache.Get(ctx, "i|"+key); err == nil && idx.Index {
-		vkey = httpcache.VaryKey(key, idx.Vary, req)
+	// Under the URL's key is its response or, when the response varies,
+	// an index naming the request headers it varies on, whose values key
+	// the variant.
+	stored, err := m.cfg.Cache.Get(ctx, key)
+	if err == nil && stored.Index {
+		stored, err = m.cfg.Cache.Get(ctx, httpcache.VaryKey(key, stored.Vary, req))
 	}
-	if stored, err := m.cfg.Cache.Get(ctx, vkey); err == nil && !stored.Index && m.authorizedUse(req, stored) {
+	if err == nil && !stored.Index && m.authorizedUse(req, stored) {
 		now := time.Now()
 		age := httpcache.Age(stored.Header, stored.Requested, stored.Received, now)
 		lifetime := m.cfg.Policy.Lifetime(stored.Header, stored.Received)
 		switch httpcache.Usable(req, stored.Header, age, lifetime) {
 		case httpcache.Serve:
 			// In whole seconds, as the Age header counts them.
-			return m.write(c, stored, age, fmt.Sprintf("hit; ttl=%d", int64(lifetime/time.Second)-int64(age/time.Second)))
+			return m.write(c, stored, age, "hit; ttl="+strconv.FormatInt(int64(lifetime/time.Second)-int64(age/time.Second), 10))
 		case httpcache.ServeStale:
 			return m.write(c, stored, age, "hit; fwd=stale")
 		}
@@ -236,11 +239,15 @@ func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd strin
 		tags = append(tags, "sk:"+t)
 	}
 	opts := []tiered.Option{tiered.WithTTL(keep), tiered.WithTags(tags...)}
-	if err := m.cfg.Cache.Set(ctx, "i|"+key, Response{Index: true, Vary: vary}, opts...); err != nil {
-		c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
-		return nil
+	vkey := key
+	if len(vary) > 0 {
+		if err := m.cfg.Cache.Set(ctx, key, Response{Index: true, Vary: vary}, opts...); err != nil {
+			c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
+			return nil
+		}
+		vkey = httpcache.VaryKey(key, vary, req)
 	}
-	if err := m.cfg.Cache.Set(ctx, httpcache.VaryKey(key, vary, req), stored, opts...); err != nil {
+	if err := m.cfg.Cache.Set(ctx, vkey, stored, opts...); err != nil {
 		c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
 	}
 	return nil

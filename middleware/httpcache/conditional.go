@@ -55,7 +55,11 @@ func NotModified(req *http.Request, h http.Header) bool {
 		}
 		return false // If-Modified-Since is ignored when If-None-Match is present
 	}
-	ims, err := http.ParseTime(req.Header.Get("If-Modified-Since"))
+	v := req.Header.Get("If-Modified-Since")
+	if v == "" {
+		return false
+	}
+	ims, err := http.ParseTime(v)
 	if err != nil {
 		return false
 	}

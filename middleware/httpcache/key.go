@@ -66,8 +66,14 @@ func Key(r *http.Request, cfg KeyConfig) (string, error) {
 	if path == "" {
 		path = "/"
 	}
+	parts := [...]string{method, scheme, host, path, r.URL.RawQuery}
 	var b strings.Builder
-	for _, part := range []string{method, scheme, host, path, r.URL.RawQuery} {
+	n := 0
+	for _, p := range parts {
+		n += len(p) + 6
+	}
+	b.Grow(n)
+	for _, part := range parts {
 		b.WriteString(strconv.Itoa(len(part)))
 		b.WriteByte(':')
 		b.WriteString(part)

@@ -160,7 +160,9 @@ func Age(h http.Header, requested, received, now time.Time) time.Duration {
 		ageValue = v // delta-seconds, 2^31 s when too large (§1.2.2)
 	}
 	apparent := time.Duration(0)
-	if date, err := http.ParseTime(h.Get("Date")); err == nil {
+	if d := h.Get("Date"); d == "" {
+		// No Date: the apparent age is 0 (and ParseTime would allocate an error).
+	} else if date, err := http.ParseTime(d); err == nil {
 		apparent = min(max(received.Sub(date), 0), maxDelta) // §1.2.2: 2^31 s, not an overflow
 	}
 	correctedAge := ageValue + max(received.Sub(requested), 0)
