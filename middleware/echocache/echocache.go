@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -67,6 +68,9 @@ var DefaultConfig = Config{Skipper: middleware.DefaultSkipper, MaxBodyBytes: 1 <
 // Handler, and offers purging.
 type Middleware struct {
 	cfg Config
+
+	mu       sync.Mutex
+	inflight map[string]chan struct{} // misses in progress, by URL key
 }
 
 // New returns the middleware caching in cache with DefaultConfig.
@@ -117,7 +121,7 @@ func NewMiddleware(cfg Config) (*Middleware, error) {
 		// part of a variant's key and the prefixes of the index and tags.
 		cfg.Key.MaxKeyBytes = 512
 	}
-	return &Middleware{cfg: cfg}, nil
+	return &Middleware{cfg: cfg, inflight: make(map[string]chan struct{})}, nil
 }
 
 // Handler is the echo.MiddlewareFunc.
@@ -152,8 +156,39 @@ func (m *Middleware) serve(c echo.Context, next echo.HandlerFunc) error {
 		m.status(c, "fwd=bypass; detail=key")
 		return next(c)
 	}
-	ctx := req.Context()
 	reqCC := httpcache.ParseCacheControl(req.Header.Values("Cache-Control"))
+	for waited := false; ; waited = true {
+		if done, err := m.lookup(c, key, reqCC); done {
+			return err
+		}
+		if reqCC.OnlyIfCached {
+			m.status(c, "fwd=miss; detail=only-if-cached")
+			return c.NoContent(http.StatusGatewayTimeout)
+		}
+		if waited {
+			// The request we waited for stored nothing for us (another
+			// variant, or nothing storable): go to the handler.
+			return m.fetch(c, next, key, "fwd=miss")
+		}
+		// Concurrent misses of one URL run the handler once: the first
+		// goes on, the others wait for it and look again.
+		wait, leader := m.join(key)
+		if leader {
+			defer m.leave(key, wait)
+			return m.fetch(c, next, key, "fwd=miss")
+		}
+		select {
+		case <-wait:
+		case <-req.Context().Done():
+			return req.Context().Err()
+		}
+	}
+}
+
+// lookup answers from the cache if it can; done reports that it did.
+func (m *Middleware) lookup(c echo.Context, key string, reqCC httpcache.Directives) (done bool, err error) {
+	req := c.Request()
+	ctx := req.Context()
 	// Under the URL's key is its response or, when the response varies,
 	// an index naming the request headers it varies on, whose values key
 	// the variant.
@@ -161,29 +196,45 @@ func (m *Middleware) serve(c echo.Context, next echo.HandlerFunc) error {
 	if err == nil && stored.Index {
 		stored, err = m.cfg.Cache.Get(ctx, httpcache.VaryKey(key, stored.Vary, req))
 	}
-	if err == nil && !stored.Index && m.authorizedUse(req, stored) {
-		now := time.Now()
-		age := httpcache.Age(stored.Header, stored.Requested, stored.Received, now)
-		lifetime := m.cfg.Policy.Lifetime(stored.Header, stored.Received)
-		switch httpcache.Usable(req, stored.Header, age, lifetime) {
-		case httpcache.Serve:
-			// In whole seconds, as the Age header counts them.
-			return m.write(c, stored, age, "hit; ttl="+strconv.FormatInt(int64(lifetime/time.Second)-int64(age/time.Second), 10))
-		case httpcache.ServeStale:
-			return m.write(c, stored, age, "hit; fwd=stale")
-		}
-		// Revalidate: go to the handler, as for a miss.
-		if reqCC.OnlyIfCached {
-			m.status(c, "fwd=stale; detail=only-if-cached")
-			return c.NoContent(http.StatusGatewayTimeout)
-		}
-		return m.fetch(c, next, key, "fwd=stale")
+	if err != nil || stored.Index || !m.authorizedUse(req, stored) {
+		return false, nil
 	}
+	now := time.Now()
+	age := httpcache.Age(stored.Header, stored.Requested, stored.Received, now)
+	lifetime := m.cfg.Policy.Lifetime(stored.Header, stored.Received)
+	switch httpcache.Usable(req, stored.Header, age, lifetime) {
+	case httpcache.Serve:
+		// In whole seconds, as the Age header counts them.
+		return true, m.write(c, stored, age, "hit; ttl="+strconv.FormatInt(int64(lifetime/time.Second)-int64(age/time.Second), 10))
+	case httpcache.ServeStale:
+		return true, m.write(c, stored, age, "hit; fwd=stale")
+	}
+	// Stale and not to be served without the origin.
 	if reqCC.OnlyIfCached {
-		m.status(c, "fwd=miss; detail=only-if-cached")
-		return c.NoContent(http.StatusGatewayTimeout)
+		m.status(c, "fwd=stale; detail=only-if-cached")
+		return true, c.NoContent(http.StatusGatewayTimeout)
 	}
-	return m.fetch(c, next, key, "fwd=miss")
+	return false, nil
+}
+
+// join returns the channel that closes when the miss of key in progress
+// ends; leader reports that there was none, and the caller must leave.
+func (m *Middleware) join(key string) (wait chan struct{}, leader bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if w, ok := m.inflight[key]; ok {
+		return w, false
+	}
+	w := make(chan struct{})
+	m.inflight[key] = w
+	return w, true
+}
+
+func (m *Middleware) leave(key string, wait chan struct{}) {
+	m.mu.Lock()
+	delete(m.inflight, key)
+	m.mu.Unlock()
+	close(wait)
 }
 
 // authorizedUse applies RFC 9111 §3.5 to reads: a request with

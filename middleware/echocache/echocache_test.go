@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -344,5 +345,28 @@ func TestPutOnOneReplicaInvalidatesTheOther(t *testing.T) {
 			t.Fatalf("replica 1 still serves the old response 1 s after a PUT on replica 2")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestConcurrentMissesRunTheHandlerOnce: 20 requests for a cold URL, with
+// a handler that takes 50 ms, run it once; the others are served the
+// stored response.
+func TestConcurrentMissesRunTheHandlerOnce(t *testing.T) {
+	s := newServer(t, echocache.Config{}, func(c echo.Context) error {
+		time.Sleep(50 * time.Millisecond)
+		c.Response().Header().Set("Cache-Control", "max-age=60")
+		return c.String(200, "slow")
+	})
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			if rec := s.do(t, "GET", "/cold", nil); rec.Body.String() != "slow" {
+				t.Errorf("body %q", rec.Body)
+			}
+		})
+	}
+	wg.Wait()
+	if n := s.calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times for 20 concurrent misses, want 1", n)
 	}
 }
