@@ -158,7 +158,7 @@ func (m *Middleware) serve(c echo.Context, next echo.HandlerFunc) error {
 	}
 	reqCC := httpcache.ParseCacheControl(req.Header.Values("Cache-Control"))
 	for waited := false; ; waited = true {
-		if done, err := m.lookup(c, key, reqCC); done {
+		if done, err := m.lookup(c, next, key, reqCC); done {
 			return err
 		}
 		if reqCC.OnlyIfCached {
@@ -186,7 +186,7 @@ func (m *Middleware) serve(c echo.Context, next echo.HandlerFunc) error {
 }
 
 // lookup answers from the cache if it can; done reports that it did.
-func (m *Middleware) lookup(c echo.Context, key string, reqCC httpcache.Directives) (done bool, err error) {
+func (m *Middleware) lookup(c echo.Context, next echo.HandlerFunc, key string, reqCC httpcache.Directives) (done bool, err error) {
 	req := c.Request()
 	ctx := req.Context()
 	// Under the URL's key is its response or, when the response varies,
@@ -209,10 +209,13 @@ func (m *Middleware) lookup(c echo.Context, key string, reqCC httpcache.Directiv
 	case httpcache.ServeStale:
 		return true, m.write(c, stored, age, "hit; fwd=stale")
 	}
-	// Stale and not to be served without the origin.
+	// Stale, or not to be served without the origin.
 	if reqCC.OnlyIfCached {
 		m.status(c, "fwd=stale; detail=only-if-cached")
 		return true, c.NoContent(http.StatusGatewayTimeout)
+	}
+	if stored.Header.Get("ETag") != "" || stored.Header.Get("Last-Modified") != "" {
+		return true, m.revalidate(c, next, key, stored, max(age-lifetime, 0))
 	}
 	return false, nil
 }
@@ -251,7 +254,6 @@ func (m *Middleware) authorizedUse(req *http.Request, stored Response) bool {
 // fetch runs the handler, passing its response to the client while
 // capturing it, and stores it if a shared cache may.
 func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd string) error {
-	req := c.Request()
 	res := c.Response()
 	// The Cache-Status goes out with the handler's headers; whether the
 	// response is stored is known only after, so it says the forward.
@@ -264,21 +266,29 @@ func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd strin
 	if err != nil || cw.overflow || !res.Committed {
 		return err
 	}
-	received := time.Now()
-	h := res.Header().Clone()
+	m.store(c, key, cw.status, res.Header(), cw.body.Bytes(), cw.tags, requested, time.Now())
+	return nil
+}
+
+// store keeps a response to c's request under key (and its variant key),
+// if a shared cache may store it.
+func (m *Middleware) store(c echo.Context, key string, status int, header http.Header, body []byte, skeys []string, requested, received time.Time) {
+	req := c.Request()
+	h := header.Clone()
 	h.Del("Cache-Status")
-	if ok, _ := m.cfg.Policy.Storable(req, cw.status, h); !ok {
-		return nil
+	h.Del("Age")
+	if ok, _ := m.cfg.Policy.Storable(req, status, h); !ok {
+		return
 	}
 	cc := httpcache.ParseCacheControl(h.Values("Cache-Control"))
 	for _, f := range cc.PrivateFields {
 		h.Del(f) // §5.2.2.7: a shared cache must not store the named fields
 	}
 	if len(cc.NoCacheFields) > 0 {
-		return nil // field-qualified no-cache: always revalidated, so not worth storing
+		return // field-qualified no-cache: always revalidated, so not worth storing
 	}
 	vary, _ := httpcache.ParseVary(h.Values("Vary"))
-	stored := Response{Status: cw.status, Header: h, Body: cw.body.Bytes(), Requested: requested, Received: received}
+	stored := Response{Status: status, Header: h, Body: body, Requested: requested, Received: received}
 	lifetime := m.cfg.Policy.Lifetime(h, received)
 	keep := lifetime + max(cc.StaleWhileRevalidate.Value, cc.StaleIfError.Value)
 	if keep <= 0 {
@@ -286,7 +296,7 @@ func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd strin
 	}
 	ctx := context.WithoutCancel(req.Context())
 	tags := []string{urlTag(key)}
-	for _, t := range cw.tags {
+	for _, t := range skeys {
 		tags = append(tags, "sk:"+t)
 	}
 	opts := []tiered.Option{tiered.WithTTL(keep), tiered.WithTags(tags...)}
@@ -294,13 +304,81 @@ func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd strin
 	if len(vary) > 0 {
 		if err := m.cfg.Cache.Set(ctx, key, Response{Index: true, Vary: vary}, opts...); err != nil {
 			c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
-			return nil
+			return
 		}
 		vkey = httpcache.VaryKey(key, vary, req)
 	}
 	if err := m.cfg.Cache.Set(ctx, vkey, stored, opts...); err != nil {
 		c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
 	}
+}
+
+// revalidate asks the handler whether stored is still current, with a
+// conditional request made from its validators (RFC 9111 §4.3.1). A 304
+// refreshes the stored response, which answers the client; another answer
+// goes to the client and is stored as for a miss; a failure (an error or a
+// 5xx) serves stored if stale-if-error allows it.
+func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key string, stored Response, staleness time.Duration) error {
+	req := c.Request()
+	cond := req.Clone(req.Context())
+	for _, f := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range"} {
+		cond.Header.Del(f)
+	}
+	if etag := stored.Header.Get("ETag"); etag != "" {
+		cond.Header.Set("If-None-Match", etag)
+	}
+	if lm := stored.Header.Get("Last-Modified"); lm != "" {
+		cond.Header.Set("If-Modified-Since", lm)
+	}
+	// The handler answers into a buffer: its 304 is for the cache, not the
+	// client.
+	orig := c.Response()
+	buf := &bufferWriter{header: http.Header{}, Code: http.StatusOK}
+	c.SetRequest(cond)
+	c.SetResponse(echo.NewResponse(buf, c.Echo()))
+	requested := time.Now()
+	err := next(c)
+	c.SetRequest(req)
+	c.SetResponse(orig)
+	received := time.Now()
+	status := buf.Code
+	if err != nil || status >= 500 {
+		if httpcache.StaleIfError(req, stored.Header, staleness) {
+			return m.write(c, stored, staleness, "hit; fwd=stale; detail=stale-if-error")
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if status == http.StatusNotModified {
+		// §4.3.4: the 304's fields replace the stored ones.
+		h := stored.Header.Clone()
+		for k, v := range buf.Header() {
+			switch k {
+			case "Content-Length", "Content-Type", "Content-Encoding", "Cache-Status":
+			default:
+				h[k] = v
+			}
+		}
+		fresh := Response{Status: stored.Status, Header: h, Body: stored.Body, Requested: requested, Received: received}
+		tags := surrogateKeys(h.Values("Surrogate-Key"))
+		h.Del("Surrogate-Key")
+		m.store(c, key, fresh.Status, h, fresh.Body, tags, requested, received)
+		return m.write(c, fresh, 0, "fwd=stale; fwd-status=304")
+	}
+	// A new response: to the client, and stored if it may be.
+	h := orig.Header()
+	for k, v := range buf.Header() {
+		h[k] = v
+	}
+	tags := surrogateKeys(h.Values("Surrogate-Key"))
+	h.Del("Surrogate-Key")
+	m.status(c, "fwd=stale; fwd-status="+strconv.Itoa(status))
+	orig.WriteHeader(status)
+	if _, werr := orig.Write(buf.Body.Bytes()); werr != nil {
+		return werr
+	}
+	m.store(c, key, status, h, buf.Body.Bytes(), tags, requested, received)
 	return nil
 }
 

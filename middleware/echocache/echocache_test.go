@@ -370,3 +370,64 @@ func TestConcurrentMissesRunTheHandlerOnce(t *testing.T) {
 		t.Errorf("handler ran %d times for 20 concurrent misses, want 1", n)
 	}
 }
+
+// TestRevalidation: a stale response with a validator is revalidated with
+// a conditional request to the handler; a 304 refreshes it and the client
+// gets the stored body; a new version replaces it; a failing handler is
+// answered with the stale response only where stale-if-error allows.
+func TestRevalidation(t *testing.T) {
+	var version atomic.Int64
+	var bodies, notModified atomic.Int64
+	var fail atomic.Bool
+	s := newServer(t, echocache.Config{}, func(c echo.Context) error {
+		if fail.Load() {
+			return c.String(http.StatusInternalServerError, "down")
+		}
+		etag := `"v` + strconv.FormatInt(version.Load(), 10) + `"`
+		h := c.Response().Header()
+		h.Set("Cache-Control", "max-age=0, stale-if-error=60")
+		h.Set("ETag", etag)
+		if c.Request().Header.Get("If-None-Match") == etag {
+			notModified.Add(1)
+			return c.NoContent(http.StatusNotModified)
+		}
+		bodies.Add(1)
+		return c.String(200, "version "+etag)
+	})
+	if got := s.do(t, "GET", "/r", nil).Body.String(); got != `version "v0"` {
+		t.Fatalf("first GET = %q", got)
+	}
+	rec := s.do(t, "GET", "/r", nil)
+	if rec.Code != 200 || rec.Body.String() != `version "v0"` || !strings.Contains(rec.Header().Get("Cache-Status"), "fwd-status=304") {
+		t.Errorf("revalidated GET = %d %q (%s), want the stored body after a 304", rec.Code, rec.Body, rec.Header().Get("Cache-Status"))
+	}
+	if bodies.Load() != 1 || notModified.Load() != 1 {
+		t.Errorf("handler made %d bodies and %d 304s, want 1 and 1", bodies.Load(), notModified.Load())
+	}
+	version.Add(1)
+	if got := s.do(t, "GET", "/r", nil).Body.String(); got != `version "v1"` {
+		t.Errorf("after a change = %q, want the new version", got)
+	}
+	fail.Store(true)
+	rec = s.do(t, "GET", "/r", nil)
+	if rec.Code != 200 || rec.Body.String() != `version "v1"` || !strings.Contains(rec.Header().Get("Cache-Status"), "stale-if-error") {
+		t.Errorf("handler failing = %d %q (%s), want the stale response (stale-if-error=60)", rec.Code, rec.Body, rec.Header().Get("Cache-Status"))
+	}
+}
+
+func TestNoStaleIfErrorWithoutTheDirective(t *testing.T) {
+	var fail atomic.Bool
+	s := newServer(t, echocache.Config{}, func(c echo.Context) error {
+		if fail.Load() {
+			return c.String(http.StatusInternalServerError, "down")
+		}
+		c.Response().Header().Set("Cache-Control", "max-age=0")
+		c.Response().Header().Set("ETag", `"x"`)
+		return c.String(200, "ok")
+	})
+	s.do(t, "GET", "/r", nil)
+	fail.Store(true)
+	if rec := s.do(t, "GET", "/r", nil); rec.Code != http.StatusInternalServerError {
+		t.Errorf("handler failing without stale-if-error = %d, want its 500", rec.Code)
+	}
+}

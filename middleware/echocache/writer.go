@@ -66,3 +66,25 @@ func (w *captureWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // Unwrap lets http.ResponseController reach the writer underneath.
 func (w *captureWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// bufferWriter keeps a whole response in memory: a revalidation's answer,
+// which goes to the client only if it is not the cache's 304.
+type bufferWriter struct {
+	header http.Header
+	Code   int
+	Body   bytes.Buffer
+	wrote  bool
+}
+
+func (w *bufferWriter) Header() http.Header { return w.header }
+
+func (w *bufferWriter) WriteHeader(status int) {
+	if !w.wrote {
+		w.wrote, w.Code = true, status
+	}
+}
+
+func (w *bufferWriter) Write(b []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return w.Body.Write(b)
+}
