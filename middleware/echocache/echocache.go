@@ -491,3 +491,42 @@ const (
 
 // urlTag tags every entry of one URL, so that all its variants go at once.
 func urlTag(key string) string { return "url:" + key }
+
+// PurgeHandler returns a handler that purges over HTTP, for the
+// application to mount where it chooses: never on its public routes, and
+// it is not mounted by default. authorize decides who may purge (check a
+// token, an internal network); a nil authorize refuses everyone.
+//
+// The request is a POST with one or more "tag" (Surrogate-Key) and "url"
+// values, in the query or a form body. It answers 204 once everything is
+// purged, 400 with nothing to purge, 403 when not authorized.
+func (m *Middleware) PurgeHandler(authorize func(c echo.Context) bool) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if authorize == nil || !authorize(c) {
+			return echo.NewHTTPError(http.StatusForbidden, "purge not authorized")
+		}
+		if c.Request().Method != http.MethodPost {
+			return echo.NewHTTPError(http.StatusMethodNotAllowed, "purge with POST")
+		}
+		form, err := c.FormParams()
+		if err != nil {
+			return echo.NewHTTPError(http.StatusBadRequest, "bad purge request").SetInternal(err)
+		}
+		tags, urls := form["tag"], form["url"]
+		if len(tags) == 0 && len(urls) == 0 {
+			return echo.NewHTTPError(http.StatusBadRequest, `nothing to purge: give "tag" or "url" values`)
+		}
+		ctx := c.Request().Context()
+		if len(tags) > 0 {
+			if err := m.PurgeTags(ctx, tags...); err != nil {
+				return fmt.Errorf("echocache: purge: %w", err)
+			}
+		}
+		for _, u := range urls {
+			if err := m.PurgeURL(ctx, u); err != nil {
+				return echo.NewHTTPError(http.StatusBadRequest, "bad purge url").SetInternal(err)
+			}
+		}
+		return c.NoContent(http.StatusNoContent)
+	}
+}

@@ -431,3 +431,54 @@ func TestNoStaleIfErrorWithoutTheDirective(t *testing.T) {
 		t.Errorf("handler failing without stale-if-error = %d, want its 500", rec.Code)
 	}
 }
+
+func TestPurgeHandler(t *testing.T) {
+	s := newServer(t, echocache.Config{}, respond("Cache-Control", "max-age=60", "Surrogate-Key", "t1"))
+	const token = "secret"
+	s.e.POST("/_purge", s.mw.PurgeHandler(func(c echo.Context) bool {
+		return c.Request().Header.Get("Authorization") == "Bearer "+token
+	}))
+	purge := func(auth string, body string) int {
+		req := httptest.NewRequest("POST", "/_purge", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		rec := httptest.NewRecorder()
+		s.e.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	s.do(t, "GET", "/p", nil)
+	if code := purge("", "tag=t1"); code != http.StatusForbidden {
+		t.Errorf("unauthenticated purge = %d, want 403", code)
+	}
+	if code := purge("Bearer wrong", "tag=t1"); code != http.StatusForbidden {
+		t.Errorf("purge with a wrong token = %d, want 403", code)
+	}
+	s.do(t, "GET", "/p", nil)
+	if n := s.calls.Load(); n != 1 {
+		t.Fatalf("refused purges purged: %d handler calls, want 1", n)
+	}
+	if code := purge("Bearer "+token, ""); code != http.StatusBadRequest {
+		t.Errorf("purge of nothing = %d, want 400", code)
+	}
+	if code := purge("Bearer "+token, "tag=t1"); code != http.StatusNoContent {
+		t.Errorf("authorized purge = %d, want 204", code)
+	}
+	s.do(t, "GET", "/p", nil)
+	if n := s.calls.Load(); n != 2 {
+		t.Errorf("%d handler calls after the purge, want 2", n)
+	}
+	if code := purge("Bearer "+token, "url=http://example.com/p"); code != http.StatusNoContent {
+		t.Errorf("authorized URL purge = %d, want 204", code)
+	}
+	s.do(t, "GET", "/p", nil)
+	if n := s.calls.Load(); n != 3 {
+		t.Errorf("%d handler calls after the URL purge, want 3", n)
+	}
+	nobody := s.mw.PurgeHandler(nil)
+	c := s.e.NewContext(httptest.NewRequest("POST", "/_purge?tag=t1", nil), httptest.NewRecorder())
+	if err := nobody(c); err == nil {
+		t.Errorf("a purge handler without authorize accepted a purge")
+	}
+}
