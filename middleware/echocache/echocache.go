@@ -207,6 +207,12 @@ func (m *Middleware) lookup(c echo.Context, next echo.HandlerFunc, key string, r
 		// In whole seconds, as the Age header counts them.
 		return true, m.write(c, stored, age, "hit; ttl="+strconv.FormatInt(int64(lifetime/time.Second)-int64(age/time.Second), 10))
 	case httpcache.ServeStale:
+		// Within stale-while-revalidate (rather than only the client's
+		// max-stale), refresh it for the next readers.
+		if cc := httpcache.ParseCacheControl(stored.Header.Values("Cache-Control")); cc.StaleWhileRevalidate.Present &&
+			age-lifetime <= cc.StaleWhileRevalidate.Value {
+			m.revalidateAsync(c, next, key, stored)
+		}
 		return true, m.write(c, stored, age, "hit; fwd=stale")
 	}
 	// Stale, or not to be served without the origin.
@@ -320,21 +326,11 @@ func (m *Middleware) store(c echo.Context, key string, status int, header http.H
 // 5xx) serves stored if stale-if-error allows it.
 func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key string, stored Response, staleness time.Duration) error {
 	req := c.Request()
-	cond := req.Clone(req.Context())
-	for _, f := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range"} {
-		cond.Header.Del(f)
-	}
-	if etag := stored.Header.Get("ETag"); etag != "" {
-		cond.Header.Set("If-None-Match", etag)
-	}
-	if lm := stored.Header.Get("Last-Modified"); lm != "" {
-		cond.Header.Set("If-Modified-Since", lm)
-	}
 	// The handler answers into a buffer: its 304 is for the cache, not the
 	// client.
 	orig := c.Response()
 	buf := &bufferWriter{header: http.Header{}, Code: http.StatusOK}
-	c.SetRequest(cond)
+	c.SetRequest(conditional(req, stored))
 	c.SetResponse(echo.NewResponse(buf, c.Echo()))
 	requested := time.Now()
 	err := next(c)
@@ -351,19 +347,8 @@ func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key strin
 		}
 	}
 	if status == http.StatusNotModified {
-		// §4.3.4: the 304's fields replace the stored ones.
-		h := stored.Header.Clone()
-		for k, v := range buf.Header() {
-			switch k {
-			case "Content-Length", "Content-Type", "Content-Encoding", "Cache-Status":
-			default:
-				h[k] = v
-			}
-		}
-		fresh := Response{Status: stored.Status, Header: h, Body: stored.Body, Requested: requested, Received: received}
-		tags := surrogateKeys(h.Values("Surrogate-Key"))
-		h.Del("Surrogate-Key")
-		m.store(c, key, fresh.Status, h, fresh.Body, tags, requested, received)
+		fresh, tags := refreshed(stored, buf.Header(), requested, received)
+		m.store(c, key, fresh.Status, fresh.Header, fresh.Body, tags, requested, received)
 		return m.write(c, fresh, 0, "fwd=stale; fwd-status=304")
 	}
 	// A new response: to the client, and stored if it may be.
@@ -380,6 +365,74 @@ func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key strin
 	}
 	m.store(c, key, status, h, buf.Body.Bytes(), tags, requested, received)
 	return nil
+}
+
+// revalidateAsync revalidates stored in the background, once per URL at a
+// time, while the client is served the stale response
+// (stale-while-revalidate, RFC 5861 §3). The handler runs in a context of
+// its own, since c is recycled once the request ends.
+func (m *Middleware) revalidateAsync(c echo.Context, next echo.HandlerFunc, key string, stored Response) {
+	wait, leader := m.join("r|" + key)
+	if !leader {
+		return
+	}
+	req := c.Request()
+	cond := conditional(req.Clone(context.WithoutCancel(req.Context())), stored)
+	buf := &bufferWriter{header: http.Header{}, Code: http.StatusOK}
+	bc := c.Echo().NewContext(cond, buf)
+	bc.SetPath(c.Path())
+	bc.SetParamNames(c.ParamNames()...)
+	bc.SetParamValues(c.ParamValues()...)
+	go func() {
+		defer m.leave("r|"+key, wait)
+		requested := time.Now()
+		if err := next(bc); err != nil || buf.Code >= 500 {
+			return // the stale response stays, until it is past its windows
+		}
+		received := time.Now()
+		if buf.Code == http.StatusNotModified {
+			fresh, tags := refreshed(stored, buf.Header(), requested, received)
+			m.store(bc, key, fresh.Status, fresh.Header, fresh.Body, tags, requested, received)
+			return
+		}
+		tags := surrogateKeys(buf.Header().Values("Surrogate-Key"))
+		buf.Header().Del("Surrogate-Key")
+		m.store(bc, key, buf.Code, buf.Header(), buf.Body.Bytes(), tags, requested, received)
+	}()
+}
+
+// conditional returns a copy of req that asks the handler whether stored
+// is current, with stored's validators (RFC 9111 §4.3.1) in place of the
+// client's own conditions.
+func conditional(req *http.Request, stored Response) *http.Request {
+	cond := req.Clone(req.Context())
+	for _, f := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range"} {
+		cond.Header.Del(f)
+	}
+	if etag := stored.Header.Get("ETag"); etag != "" {
+		cond.Header.Set("If-None-Match", etag)
+	}
+	if lm := stored.Header.Get("Last-Modified"); lm != "" {
+		cond.Header.Set("If-Modified-Since", lm)
+	}
+	return cond
+}
+
+// refreshed is stored updated by a 304's header (RFC 9111 §4.3.4: its
+// fields replace the stored ones, but for those describing the body), and
+// the Surrogate-Keys it carries.
+func refreshed(stored Response, h304 http.Header, requested, received time.Time) (Response, []string) {
+	h := stored.Header.Clone()
+	for k, v := range h304 {
+		switch k {
+		case "Content-Length", "Content-Type", "Content-Encoding", "Cache-Status":
+		default:
+			h[k] = v
+		}
+	}
+	tags := surrogateKeys(h.Values("Surrogate-Key"))
+	h.Del("Surrogate-Key")
+	return Response{Status: stored.Status, Header: h, Body: stored.Body, Requested: requested, Received: received}, tags
 }
 
 // write answers from a stored response: 304 for a matching conditional

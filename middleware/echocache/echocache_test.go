@@ -482,3 +482,38 @@ func TestPurgeHandler(t *testing.T) {
 		t.Errorf("a purge handler without authorize accepted a purge")
 	}
 }
+
+// TestStaleWhileRevalidate: past max-age but within the response's
+// stale-while-revalidate, readers get the stale response at once while one
+// background request to the handler refreshes it.
+func TestStaleWhileRevalidate(t *testing.T) {
+	var version atomic.Int64
+	s := newServer(t, echocache.Config{}, func(c echo.Context) error {
+		time.Sleep(20 * time.Millisecond)
+		c.Response().Header().Set("Cache-Control", "max-age=1, stale-while-revalidate=60")
+		return c.String(200, "v"+strconv.FormatInt(version.Load(), 10))
+	})
+	s.do(t, "GET", "/swr", nil)
+	version.Add(1)
+	time.Sleep(1100 * time.Millisecond) // past max-age=1
+	for range 5 {
+		start := time.Now()
+		rec := s.do(t, "GET", "/swr", nil)
+		if rec.Body.String() != "v0" || !strings.Contains(rec.Header().Get("Cache-Status"), "fwd=stale") {
+			t.Fatalf("stale read = %q (%s), want the stale v0", rec.Body, rec.Header().Get("Cache-Status"))
+		}
+		if d := time.Since(start); d > 10*time.Millisecond {
+			t.Errorf("a stale read took %v: it waited for the handler", d)
+		}
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for s.do(t, "GET", "/swr", nil).Body.String() != "v1" {
+		if time.Now().After(deadline) {
+			t.Fatal("the background refresh never landed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := s.calls.Load(); n != 2 {
+		t.Errorf("handler called %d times, want 2 (the first, and one background refresh)", n)
+	}
+}
