@@ -517,3 +517,60 @@ func TestStaleWhileRevalidate(t *testing.T) {
 		t.Errorf("handler called %d times, want 2 (the first, and one background refresh)", n)
 	}
 }
+
+// TestDirectives: response and request directives through a real Echo.
+// Each row stores a response, then makes a second request and says whether
+// it reached the handler.
+func TestDirectives(t *testing.T) {
+	past := time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat)
+	future := time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)
+	now := time.Now().UTC().Format(http.TimeFormat)
+	tests := []struct {
+		name      string
+		resp      []string    // response header pairs
+		second    http.Header // the second request's header
+		method    string      // of the second request; GET if empty
+		wantCalls int64
+		wantCode  int
+	}{
+		{name: "max-age", resp: []string{"Cache-Control", "max-age=60"}, wantCalls: 1},
+		{name: "s-maxage over max-age=0", resp: []string{"Cache-Control", "max-age=0, s-maxage=60"}, wantCalls: 1},
+		{name: "Expires in the future", resp: []string{"Expires", future, "Date", now}, wantCalls: 1},
+		{name: "Expires in the past", resp: []string{"Expires", past, "Date", now}, wantCalls: 2},
+		{name: "max-age=0 without a validator", resp: []string{"Cache-Control", "max-age=0"}, wantCalls: 2},
+		{name: "no-cache with ETag revalidates", resp: []string{"Cache-Control", "no-cache", "ETag", `"e"`}, wantCalls: 2},
+		{name: "request max-age=0", resp: []string{"Cache-Control", "max-age=60"}, second: hdr("Cache-Control", "max-age=0"), wantCalls: 2},
+		{name: "request min-fresh past the lifetime", resp: []string{"Cache-Control", "max-age=60"}, second: hdr("Cache-Control", "min-fresh=120"), wantCalls: 2},
+		{name: "request max-stale serves stale", resp: []string{"Cache-Control", "max-age=0"}, second: hdr("Cache-Control", "max-stale=60"), wantCalls: 1},
+		{name: "must-revalidate ignores max-stale", resp: []string{"Cache-Control", "max-age=0, must-revalidate"}, second: hdr("Cache-Control", "max-stale=60"), wantCalls: 2},
+		{name: "proxy-revalidate ignores max-stale", resp: []string{"Cache-Control", "max-age=0, proxy-revalidate"}, second: hdr("Cache-Control", "max-stale=60"), wantCalls: 2},
+		{name: "Pragma: no-cache", resp: []string{"Cache-Control", "max-age=60"}, second: hdr("Pragma", "no-cache"), wantCalls: 2},
+		{name: "If-Modified-Since answered 304", resp: []string{"Cache-Control", "max-age=60", "Last-Modified", past}, second: hdr("If-Modified-Since", now), wantCalls: 1, wantCode: 304},
+		{name: "If-None-Match list", resp: []string{"Cache-Control", "max-age=60", "ETag", `"b"`}, second: hdr("If-None-Match", `"a", W/"b"`), wantCalls: 1, wantCode: 304},
+		{name: "HEAD from a stored GET", resp: []string{"Cache-Control", "max-age=60"}, method: "HEAD", wantCalls: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newServer(t, echocache.Config{}, respond(tt.resp...))
+			s.do(t, "GET", "/d", nil)
+			method := tt.method
+			if method == "" {
+				method = "GET"
+			}
+			rec := s.do(t, method, "/d", tt.second)
+			if n := s.calls.Load(); n != tt.wantCalls {
+				t.Errorf("handler called %d times, want %d (Cache-Status %q)", n, tt.wantCalls, rec.Header().Get("Cache-Status"))
+			}
+			want := tt.wantCode
+			if want == 0 {
+				want = 200
+			}
+			if rec.Code != want {
+				t.Errorf("second response %d, want %d", rec.Code, want)
+			}
+			if method == "HEAD" && rec.Body.Len() != 0 {
+				t.Errorf("HEAD answered with a %d-byte body", rec.Body.Len())
+			}
+		})
+	}
+}
