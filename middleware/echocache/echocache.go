@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +31,9 @@ type Response struct {
 	// request headers it varies on (the index has no status or body).
 	Vary  []string `json:"v,omitempty"`
 	Index bool     `json:"i,omitempty"`
+	// Variants counts the variants stored under an index, approximately
+	// (concurrent stores may each count one less), for Policy.MaxVariants.
+	Variants int `json:"n,omitempty"`
 }
 
 // Config configures the middleware.
@@ -67,7 +71,8 @@ var DefaultConfig = Config{Skipper: middleware.DefaultSkipper, MaxBodyBytes: 1 <
 // Middleware is a configured cache. It is an echo.MiddlewareFunc through
 // Handler, and offers purging.
 type Middleware struct {
-	cfg Config
+	cfg         Config
+	maxVariants int
 
 	mu       sync.Mutex
 	inflight map[string]chan struct{} // misses in progress, by URL key
@@ -121,7 +126,11 @@ func NewMiddleware(cfg Config) (*Middleware, error) {
 		// part of a variant's key and the prefixes of the index and tags.
 		cfg.Key.MaxKeyBytes = 512
 	}
-	return &Middleware{cfg: cfg, inflight: make(map[string]chan struct{})}, nil
+	m := &Middleware{cfg: cfg, inflight: make(map[string]chan struct{}), maxVariants: cfg.Policy.MaxVariants}
+	if m.maxVariants <= 0 {
+		m.maxVariants = 16
+	}
+	return m, nil
 }
 
 // Handler is the echo.MiddlewareFunc.
@@ -308,7 +317,14 @@ func (m *Middleware) store(c echo.Context, key string, status int, header http.H
 	opts := []tiered.Option{tiered.WithTTL(keep), tiered.WithTags(tags...)}
 	vkey := key
 	if len(vary) > 0 {
-		if err := m.cfg.Cache.Set(ctx, key, Response{Index: true, Vary: vary}, opts...); err != nil {
+		n := 1
+		if idx, err := m.cfg.Cache.Get(ctx, key); err == nil && idx.Index && slices.Equal(idx.Vary, vary) {
+			if idx.Variants >= m.maxVariants {
+				return // a URL may not fill the cache with variants
+			}
+			n = idx.Variants + 1
+		}
+		if err := m.cfg.Cache.Set(ctx, key, Response{Index: true, Vary: vary, Variants: n}, opts...); err != nil {
 			c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
 			return
 		}

@@ -574,3 +574,21 @@ func TestDirectives(t *testing.T) {
 		})
 	}
 }
+
+func TestVariantsPerURLAreCapped(t *testing.T) {
+	s := newServer(t, echocache.Config{Policy: httpcache.Policy{MaxVariants: 3}}, func(c echo.Context) error {
+		c.Response().Header().Set("Cache-Control", "max-age=60")
+		c.Response().Header().Set("Vary", "X-Variant")
+		return c.String(200, c.Request().Header.Get("X-Variant"))
+	})
+	for i := range 5 {
+		s.do(t, "GET", "/v", hdr("X-Variant", strconv.Itoa(i)))
+	}
+	before := s.calls.Load()
+	for i := range 5 {
+		s.do(t, "GET", "/v", hdr("X-Variant", strconv.Itoa(i)))
+	}
+	if n := s.calls.Load() - before; n != 2 {
+		t.Errorf("%d of 5 variants missed on the second pass, want 2 (3 stored, the cap)", n)
+	}
+}
