@@ -592,3 +592,39 @@ func TestVariantsPerURLAreCapped(t *testing.T) {
 		t.Errorf("%d of 5 variants missed on the second pass, want 2 (3 stored, the cap)", n)
 	}
 }
+
+// TestNoDecisionByExtension: a personal page under a static-looking name
+// (web cache deception) is not cached unless its own headers say so.
+func TestNoDecisionByExtension(t *testing.T) {
+	s := newServer(t, echocache.Config{}, respond()) // no Cache-Control
+	s.do(t, "GET", "/account/settings/x.css", nil)
+	s.do(t, "GET", "/account/settings/x.css", nil)
+	if n := s.calls.Load(); n != 2 {
+		t.Errorf("a response without freshness was cached for its .css name (%d handler calls)", n)
+	}
+}
+
+func TestGetWithBodyNotCached(t *testing.T) {
+	s := newServer(t, echocache.Config{}, respond("Cache-Control", "max-age=60"))
+	for range 2 {
+		req := httptest.NewRequest("GET", "/b", strings.NewReader("q=1"))
+		rec := httptest.NewRecorder()
+		s.e.ServeHTTP(rec, req)
+		if got := rec.Header().Get("Cache-Status"); !strings.Contains(got, "bypass") {
+			t.Errorf("GET with a body: Cache-Status %q, want a bypass", got)
+		}
+	}
+	if n := s.calls.Load(); n != 2 {
+		t.Errorf("a GET with a body was cached (%d handler calls)", n)
+	}
+}
+
+func TestCacheStatusDoesNotLeakTheKey(t *testing.T) {
+	s := newServer(t, echocache.Config{}, respond("Cache-Control", "max-age=60"))
+	for range 2 {
+		rec := s.do(t, "GET", "http://secret-host.example/private/path?token=abc", nil)
+		if cs := rec.Header().Get("Cache-Status"); strings.Contains(cs, "secret") || strings.Contains(cs, "path") || strings.Contains(cs, "token") {
+			t.Errorf("Cache-Status %q leaks the key", cs)
+		}
+	}
+}
