@@ -3,6 +3,7 @@ package tiered_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -212,5 +213,23 @@ func TestFailedLoadReleasesItsLease(t *testing.T) {
 	}
 	if n := raw.Exists(ctx, ns+":k").Val(); n != 1 {
 		t.Errorf("the next load did not fill L2")
+	}
+}
+
+func TestTaggedKeys(t *testing.T) {
+	ctx := context.Background()
+	c := newCache(t, tiered.Config{Redis: newClient(t), Namespace: redistest.Namespace(t)})
+	for _, k := range []string{"a", "b"} {
+		if err := c.Set(ctx, k, product{}, tiered.WithTags("t")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, err := c.TaggedKeys(ctx, "t")
+	slices.Sort(keys)
+	if err != nil || !slices.Equal(keys, []string{"a", "b"}) {
+		t.Errorf("TaggedKeys(t) = %v, %v; want [a b]", keys, err)
+	}
+	if _, err := newCache(t, tiered.Config{}).TaggedKeys(ctx, "t"); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("TaggedKeys on an L1-only cache: %v, want ErrUnsupported", err)
 	}
 }

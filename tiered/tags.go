@@ -122,3 +122,29 @@ func (c *Cache[V]) deleteTagged(ctx context.Context, tk string, keys []string) e
 	}
 	return c.strict(perr)
 }
+
+// TaggedKeys returns the keys tagged with tag (see WithTags), for callers
+// that act on each (a soft purge, say). The list is read from L2's tag set,
+// so it needs Config.Redis, and it may include keys whose values have
+// expired since.
+func (c *Cache[V]) TaggedKeys(ctx context.Context, tag string) ([]string, error) {
+	if err := c.checkKey(tag); err != nil {
+		return nil, fmt.Errorf("tiered: tag: %w", err)
+	}
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	if c.l2 == nil || c.l2.rdb == nil {
+		return nil, fmt.Errorf("tiered: TaggedKeys needs Config.Redis: %w", errors.ErrUnsupported)
+	}
+	var keys []string
+	err := c.l2.call(ctx, func(ctx context.Context) (err error) {
+		keys, err = c.l2.rdb.SMembers(ctx, tagKey(c.cfg.Namespace, tag)).Result()
+		return err
+	})
+	if err != nil {
+		c.l2Failed(ctx, "tagged-keys", tag, err)
+		return nil, fmt.Errorf("tiered: keys of tag %q: %w", tag, err)
+	}
+	return keys, nil
+}

@@ -34,6 +34,13 @@ type Response struct {
 	// Variants counts the variants stored under an index, approximately
 	// (concurrent stores may each count one less), for Policy.MaxVariants.
 	Variants int `json:"n,omitempty"`
+	// Tags are the entry's tags (its URL's, its Surrogate-Keys), kept so
+	// that a soft purge can store it again under the same tags.
+	Tags []string `json:"t,omitempty"`
+	// Stale marks a soft-purged response: it is stale whatever its age,
+	// and served only as a stale response may be (revalidated, or within
+	// stale-while-revalidate or stale-if-error).
+	Stale bool `json:"x,omitempty"`
 }
 
 // Config configures the middleware.
@@ -211,6 +218,9 @@ func (m *Middleware) lookup(c echo.Context, next echo.HandlerFunc, key string, r
 	now := time.Now()
 	age := httpcache.Age(stored.Header, stored.Requested, stored.Received, now)
 	lifetime := m.cfg.Policy.Lifetime(stored.Header, stored.Received)
+	if stored.Stale && age <= lifetime {
+		age = lifetime + time.Second // soft-purged: just past its lifetime
+	}
 	switch httpcache.Usable(req, stored.Header, age, lifetime) {
 	case httpcache.Serve:
 		// In whole seconds, as the Age header counts them.
@@ -303,18 +313,13 @@ func (m *Middleware) store(c echo.Context, key string, status int, header http.H
 		return // field-qualified no-cache: always revalidated, so not worth storing
 	}
 	vary, _ := httpcache.ParseVary(h.Values("Vary"))
-	stored := Response{Status: status, Header: h, Body: body, Requested: requested, Received: received}
-	lifetime := m.cfg.Policy.Lifetime(h, received)
-	keep := lifetime + max(cc.StaleWhileRevalidate.Value, cc.StaleIfError.Value)
-	if keep <= 0 {
-		keep = time.Minute // stored only to be revalidated (validators)
-	}
-	ctx := context.WithoutCancel(req.Context())
 	tags := []string{urlTag(key)}
 	for _, t := range skeys {
 		tags = append(tags, "sk:"+t)
 	}
-	opts := []tiered.Option{tiered.WithTTL(keep), tiered.WithTags(tags...)}
+	stored := Response{Status: status, Header: h, Body: body, Requested: requested, Received: received, Tags: tags}
+	ctx := context.WithoutCancel(req.Context())
+	opts := []tiered.Option{tiered.WithTTL(m.keep(h, received)), tiered.WithTags(tags...)}
 	vkey := key
 	if len(vary) > 0 {
 		n := 1
@@ -333,6 +338,17 @@ func (m *Middleware) store(c echo.Context, key string, status int, header http.H
 	if err := m.cfg.Cache.Set(ctx, vkey, stored, opts...); err != nil {
 		c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
 	}
+}
+
+// keep is how long the cache keeps a response: its lifetime and its stale
+// windows, or a minute for one stored only to be revalidated.
+func (m *Middleware) keep(h http.Header, received time.Time) time.Duration {
+	cc := httpcache.ParseCacheControl(h.Values("Cache-Control"))
+	keep := m.cfg.Policy.Lifetime(h, received) + max(cc.StaleWhileRevalidate.Value, cc.StaleIfError.Value)
+	if keep <= 0 {
+		keep = time.Minute
+	}
+	return keep
 }
 
 // revalidate asks the handler whether stored is still current, with a
@@ -446,7 +462,14 @@ func refreshed(stored Response, h304 http.Header, requested, received time.Time)
 			h[k] = v
 		}
 	}
-	tags := surrogateKeys(h.Values("Surrogate-Key"))
+	// The stored Surrogate-Keys stay, with any the 304 adds.
+	var tags []string
+	for _, t := range stored.Tags {
+		if k, ok := strings.CutPrefix(t, "sk:"); ok {
+			tags = append(tags, k)
+		}
+	}
+	tags = append(tags, surrogateKeys(h.Values("Surrogate-Key"))...)
 	h.Del("Surrogate-Key")
 	return Response{Status: stored.Status, Header: h, Body: stored.Body, Requested: requested, Received: received}, tags
 }
@@ -518,21 +541,79 @@ func (m *Middleware) PurgeTags(ctx context.Context, tags ...string) error {
 	return m.cfg.Cache.InvalidateTags(ctx, prefixed...)
 }
 
+// SoftPurgeTags marks every response tagged with one of tags stale, in
+// every replica, instead of removing it: the next request revalidates it
+// with the handler (a 304 keeps the body), and where the response allows
+// stale-while-revalidate or stale-if-error, readers are not kept waiting
+// and a failing handler is covered. It needs a tiered cache with Redis
+// (the tag's members are read from L2); without, it purges hard.
+func (m *Middleware) SoftPurgeTags(ctx context.Context, tags ...string) error {
+	prefixed := make([]string, len(tags))
+	for i, t := range tags {
+		prefixed[i] = "sk:" + t
+	}
+	return m.softPurge(ctx, prefixed)
+}
+
+// SoftPurgeURL is SoftPurgeTags for every variant of one URL (see
+// PurgeURL).
+func (m *Middleware) SoftPurgeURL(ctx context.Context, rawURL string) error {
+	key, err := m.purgeKey(ctx, rawURL)
+	if err != nil {
+		return err
+	}
+	return m.softPurge(ctx, []string{urlTag(key)})
+}
+
+func (m *Middleware) softPurge(ctx context.Context, tags []string) error {
+	for _, tag := range tags {
+		keys, err := m.cfg.Cache.TaggedKeys(ctx, tag)
+		if errors.Is(err, errors.ErrUnsupported) {
+			return m.cfg.Cache.InvalidateTags(ctx, tags...)
+		}
+		if err != nil {
+			return fmt.Errorf("echocache: soft purge: %w", err)
+		}
+		for _, k := range keys {
+			stored, err := m.cfg.Cache.Get(ctx, k)
+			if err != nil || stored.Index || stored.Stale {
+				continue // gone, an index, or stale already
+			}
+			stored.Stale = true
+			// Set evicts the old copy from every replica's L1.
+			opts := []tiered.Option{tiered.WithTTL(m.keep(stored.Header, stored.Received)), tiered.WithTags(stored.Tags...)}
+			if err := m.cfg.Cache.Set(ctx, k, stored, opts...); err != nil {
+				return fmt.Errorf("echocache: soft purge: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 // PurgeURL removes the cached responses, all variants, of the GET for
 // rawURL ("https://example.com/products/42?x=1"), in every replica.
 func (m *Middleware) PurgeURL(ctx context.Context, rawURL string) error {
+	key, err := m.purgeKey(ctx, rawURL)
+	if err != nil {
+		return err
+	}
+	return m.cfg.Cache.InvalidateTags(ctx, urlTag(key))
+}
+
+// purgeKey is the key of a GET for rawURL.
+func (m *Middleware) purgeKey(ctx context.Context, rawURL string) (string, error) {
 	r, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 	if err != nil {
-		return fmt.Errorf("echocache: purge %q: %w", rawURL, err)
+		return "", fmt.Errorf("echocache: purge %q: %w", rawURL, err)
 	}
 	if r.URL.Scheme == "https" {
 		r.TLS = &tlsState
 	}
 	key, err := httpcache.Key(r, httpcache.KeyConfig{MaxKeyBytes: m.cfg.Key.MaxKeyBytes})
 	if err != nil {
-		return fmt.Errorf("echocache: purge %q: %w", rawURL, err)
+		return "", fmt.Errorf("echocache: purge %q: %w", rawURL, err)
 	}
-	return m.cfg.Cache.InvalidateTags(ctx, urlTag(key))
+	return key, nil
 }
 
 // tlsState marks a purge request for an https URL as TLS, as the server
@@ -567,8 +648,9 @@ func urlTag(key string) string { return "url:" + key }
 // token, an internal network); a nil authorize refuses everyone.
 //
 // The request is a POST with one or more "tag" (Surrogate-Key) and "url"
-// values, in the query or a form body. It answers 204 once everything is
-// purged, 400 with nothing to purge, 403 when not authorized.
+// values, in the query or a form body, and "soft=1" for a soft purge. It
+// answers 204 once everything is purged, 400 with nothing to purge, 403
+// when not authorized.
 func (m *Middleware) PurgeHandler(authorize func(c echo.Context) bool) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		if authorize == nil || !authorize(c) {
@@ -586,13 +668,17 @@ func (m *Middleware) PurgeHandler(authorize func(c echo.Context) bool) echo.Hand
 			return echo.NewHTTPError(http.StatusBadRequest, `nothing to purge: give "tag" or "url" values`)
 		}
 		ctx := c.Request().Context()
+		purgeTags, purgeURL := m.PurgeTags, m.PurgeURL
+		if form.Get("soft") == "1" {
+			purgeTags, purgeURL = m.SoftPurgeTags, m.SoftPurgeURL
+		}
 		if len(tags) > 0 {
-			if err := m.PurgeTags(ctx, tags...); err != nil {
+			if err := purgeTags(ctx, tags...); err != nil {
 				return fmt.Errorf("echocache: purge: %w", err)
 			}
 		}
 		for _, u := range urls {
-			if err := m.PurgeURL(ctx, u); err != nil {
+			if err := purgeURL(ctx, u); err != nil {
 				return echo.NewHTTPError(http.StatusBadRequest, "bad purge url").SetInternal(err)
 			}
 		}

@@ -628,3 +628,67 @@ func TestCacheStatusDoesNotLeakTheKey(t *testing.T) {
 		}
 	}
 }
+
+// TestSoftPurge: a soft purge marks responses stale in every replica
+// instead of removing them: the next request revalidates with the handler
+// (a 304 keeps the stored body), or, within stale-while-revalidate, is
+// served at once while the response is refreshed.
+func TestSoftPurge(t *testing.T) {
+	addr, ns := redistest.Addr(t), redistest.Namespace(t)
+	rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { rdb.Close() })
+	cache, err := tiered.New[echocache.Response](tiered.Config{Redis: rdb, Namespace: ns, Logger: discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
+	var bodies, notModified atomic.Int64
+	s := newServer(t, echocache.Config{Cache: cache}, func(c echo.Context) error {
+		h := c.Response().Header()
+		h.Set("ETag", `"e1"`)
+		h.Set("Surrogate-Key", "k1")
+		if c.Request().URL.Path == "/swr" {
+			h.Set("Cache-Control", "max-age=600, stale-while-revalidate=60")
+		} else {
+			h.Set("Cache-Control", "max-age=600")
+		}
+		if c.Request().Header.Get("If-None-Match") == `"e1"` {
+			notModified.Add(1)
+			return c.NoContent(http.StatusNotModified)
+		}
+		bodies.Add(1)
+		return c.String(200, "body")
+	})
+	ctx := context.Background()
+
+	s.do(t, "GET", "/r", nil)
+	if err := s.mw.SoftPurgeURL(ctx, "http://example.com/r"); err != nil {
+		t.Fatal(err)
+	}
+	rec := s.do(t, "GET", "/r", nil)
+	if rec.Body.String() != "body" || !strings.Contains(rec.Header().Get("Cache-Status"), "fwd-status=304") {
+		t.Errorf("after a soft purge: %q (%s), want the stored body after a 304", rec.Body, rec.Header().Get("Cache-Status"))
+	}
+	if rec := s.do(t, "GET", "/r", nil); !strings.Contains(rec.Header().Get("Cache-Status"), "hit; ttl=") {
+		t.Errorf("after revalidation: Cache-Status %q, want a fresh hit", rec.Header().Get("Cache-Status"))
+	}
+	if bodies.Load() != 1 || notModified.Load() != 1 {
+		t.Errorf("handler made %d bodies and %d 304s, want 1 and 1", bodies.Load(), notModified.Load())
+	}
+
+	s.do(t, "GET", "/swr", nil)
+	if err := s.mw.SoftPurgeTags(ctx, "k1"); err != nil {
+		t.Fatal(err)
+	}
+	rec = s.do(t, "GET", "/swr", nil)
+	if rec.Body.String() != "body" || !strings.Contains(rec.Header().Get("Cache-Status"), "fwd=stale") {
+		t.Errorf("soft-purged within stale-while-revalidate: %q (%s), want the stale body at once", rec.Body, rec.Header().Get("Cache-Status"))
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for !strings.Contains(s.do(t, "GET", "/swr", nil).Header().Get("Cache-Status"), "hit; ttl=") {
+		if time.Now().After(deadline) {
+			t.Fatal("the background revalidation after a soft purge never landed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
