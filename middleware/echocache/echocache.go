@@ -482,7 +482,7 @@ func (m *Middleware) write(c echo.Context, stored Response, age time.Duration, s
 	for k, v := range stored.Header {
 		h[k] = v
 	}
-	h.Set("Age", strconv.FormatInt(int64(age/time.Second), 10))
+	h["Age"] = []string{strconv.FormatInt(int64(age/time.Second), 10)} // canonical name: no Set
 	m.status(c, status)
 	if httpcache.NotModified(c.Request(), stored.Header) {
 		for _, f := range []string{"Content-Length", "Content-Type", "Content-Encoding"} {
@@ -502,7 +502,7 @@ func (m *Middleware) write(c echo.Context, stored Response, age time.Duration, s
 // status sets the Cache-Status header (RFC 9211). It names the cache and
 // says what happened; it never carries the key.
 func (m *Middleware) status(c echo.Context, params string) {
-	c.Response().Header().Set("Cache-Status", m.cfg.Name+"; "+params)
+	c.Response().Header()["Cache-Status"] = []string{m.cfg.Name + "; " + params}
 }
 
 // invalidateAfter removes the cached responses of the URL an unsafe

@@ -41,8 +41,8 @@ func NotModified(req *http.Request, h http.Header) bool {
 	if req.Method != http.MethodGet && req.Method != http.MethodHead {
 		return false
 	}
-	if inm := req.Header.Values("If-None-Match"); len(inm) > 0 {
-		etag, ok := ParseETag(h.Get("ETag"))
+	if inm := req.Header["If-None-Match"]; len(inm) > 0 {
+		etag, ok := ParseETag(get(h, "Etag"))
 		for _, line := range inm {
 			for _, t := range splitETags(line) {
 				if t == "*" {
@@ -55,7 +55,7 @@ func NotModified(req *http.Request, h http.Header) bool {
 		}
 		return false // If-Modified-Since is ignored when If-None-Match is present
 	}
-	v := req.Header.Get("If-Modified-Since")
+	v := get(req.Header, "If-Modified-Since")
 	if v == "" {
 		return false
 	}
@@ -66,9 +66,9 @@ func NotModified(req *http.Request, h http.Header) bool {
 	// Without Last-Modified, the stored Date stands for it (RFC 9111
 	// §4.3.2): the response has not changed since then, as far as the
 	// cache knows.
-	last := h.Get("Last-Modified")
+	last := get(h, "Last-Modified")
 	if last == "" {
-		last = h.Get("Date")
+		last = get(h, "Date")
 	}
 	lm, err := http.ParseTime(last)
 	return err == nil && !lm.After(ims)

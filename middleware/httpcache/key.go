@@ -51,10 +51,10 @@ func Key(r *http.Request, cfg KeyConfig) (string, error) {
 		scheme = "https"
 	}
 	if cfg.TrustForwarded {
-		if p := strings.ToLower(firstValue(r.Header.Get("X-Forwarded-Proto"))); p == "http" || p == "https" {
+		if p := strings.ToLower(firstValue(get(r.Header, "X-Forwarded-Proto"))); p == "http" || p == "https" {
 			scheme = p
 		}
-		if h := firstValue(r.Header.Get("X-Forwarded-Host")); h != "" {
+		if h := firstValue(get(r.Header, "X-Forwarded-Host")); h != "" {
 			host = h
 		}
 	}
@@ -152,9 +152,27 @@ func normalizeFieldValue(lines []string) string {
 	return strings.Join(parts, ",")
 }
 
+// plainHost reports a host that normalizeHost would return unchanged:
+// lowercase letters, digits, dots and hyphens only.
+func plainHost(host string) bool {
+	if host == "" {
+		return false
+	}
+	for i := 0; i < len(host); i++ {
+		c := host[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
 // normalizeHost lowercases host and drops the scheme's default port. It
 // refuses a host with characters no valid host has.
 func normalizeHost(host, scheme string) (string, bool) {
+	if plainHost(host) {
+		return host, true // the common case: lowercase, no port
+	}
 	if host == "" || strings.ContainsAny(host, " \t\r\n/\\?#@") || strings.ContainsFunc(host, func(c rune) bool { return c >= 0x80 }) {
 		return "", false
 	}
@@ -168,6 +186,17 @@ func normalizeHost(host, scheme string) (string, bool) {
 		}
 	}
 	return host, true
+}
+
+// get is h.Get for a name already in canonical form ("Etag", not "ETag"),
+// as every name this package asks for is: it skips canonicalizing, a tenth
+// of a cached hit. Headers are expected in canonical form, as net/http and
+// http.Header.Set leave them.
+func get(h http.Header, name string) string {
+	if v := h[name]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 func firstValue(v string) string {

@@ -51,7 +51,7 @@ func (p Policy) Cacheable(req *http.Request) (ok bool, reason string) {
 		return false, ReasonMethod
 	case req.Body != nil && req.Body != http.NoBody && (req.ContentLength != 0 || len(req.TransferEncoding) > 0):
 		return false, ReasonRequestBody
-	case req.Header.Get("Cookie") != "" && !p.AllowCookie:
+	case get(req.Header, "Cookie") != "" && !p.AllowCookie:
 		return false, ReasonCookie
 	}
 	return true, ""
@@ -69,22 +69,22 @@ func (p Policy) Storable(req *http.Request, status int, h http.Header) (ok bool,
 	if req.Method != http.MethodGet {
 		return false, ReasonMethod
 	}
-	reqCC := ParseCacheControl(req.Header.Values("Cache-Control"))
-	cc := ParseCacheControl(h.Values("Cache-Control"))
+	reqCC := ParseCacheControl(req.Header["Cache-Control"])
+	cc := ParseCacheControl(h["Cache-Control"])
 	switch {
 	case reqCC.NoStore || cc.NoStore:
 		return false, ReasonNoStore
 	case cc.Private:
 		return false, ReasonPrivate
-	case req.Header.Get("Authorization") != "" && !(cc.MustRevalidate || cc.Public || cc.SMaxAge.Present):
+	case get(req.Header, "Authorization") != "" && !(cc.MustRevalidate || cc.Public || cc.SMaxAge.Present):
 		return false, ReasonAuthorization
-	case h.Get("Set-Cookie") != "" && !p.AllowSetCookie:
+	case get(h, "Set-Cookie") != "" && !p.AllowSetCookie:
 		return false, ReasonSetCookie
 	}
-	if _, star := ParseVary(h.Values("Vary")); star {
+	if _, star := ParseVary(h["Vary"]); star {
 		return false, ReasonVaryStar
 	}
-	explicit := cc.SMaxAge.Present || cc.MaxAge.Present || h.Get("Expires") != ""
+	explicit := cc.SMaxAge.Present || cc.MaxAge.Present || get(h, "Expires") != ""
 	switch {
 	case status < 200 || status == http.StatusPartialContent || status == http.StatusNotModified:
 		// 1xx are not final; 206 needs range handling this cache lacks; 304 only updates a stored response.
@@ -117,7 +117,7 @@ func defaultCacheable(status int) bool {
 }
 
 func hasValidator(h http.Header) bool {
-	return h.Get("ETag") != "" || h.Get("Last-Modified") != ""
+	return get(h, "Etag") != "" || get(h, "Last-Modified") != ""
 }
 
 // Lifetime returns the freshness lifetime of a response (RFC 9111 §4.2.1)
@@ -127,7 +127,7 @@ func hasValidator(h http.Header) bool {
 // A no-cache response has a lifetime of 0: it is stored, and revalidated
 // on every use.
 func (p Policy) Lifetime(h http.Header, received time.Time) time.Duration {
-	cc := ParseCacheControl(h.Values("Cache-Control"))
+	cc := ParseCacheControl(h["Cache-Control"])
 	switch {
 	case cc.NoCache:
 		return 0
@@ -135,13 +135,13 @@ func (p Policy) Lifetime(h http.Header, received time.Time) time.Duration {
 		return cc.SMaxAge.Value
 	case cc.MaxAge.Present:
 		return cc.MaxAge.Value
-	case h.Get("Expires") != "":
-		exp, err := http.ParseTime(h.Get("Expires"))
+	case get(h, "Expires") != "":
+		exp, err := http.ParseTime(get(h, "Expires"))
 		if err != nil {
 			return 0
 		}
 		date := received
-		if d := h.Get("Date"); d != "" {
+		if d := get(h, "Date"); d != "" {
 			if date, err = http.ParseTime(d); err != nil {
 				return 0
 			}
@@ -156,11 +156,11 @@ func (p Policy) Lifetime(h http.Header, received time.Time) time.Duration {
 // out and the response came back, and now is the time of the question.
 func Age(h http.Header, requested, received, now time.Time) time.Duration {
 	var ageValue time.Duration
-	if v, ok := parseDelta(firstValue(h.Get("Age"))); ok {
+	if v, ok := parseDelta(firstValue(get(h, "Age"))); ok {
 		ageValue = v // delta-seconds, 2^31 s when too large (§1.2.2)
 	}
 	apparent := time.Duration(0)
-	if d := h.Get("Date"); d == "" {
+	if d := get(h, "Date"); d == "" {
 		// No Date: the apparent age is 0 (and ParseTime would allocate an error).
 	} else if date, err := http.ParseTime(d); err == nil {
 		apparent = min(max(received.Sub(date), 0), maxDelta) // §1.2.2: 2^31 s, not an overflow
@@ -189,9 +189,9 @@ const (
 // (RFC 9111 §4.2, §5.2.1, RFC 5861), given the stored response's header,
 // its current age and freshness lifetime.
 func Usable(req *http.Request, h http.Header, age, lifetime time.Duration) Use {
-	reqCC := ParseCacheControl(req.Header.Values("Cache-Control"))
-	cc := ParseCacheControl(h.Values("Cache-Control"))
-	if reqCC.NoCache || cc.NoCache || len(cc.NoCacheFields) > 0 || pragmaNoCache(req) && req.Header.Get("Cache-Control") == "" {
+	reqCC := ParseCacheControl(req.Header["Cache-Control"])
+	cc := ParseCacheControl(h["Cache-Control"])
+	if reqCC.NoCache || cc.NoCache || len(cc.NoCacheFields) > 0 || pragmaNoCache(req) && get(req.Header, "Cache-Control") == "" {
 		return Revalidate
 	}
 	if reqCC.MaxAge.Present && age > reqCC.MaxAge.Value {
@@ -224,11 +224,11 @@ func Usable(req *http.Request, h http.Header, age, lifetime time.Duration) Use {
 // staleness may answer when revalidating it failed (RFC 5861 §4: the
 // response's or the request's stale-if-error).
 func StaleIfError(req *http.Request, h http.Header, staleness time.Duration) bool {
-	cc := ParseCacheControl(h.Values("Cache-Control"))
+	cc := ParseCacheControl(h["Cache-Control"])
 	if cc.NoCache || cc.MustRevalidate || cc.ProxyRevalidate || cc.SMaxAge.Present {
 		return false
 	}
-	reqCC := ParseCacheControl(req.Header.Values("Cache-Control"))
+	reqCC := ParseCacheControl(req.Header["Cache-Control"])
 	return cc.StaleIfError.Present && staleness <= cc.StaleIfError.Value ||
 		reqCC.StaleIfError.Present && staleness <= reqCC.StaleIfError.Value
 }
@@ -236,7 +236,7 @@ func StaleIfError(req *http.Request, h http.Header, staleness time.Duration) boo
 // pragmaNoCache reports a request's "Pragma: no-cache" (RFC 9111 §5.4),
 // which stands for Cache-Control: no-cache when the request has none.
 func pragmaNoCache(req *http.Request) bool {
-	for _, line := range req.Header.Values("Pragma") {
+	for _, line := range req.Header["Pragma"] {
 		for _, p := range strings.Split(line, ",") {
 			if strings.EqualFold(strings.TrimSpace(p), "no-cache") {
 				return true
