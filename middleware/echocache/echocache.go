@@ -299,19 +299,12 @@ func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd strin
 // if a shared cache may store it.
 func (m *Middleware) store(c echo.Context, key string, status int, header http.Header, body []byte, skeys []string, requested, received time.Time) {
 	req := c.Request()
-	h := header.Clone()
-	h.Del("Cache-Status")
-	h.Del("Age")
-	if ok, _ := m.cfg.Policy.Storable(req, status, h); !ok {
+	if ok, _ := m.cfg.Policy.Storable(req, status, header); !ok {
 		return
 	}
-	cc := httpcache.ParseCacheControl(h.Values("Cache-Control"))
-	for _, f := range cc.PrivateFields {
-		h.Del(f) // §5.2.2.7: a shared cache must not store the named fields
-	}
-	if len(cc.NoCacheFields) > 0 {
-		return // field-qualified no-cache: always revalidated, so not worth storing
-	}
+	h := httpcache.StoredHeader(header)
+	h.Del("Cache-Status")
+	h.Del("Age")
 	vary, _ := httpcache.ParseVary(h.Values("Vary"))
 	tags := []string{urlTag(key)}
 	for _, t := range skeys {

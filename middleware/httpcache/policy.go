@@ -191,7 +191,10 @@ const (
 func Usable(req *http.Request, h http.Header, age, lifetime time.Duration) Use {
 	reqCC := ParseCacheControl(req.Header["Cache-Control"])
 	cc := ParseCacheControl(h["Cache-Control"])
-	if reqCC.NoCache || cc.NoCache || len(cc.NoCacheFields) > 0 || pragmaNoCache(req) && get(req.Header, "Cache-Control") == "" {
+	// A field-qualified no-cache (no-cache="Set-Cookie") only forbids
+	// sending those fields unrevalidated; the caller strips them when it
+	// stores the response (see StoredHeader), and the rest is reusable.
+	if reqCC.NoCache || cc.NoCache || pragmaNoCache(req) && get(req.Header, "Cache-Control") == "" {
 		return Revalidate
 	}
 	if reqCC.MaxAge.Present && age > reqCC.MaxAge.Value {
@@ -231,6 +234,22 @@ func StaleIfError(req *http.Request, h http.Header, staleness time.Duration) boo
 	reqCC := ParseCacheControl(req.Header["Cache-Control"])
 	return cc.StaleIfError.Present && staleness <= cc.StaleIfError.Value ||
 		reqCC.StaleIfError.Present && staleness <= reqCC.StaleIfError.Value
+}
+
+// StoredHeader returns the header a shared cache keeps of a response: h
+// without the fields that private="..." forbids it to store (RFC 9111
+// §5.2.2.7) and that no-cache="..." forbids it to send without
+// revalidation (§5.2.2.4), which it then never sends.
+func StoredHeader(h http.Header) http.Header {
+	out := h.Clone()
+	cc := ParseCacheControl(h["Cache-Control"])
+	for _, f := range cc.PrivateFields {
+		out.Del(f)
+	}
+	for _, f := range cc.NoCacheFields {
+		out.Del(f)
+	}
+	return out
 }
 
 // pragmaNoCache reports a request's "Pragma: no-cache" (RFC 9111 §5.4),

@@ -331,7 +331,8 @@ func TestUsable(t *testing.T) {
 		{"Pragma: no-cache in another case, in a list", hdr("Pragma", "x-foo, NO-CACHE"), hdr(), 0, 60 * s, Revalidate},
 		{"Pragma: no-cache ignored with Cache-Control", hdr("Pragma", "no-cache", "Cache-Control", "max-stale=5"), hdr(), 0, 60 * s, Serve},
 		{"response no-cache", hdr(), hdr("Cache-Control", "no-cache"), 0, 60 * s, Revalidate},
-		{"response no-cache with fields", hdr(), hdr("Cache-Control", `no-cache="Set-Cookie"`), 0, 60 * s, Revalidate},
+		// Field-qualified no-cache: the fields are stripped when stored (StoredHeader).
+		{"response no-cache with fields", hdr(), hdr("Cache-Control", `no-cache="Set-Cookie"`), 0, 60 * s, Serve},
 		{"response no-cache beats max-stale", hdr("Cache-Control", "max-stale"), hdr("Cache-Control", "no-cache"), 70 * s, 60 * s, Revalidate},
 
 		// Request max-age and min-fresh.
@@ -422,5 +423,21 @@ func TestStaleIfError(t *testing.T) {
 				t.Errorf("StaleIfError(req %v, %v, %v) = %v, want %v", tt.reqHeader, tt.header, tt.staleness, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestStoredHeader(t *testing.T) {
+	h := http.Header{
+		"Cache-Control": {`max-age=60, private="X-User", no-cache="X-Token"`},
+		"X-User":        {"alice"},
+		"X-Token":       {"t"},
+		"Etag":          {`"v"`},
+	}
+	got := StoredHeader(h)
+	if got.Get("X-User") != "" || got.Get("X-Token") != "" || got.Get("Etag") == "" {
+		t.Errorf("StoredHeader = %v, want X-User and X-Token gone, the rest kept", got)
+	}
+	if h.Get("X-User") == "" {
+		t.Errorf("StoredHeader changed its argument")
 	}
 }
