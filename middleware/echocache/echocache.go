@@ -286,8 +286,10 @@ func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd strin
 	cw := &captureWriter{ResponseWriter: res.Writer, max: m.cfg.MaxBodyBytes}
 	res.Writer = cw
 	requested := time.Now()
-	err := next(c)
-	res.Writer = cw.ResponseWriter
+	err := func() error {
+		defer func() { res.Writer = cw.ResponseWriter }() // even if the handler panics
+		return next(c)
+	}()
 	if err != nil || cw.overflow || !res.Committed {
 		return err
 	}
@@ -355,12 +357,15 @@ func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key strin
 	// client.
 	orig := c.Response()
 	buf := &bufferWriter{header: http.Header{}, Code: http.StatusOK}
-	c.SetRequest(conditional(req, stored))
-	c.SetResponse(echo.NewResponse(buf, c.Echo()))
 	requested := time.Now()
-	err := next(c)
-	c.SetRequest(req)
-	c.SetResponse(orig)
+	err := func() error {
+		c.SetRequest(conditional(req, stored))
+		c.SetResponse(echo.NewResponse(buf, c.Echo()))
+		// Restored even if the handler panics, for a Recover middleware
+		// outside this one to answer the client.
+		defer func() { c.SetRequest(req); c.SetResponse(orig) }()
+		return next(c)
+	}()
 	received := time.Now()
 	status := buf.Code
 	if err != nil || status >= 500 {
