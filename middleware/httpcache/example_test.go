@@ -41,7 +41,7 @@ func ExampleKey() {
 	b.Header.Set("Accept-Encoding", "gzip")
 	fmt.Println(httpcache.VaryKey(kb, vary, b))
 	// Output:
-	// 3:GET4:http11:example.com6:/a%2Fb7:y=2&x=1
+	// 3:GET4:http14:Example.COM:806:/a%2Fb7:y=2&x=1
 	// 3:GET4:http11:example.com4:/a/b7:y=2&x=1
 	// 3:GET4:http11:example.com4:/a/b7:y=2&x=1|vary15:Accept-Encoding=4:gzip
 }

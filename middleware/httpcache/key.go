@@ -2,7 +2,6 @@ package httpcache
 
 import (
 	"errors"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -31,9 +30,10 @@ var ErrUncacheableRequest = errors.New("httpcache: request not cacheable")
 
 // Key returns the primary cache key of r: method, scheme, host, path and
 // raw query, each length-prefixed so that no choice of path or query can
-// collide with another request's key. The path and query are taken as the
-// client sent them (no decoding, no reordering): two spellings of a URL
-// are two entries, never one entry for two resources. HEAD is keyed as GET,
+// collide with another request's key. The host, path and query are taken
+// as the client sent them (no lowercasing, no default ports dropped, no
+// decoding, no reordering): two spellings of a URL are two entries, never
+// one entry for two resources. HEAD is keyed as GET,
 // whose stored response it can be answered from.
 //
 // Nothing else of the request is in the key; a response's Vary adds the
@@ -58,8 +58,7 @@ func Key(r *http.Request, cfg KeyConfig) (string, error) {
 			host = h
 		}
 	}
-	host, ok := normalizeHost(host, scheme)
-	if !ok {
+	if !validHost(host) {
 		return "", ErrUncacheableRequest
 	}
 	path := r.URL.EscapedPath()
@@ -152,40 +151,21 @@ func normalizeFieldValue(lines []string) string {
 	return strings.Join(parts, ",")
 }
 
-// plainHost reports a host that normalizeHost would return unchanged:
-// lowercase letters, digits, dots and hyphens only.
-func plainHost(host string) bool {
+// validHost reports a host that can be a key: printable ASCII without
+// the characters that could not be in a host (or would let one host's
+// key pass for another's). It is keyed as sent, not normalized: Echo picks
+// a virtual host's router by the exact Host, so "API.example.com" and
+// "api.example.com:80" may get other responses than "api.example.com".
+func validHost(host string) bool {
 	if host == "" {
 		return false
 	}
 	for i := 0; i < len(host); i++ {
-		c := host[i]
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '-') {
+		if c := host[i]; c <= ' ' || c >= 0x7f || strings.IndexByte("/\\?#@", c) >= 0 {
 			return false
 		}
 	}
 	return true
-}
-
-// normalizeHost lowercases host and drops the scheme's default port. It
-// refuses a host with characters no valid host has.
-func normalizeHost(host, scheme string) (string, bool) {
-	if plainHost(host) {
-		return host, true // the common case: lowercase, no port
-	}
-	if host == "" || strings.ContainsAny(host, " \t\r\n/\\?#@") || strings.ContainsFunc(host, func(c rune) bool { return c >= 0x80 }) {
-		return "", false
-	}
-	host = strings.ToLower(host) // ASCII only now: no two hosts lowercase alike
-	if h, port, err := net.SplitHostPort(host); err == nil {
-		if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") {
-			host = h
-			if strings.Contains(h, ":") {
-				host = "[" + h + "]"
-			}
-		}
-	}
-	return host, true
 }
 
 // get is h.Get for a name already in canonical form ("Etag", not "ETag"),

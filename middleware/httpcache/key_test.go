@@ -67,19 +67,21 @@ func TestKey(t *testing.T) {
 			want:   joinKey("GET", "http", "example.com", "/a", "")},
 		{name: "X-Forwarded-Host trusted", target: "http://example.com/a", cfg: trust,
 			header: http.Header{"X-Forwarded-Host": {"Public.Example, internal:8080"}},
-			want:   joinKey("GET", "http", "public.example", "/a", "")},
-		{name: "X-Forwarded-Host and Proto trusted, default port dropped", target: "http://internal:8080/a", cfg: trust,
+			want:   joinKey("GET", "http", "Public.Example", "/a", "")},
+		{name: "X-Forwarded-Host and Proto trusted, port kept", target: "http://internal:8080/a", cfg: trust,
 			header: http.Header{"X-Forwarded-Host": {"public.example:443"}, "X-Forwarded-Proto": {"https"}},
-			want:   joinKey("GET", "https", "public.example", "/a", "")},
+			want:   joinKey("GET", "https", "public.example:443", "/a", "")},
 		{name: "empty X-Forwarded-Host trusted falls back to Host", target: "http://example.com/a", cfg: trust,
 			header: http.Header{"X-Forwarded-Host": {""}},
 			want:   joinKey("GET", "http", "example.com", "/a", "")},
-		{name: "host lowercased", target: "http://EXAMPLE.Com/a",
-			want: joinKey("GET", "http", "example.com", "/a", "")},
-		{name: "http default port dropped", target: "http://example.com:80/a",
-			want: joinKey("GET", "http", "example.com", "/a", "")},
-		{name: "https default port dropped", target: "https://example.com:443/a",
-			want: joinKey("GET", "https", "example.com", "/a", "")},
+		// The host as sent: Echo picks a virtual host's router by the exact
+		// Host, so two spellings may get two different responses.
+		{name: "host case kept", target: "http://EXAMPLE.Com/a",
+			want: joinKey("GET", "http", "EXAMPLE.Com", "/a", "")},
+		{name: "http default port kept", target: "http://example.com:80/a",
+			want: joinKey("GET", "http", "example.com:80", "/a", "")},
+		{name: "https default port kept", target: "https://example.com:443/a",
+			want: joinKey("GET", "https", "example.com:443", "/a", "")},
 		{name: "443 kept for http", target: "http://example.com:443/a",
 			want: joinKey("GET", "http", "example.com:443", "/a", "")},
 		{name: "80 kept for https", target: "https://example.com:80/a",
@@ -87,15 +89,15 @@ func TestKey(t *testing.T) {
 		{name: "non-default port kept", target: "http://example.com:8080/a",
 			want: joinKey("GET", "http", "example.com:8080", "/a", "")},
 		{name: "IPv6", target: "http://[2001:DB8::1]/a",
-			want: joinKey("GET", "http", "[2001:db8::1]", "/a", "")},
-		{name: "IPv6 default port dropped, brackets kept", target: "http://[::1]:80/a",
-			want: joinKey("GET", "http", "[::1]", "/a", "")},
-		{name: "IPv6 https default port dropped", target: "https://[::1]:443/a",
-			want: joinKey("GET", "https", "[::1]", "/a", "")},
+			want: joinKey("GET", "http", "[2001:DB8::1]", "/a", "")},
+		{name: "IPv6 default port kept", target: "http://[::1]:80/a",
+			want: joinKey("GET", "http", "[::1]:80", "/a", "")},
+		{name: "IPv6 https default port kept", target: "https://[::1]:443/a",
+			want: joinKey("GET", "https", "[::1]:443", "/a", "")},
 		{name: "IPv6 non-default port kept", target: "http://[::1]:8080/a",
 			want: joinKey("GET", "http", "[::1]:8080", "/a", "")},
 		{name: "IPv4", target: "http://192.0.2.1:80/a",
-			want: joinKey("GET", "http", "192.0.2.1", "/a", "")},
+			want: joinKey("GET", "http", "192.0.2.1:80", "/a", "")},
 
 		// Path and query, as sent.
 		{name: "escaped slash kept", target: "http://example.com/a%2Fb",
@@ -347,7 +349,7 @@ func TestParseVary(t *testing.T) {
 var fuzzKeyConfig = KeyConfig{MaxKeyBytes: 256}
 
 // keyTuple is what Key promises to tell apart: the method (HEAD as GET),
-// the scheme, the host (ASCII-lowercased, scheme's default port dropped),
+// the scheme, the host as sent,
 // the escaped path ("/" for none) and the raw query.
 type keyTuple struct{ method, scheme, host, path, query string }
 
@@ -375,9 +377,7 @@ func fuzzRequest(method, host, path, query string, https bool) (r *http.Request,
 	return r, true
 }
 
-// normalTuple computes r's keyTuple independently of Key: only ASCII
-// letters are lowercased, and a default port is dropped only from
-// host:port or [ipv6]:port.
+// normalTuple computes r's keyTuple independently of Key.
 func normalTuple(r *http.Request) keyTuple {
 	t := keyTuple{method: r.Method, scheme: "http", host: r.Host, path: r.URL.EscapedPath(), query: r.URL.RawQuery}
 	if t.method == http.MethodHead {
@@ -385,17 +385,6 @@ func normalTuple(r *http.Request) keyTuple {
 	}
 	if r.TLS != nil {
 		t.scheme = "https"
-	}
-	b := []byte(t.host)
-	for i, c := range b {
-		if 'A' <= c && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	t.host = string(b)
-	port := map[string]string{"http": ":80", "https": ":443"}[t.scheme]
-	if h, ok := strings.CutSuffix(t.host, port); ok && (!strings.Contains(h, ":") || strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]")) {
-		t.host = h
 	}
 	if t.path == "" {
 		t.path = "/"
