@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/http"
 	"net/url"
 	"slices"
@@ -31,9 +32,10 @@ type Response struct {
 	// request headers it varies on (the index has no status or body).
 	Vary  []string `json:"v,omitempty"`
 	Index bool     `json:"i,omitempty"`
-	// Variants counts the variants stored under an index, approximately
-	// (concurrent stores may each count one less), for Policy.MaxVariants.
-	Variants int `json:"n,omitempty"`
+	// Variants lists the variant keys stored under an index (their
+	// hashes), for Policy.MaxVariants. Concurrent stores of new variants
+	// may lose one another's entries here, letting a few more through.
+	Variants []uint64 `json:"n,omitempty"`
 	// Tags are the entry's tags (its URL's, its Surrogate-Keys), kept so
 	// that a soft purge can store it again under the same tags.
 	Tags []string `json:"t,omitempty"`
@@ -70,10 +72,15 @@ type Config struct {
 	// Name is this cache's name in the Cache-Status header. Default:
 	// "tiercache".
 	Name string
+
+	// RevalidateTimeout bounds a background revalidation
+	// (stale-while-revalidate), whose handler runs with no client waiting.
+	// Default: 30 seconds.
+	RevalidateTimeout time.Duration
 }
 
 // DefaultConfig is the default configuration, without a Cache.
-var DefaultConfig = Config{Skipper: middleware.DefaultSkipper, MaxBodyBytes: 1 << 20, Name: "tiercache"}
+var DefaultConfig = Config{Skipper: middleware.DefaultSkipper, MaxBodyBytes: 1 << 20, Name: "tiercache", RevalidateTimeout: 30 * time.Second}
 
 // Middleware is a configured cache. It is an echo.MiddlewareFunc through
 // Handler, and offers purging.
@@ -128,6 +135,9 @@ func NewMiddleware(cfg Config) (*Middleware, error) {
 	if cfg.Name == "" {
 		cfg.Name = DefaultConfig.Name
 	}
+	if cfg.RevalidateTimeout <= 0 {
+		cfg.RevalidateTimeout = DefaultConfig.RevalidateTimeout
+	}
 	if cfg.Key.MaxKeyBytes == 0 {
 		// Room left, under the tiered cache's own key limit, for the Vary
 		// part of a variant's key and the prefixes of the index and tags.
@@ -150,14 +160,17 @@ func (m *Middleware) Handler(next echo.HandlerFunc) echo.HandlerFunc {
 		switch req.Method {
 		case http.MethodGet, http.MethodHead:
 			return m.serve(c, next)
-		case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+		case http.MethodOptions, http.MethodTrace, http.MethodConnect:
+			return next(c)
+		default:
+			// Any other method is unsafe (POST, PUT, PATCH, DELETE, ...):
+			// a success invalidates what it targeted.
 			err := next(c)
 			if s := c.Response().Status; err == nil && s >= 200 && s < 400 {
 				m.invalidateAfter(c)
 			}
 			return err
 		}
-		return next(c)
 	}
 }
 
@@ -240,7 +253,7 @@ func (m *Middleware) lookup(c echo.Context, next echo.HandlerFunc, key string, r
 		return true, c.NoContent(http.StatusGatewayTimeout)
 	}
 	if stored.Header.Get("ETag") != "" || stored.Header.Get("Last-Modified") != "" {
-		return true, m.revalidate(c, next, key, stored, max(age-lifetime, 0))
+		return true, m.revalidate(c, next, key, stored, age, lifetime)
 	}
 	return false, nil
 }
@@ -283,6 +296,9 @@ func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd strin
 	// The Cache-Status goes out with the handler's headers; whether the
 	// response is stored is known only after, so it says the forward.
 	m.status(c, fwd)
+	// What outer middleware set before the handler (a request id, CORS)
+	// belongs to this request: it is not stored and replayed to others.
+	pre := res.Header().Clone()
 	cw := &captureWriter{ResponseWriter: res.Writer, max: m.cfg.MaxBodyBytes}
 	res.Writer = cw
 	requested := time.Now()
@@ -293,8 +309,20 @@ func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd strin
 	if err != nil || cw.overflow || !res.Committed {
 		return err
 	}
-	m.store(c, key, cw.status, res.Header(), cw.body.Bytes(), cw.tags, requested, time.Now())
+	m.store(c, key, cw.status, handlerHeader(res.Header(), pre), cw.body.Bytes(), cw.tags, requested, time.Now())
 	return nil
+}
+
+// handlerHeader is h without the fields that were in pre unchanged: what
+// the handler (and the middleware inside this one) set.
+func handlerHeader(h, pre http.Header) http.Header {
+	out := make(http.Header, len(h))
+	for k, v := range h {
+		if pv, ok := pre[k]; !ok || !slices.Equal(pv, v) {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // store keeps a response to c's request under key (and its variant key),
@@ -305,8 +333,7 @@ func (m *Middleware) store(c echo.Context, key string, status int, header http.H
 		return
 	}
 	h := httpcache.StoredHeader(header)
-	h.Del("Cache-Status")
-	h.Del("Age")
+	h.Del("Cache-Status") // an upstream Age stays: Age() counts it
 	vary, _ := httpcache.ParseVary(h.Values("Vary"))
 	tags := []string{urlTag(key)}
 	for _, t := range skeys {
@@ -317,18 +344,25 @@ func (m *Middleware) store(c echo.Context, key string, status int, header http.H
 	opts := []tiered.Option{tiered.WithTTL(m.keep(h, received)), tiered.WithTags(tags...)}
 	vkey := key
 	if len(vary) > 0 {
-		n := 1
-		if idx, err := m.cfg.Cache.Get(ctx, key); err == nil && idx.Index && slices.Equal(idx.Vary, vary) {
-			if idx.Variants >= m.maxVariants {
+		vkey = httpcache.VaryKey(key, vary, req)
+		sum := variantHash(vkey)
+		idx := Response{Index: true, Vary: vary}
+		if old, err := m.cfg.Cache.Get(ctx, key); err == nil && old.Index && slices.Equal(old.Vary, vary) {
+			idx.Variants = old.Variants
+		}
+		if !slices.Contains(idx.Variants, sum) {
+			if len(idx.Variants) >= m.maxVariants {
 				return // a URL may not fill the cache with variants
 			}
-			n = idx.Variants + 1
+			idx.Variants = append(idx.Variants, sum)
 		}
-		if err := m.cfg.Cache.Set(ctx, key, Response{Index: true, Vary: vary, Variants: n}, opts...); err != nil {
+		// The index outlives its longest-lived variant (an hour at most past
+		// this one): a variant without its index cannot be found.
+		iopts := []tiered.Option{tiered.WithTTL(m.keep(h, received) + time.Hour), tiered.WithTags(tags...)}
+		if err := m.cfg.Cache.Set(ctx, key, idx, iopts...); err != nil {
 			c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
 			return
 		}
-		vkey = httpcache.VaryKey(key, vary, req)
 	}
 	if err := m.cfg.Cache.Set(ctx, vkey, stored, opts...); err != nil {
 		c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
@@ -336,14 +370,24 @@ func (m *Middleware) store(c echo.Context, key string, status int, header http.H
 }
 
 // keep is how long the cache keeps a response: its lifetime and its stale
-// windows, or a minute for one stored only to be revalidated.
+// windows and, for one with a validator, as long again (a minute to an
+// hour) to be revalidated with a cheap 304 rather than fetched anew.
 func (m *Middleware) keep(h http.Header, received time.Time) time.Duration {
 	cc := httpcache.ParseCacheControl(h.Values("Cache-Control"))
-	keep := m.cfg.Policy.Lifetime(h, received) + max(cc.StaleWhileRevalidate.Value, cc.StaleIfError.Value)
-	if keep <= 0 {
-		keep = time.Minute
+	lifetime := m.cfg.Policy.Lifetime(h, received)
+	keep := lifetime + max(cc.StaleWhileRevalidate.Value, cc.StaleIfError.Value)
+	if h.Get("ETag") != "" || h.Get("Last-Modified") != "" {
+		keep += min(max(lifetime, time.Minute), time.Hour)
 	}
-	return keep
+	return max(keep, time.Second)
+}
+
+// variantHash names a variant key in its URL's index. FNV, not maphash:
+// every replica must compute the same value.
+func variantHash(vkey string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(vkey))
+	return h.Sum64()
 }
 
 // revalidate asks the handler whether stored is still current, with a
@@ -351,12 +395,14 @@ func (m *Middleware) keep(h http.Header, received time.Time) time.Duration {
 // refreshes the stored response, which answers the client; another answer
 // goes to the client and is stored as for a miss; a failure (an error or a
 // 5xx) serves stored if stale-if-error allows it.
-func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key string, stored Response, staleness time.Duration) error {
+func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key string, stored Response, age, lifetime time.Duration) error {
 	req := c.Request()
 	// The handler answers into a buffer: its 304 is for the cache, not the
-	// client.
+	// client. The buffer starts with what outer middleware set, as the
+	// client's response would have.
 	orig := c.Response()
-	buf := &bufferWriter{header: http.Header{}, Code: http.StatusOK}
+	pre := orig.Header().Clone()
+	buf := &bufferWriter{header: orig.Header().Clone(), Code: http.StatusOK}
 	requested := time.Now()
 	err := func() error {
 		c.SetRequest(conditional(req, stored))
@@ -369,15 +415,15 @@ func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key strin
 	received := time.Now()
 	status := buf.Code
 	if err != nil || status >= 500 {
-		if httpcache.StaleIfError(req, stored.Header, staleness) {
-			return m.write(c, stored, staleness, "hit; fwd=stale; detail=stale-if-error")
+		if httpcache.StaleIfError(req, stored.Header, max(age-lifetime, 0)) {
+			return m.write(c, stored, age, "hit; fwd=stale; detail=stale-if-error")
 		}
 		if err != nil {
 			return err
 		}
 	}
 	if status == http.StatusNotModified {
-		fresh, tags := refreshed(stored, buf.Header(), requested, received)
+		fresh, tags := refreshed(stored, handlerHeader(buf.Header(), pre), requested, received)
 		m.store(c, key, fresh.Status, fresh.Header, fresh.Body, tags, requested, received)
 		return m.write(c, fresh, 0, "fwd=stale; fwd-status=304")
 	}
@@ -393,7 +439,9 @@ func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key strin
 	if _, werr := orig.Write(buf.Body.Bytes()); werr != nil {
 		return werr
 	}
-	m.store(c, key, status, h, buf.Body.Bytes(), tags, requested, received)
+	if buf.wrote {
+		m.store(c, key, status, handlerHeader(h, pre), buf.Body.Bytes(), tags, requested, received)
+	}
 	return nil
 }
 
@@ -407,7 +455,8 @@ func (m *Middleware) revalidateAsync(c echo.Context, next echo.HandlerFunc, key 
 		return
 	}
 	req := c.Request()
-	cond := conditional(req.Clone(context.WithoutCancel(req.Context())), stored)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(req.Context()), m.cfg.RevalidateTimeout)
+	cond := conditional(req.Clone(ctx), stored)
 	buf := &bufferWriter{header: http.Header{}, Code: http.StatusOK}
 	bc := c.Echo().NewContext(cond, buf)
 	bc.SetPath(c.Path())
@@ -415,8 +464,17 @@ func (m *Middleware) revalidateAsync(c echo.Context, next echo.HandlerFunc, key 
 	bc.SetParamValues(c.ParamValues()...)
 	go func() {
 		defer m.leave("r|"+key, wait)
+		defer cancel()
+		defer func() {
+			// A panicking handler must not take the process down from a
+			// goroutine no Recover middleware watches; the stale response
+			// stays.
+			if r := recover(); r != nil {
+				bc.Logger().Errorf("echocache: background revalidation of %s panicked: %v", cond.URL.Path, r)
+			}
+		}()
 		requested := time.Now()
-		if err := next(bc); err != nil || buf.Code >= 500 {
+		if err := next(bc); err != nil || buf.Code >= 500 || !buf.wrote {
 			return // the stale response stays, until it is past its windows
 		}
 		received := time.Now()
@@ -482,7 +540,8 @@ func (m *Middleware) write(c echo.Context, stored Response, age time.Duration, s
 	}
 	h["Age"] = []string{strconv.FormatInt(int64(age/time.Second), 10)} // canonical name: no Set
 	m.status(c, status)
-	if httpcache.NotModified(c.Request(), stored.Header) {
+	// Preconditions apply only to what would be a 2xx (RFC 9110 §13.2.1).
+	if stored.Status >= 200 && stored.Status < 300 && httpcache.NotModified(c.Request(), stored.Header) {
 		for _, f := range []string{"Content-Length", "Content-Type", "Content-Encoding"} {
 			h.Del(f)
 		}
@@ -508,19 +567,45 @@ func (m *Middleware) status(c echo.Context, params string) {
 // (RFC 9111 §4.4), in every replica.
 func (m *Middleware) invalidateAfter(c echo.Context) {
 	req := c.Request()
-	targets := []*url.URL{req.URL}
-	for _, f := range []string{"Location", "Content-Location"} {
-		if v := c.Response().Header().Get(f); v != "" {
-			if u, err := req.URL.Parse(v); err == nil && (u.Host == "" || strings.EqualFold(u.Host, req.Host)) {
-				targets = append(targets, u)
-			}
-		}
-	}
-	var tags []string
-	for _, u := range targets {
+	scheme, host := httpcache.Origin(req, m.cfg.Key)
+	keyOf := func(u *url.URL) (string, bool) {
 		r := req.Clone(req.Context())
 		r.Method, r.URL, r.Body, r.ContentLength, r.TransferEncoding = http.MethodGet, u, http.NoBody, 0, nil
-		if key, err := httpcache.Key(r, m.cfg.Key); err == nil {
+		if u.Host != "" {
+			// An absolute URL names its own origin; the key must not take
+			// it from this request's forwarded headers.
+			r.Host, r.TLS = u.Host, nil
+			if u.Scheme == "https" {
+				r.TLS = &tlsState
+			}
+			r.Header.Del("X-Forwarded-Host")
+			r.Header.Del("X-Forwarded-Proto")
+		}
+		key, err := httpcache.Key(r, m.cfg.Key)
+		return key, err == nil
+	}
+	var tags []string
+	if key, ok := keyOf(req.URL); ok {
+		tags = append(tags, urlTag(key))
+	}
+	for _, f := range []string{"Location", "Content-Location"} {
+		v := c.Response().Header().Get(f)
+		if v == "" {
+			continue
+		}
+		u, err := req.URL.Parse(v)
+		if err != nil {
+			continue
+		}
+		if u.Host != "" && (u.Host != host || u.Scheme != scheme) {
+			continue // another origin: not ours to invalidate (RFC 9111 §4.4)
+		}
+		if u.Host == "" || req.URL.Host == "" {
+			// Relative to this request: keep its origin, as the GET for it
+			// would have.
+			u = &url.URL{Path: u.Path, RawPath: u.RawPath, RawQuery: u.RawQuery}
+		}
+		if key, ok := keyOf(u); ok {
 			tags = append(tags, urlTag(key))
 		}
 	}

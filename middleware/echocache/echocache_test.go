@@ -708,3 +708,119 @@ func TestFieldQualifiedDirectives(t *testing.T) {
 		t.Errorf("a cached response carried X-User %q, X-Token %q", second.Header().Get("X-User"), second.Header().Get("X-Token"))
 	}
 }
+
+// TestVirtualHostsNotPoisoned: Echo routes virtual hosts by the exact Host;
+// a request for another spelling of a host must not fill its entry.
+func TestVirtualHostsNotPoisoned(t *testing.T) {
+	responses, err := tiered.New[echocache.Response](tiered.Config{Logger: discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { responses.Close() })
+	e := echo.New()
+	e.Use(echocache.New(responses))
+	cached := func(body string) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			c.Response().Header().Set("Cache-Control", "max-age=60")
+			return c.String(200, body)
+		}
+	}
+	e.GET("/x", cached("MAIN"))
+	e.Host("api.example.com").GET("/x", cached("API"))
+	get := func(host string) string {
+		req := httptest.NewRequest("GET", "/x", nil)
+		req.Host = host
+		rec := httptest.NewRecorder()
+		e.ServeHTTP(rec, req)
+		return rec.Body.String()
+	}
+	get("api.example.com:80")
+	get("API.example.com")
+	if got := get("api.example.com"); got != "API" {
+		t.Errorf("api.example.com = %q, want API: another spelling of the host poisoned its entry", got)
+	}
+}
+
+// TestOuterMiddlewareHeadersNotReplayed: what middleware outside the cache
+// set for one request (a request id) is not stored and sent to others.
+func TestOuterMiddlewareHeadersNotReplayed(t *testing.T) {
+	s := newServer(t, echocache.Config{}, respond("Cache-Control", "max-age=60"))
+	e := echo.New()
+	e.Use(func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			c.Response().Header().Set("X-Request-Id", c.Request().Header.Get("X-Request-Id"))
+			return next(c)
+		}
+	})
+	e.Use(s.mw.Handler)
+	e.GET("/*", func(c echo.Context) error {
+		s.calls.Add(1)
+		return respond("Cache-Control", "max-age=60")(c)
+	})
+	s.e = e
+	s.do(t, "GET", "/r", hdr("X-Request-Id", "attacker"))
+	rec := s.do(t, "GET", "/r", hdr("X-Request-Id", "victim"))
+	if got := rec.Header().Get("X-Request-Id"); got != "victim" {
+		t.Errorf("a cached response carried X-Request-Id %q, want this request's own", got)
+	}
+	if n := s.calls.Load(); n != 1 {
+		t.Errorf("handler called %d times, want 1", n)
+	}
+}
+
+// TestRevalidatingAFlushingHandler: a handler that flushes can be
+// revalidated, in the request and in the background, without a panic.
+func TestRevalidatingAFlushingHandler(t *testing.T) {
+	for _, cc := range []string{"max-age=0", "max-age=1, stale-while-revalidate=60"} {
+		t.Run(cc, func(t *testing.T) {
+			s := newServer(t, echocache.Config{}, func(c echo.Context) error {
+				c.Response().Header().Set("Cache-Control", cc)
+				c.Response().Header().Set("ETag", `"e"`)
+				c.Response().WriteHeader(200)
+				_, _ = c.Response().Write([]byte("part"))
+				c.Response().Flush()
+				return nil
+			})
+			s.do(t, "GET", "/f", nil)
+			if strings.Contains(cc, "max-age=1") {
+				time.Sleep(1100 * time.Millisecond)
+			}
+			if rec := s.do(t, "GET", "/f", nil); rec.Code != 200 || rec.Body.String() != "part" {
+				t.Errorf("revalidated response %d %q", rec.Code, rec.Body)
+			}
+			deadline := time.Now().Add(time.Second) // let a background revalidation finish
+			for s.calls.Load() < 2 && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+}
+
+func TestPreconditionsOnlyFor2xx(t *testing.T) {
+	s := newServer(t, echocache.Config{}, func(c echo.Context) error {
+		c.Response().Header().Set("Cache-Control", "max-age=60")
+		c.Response().Header().Set("ETag", `"gone"`)
+		return c.String(http.StatusNotFound, "no such product")
+	})
+	s.do(t, "GET", "/p/404", nil)
+	if rec := s.do(t, "GET", "/p/404", hdr("If-None-Match", "*")); rec.Code != http.StatusNotFound {
+		t.Errorf("If-None-Match: * on a stored 404 = %d, want the 404", rec.Code)
+	}
+}
+
+func TestVariantCapCountsDistinctVariants(t *testing.T) {
+	s := newServer(t, echocache.Config{Policy: httpcache.Policy{MaxVariants: 2}}, func(c echo.Context) error {
+		c.Response().Header().Set("Cache-Control", "max-age=0")
+		c.Response().Header().Set("Vary", "Accept-Language")
+		return c.String(200, c.Request().Header.Get("Accept-Language"))
+	})
+	for range 5 { // one variant stored again and again (max-age=0)
+		s.do(t, "GET", "/v", hdr("Accept-Language", "en"))
+	}
+	s.do(t, "GET", "/v", hdr("Accept-Language", "fr"))
+	// fr must have been stored as the second variant: with max-age=0 it is
+	// stale at once, but an only-if-cached request finds it.
+	if rec := s.do(t, "GET", "/v", hdr("Accept-Language", "fr", "Cache-Control", "only-if-cached, max-stale")); rec.Code != 200 {
+		t.Errorf("the second distinct variant was not stored (%d): refreshes of one variant used up the cap", rec.Code)
+	}
+}

@@ -84,6 +84,11 @@ func (w *bufferWriter) WriteHeader(status int) {
 	}
 }
 
+// Flush does nothing: the buffer is sent, if at all, once complete. A
+// handler that flushes must not panic here (echo.Response.Flush does when
+// the writer cannot flush).
+func (w *bufferWriter) Flush() {}
+
 func (w *bufferWriter) Write(b []byte) (int, error) {
 	w.WriteHeader(http.StatusOK)
 	return w.Body.Write(b)

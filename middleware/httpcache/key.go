@@ -46,18 +46,7 @@ func Key(r *http.Request, cfg KeyConfig) (string, error) {
 	if method == http.MethodHead {
 		method = http.MethodGet
 	}
-	scheme, host := "http", r.Host
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	if cfg.TrustForwarded {
-		if p := strings.ToLower(firstValue(get(r.Header, "X-Forwarded-Proto"))); p == "http" || p == "https" {
-			scheme = p
-		}
-		if h := firstValue(get(r.Header, "X-Forwarded-Host")); h != "" {
-			host = h
-		}
-	}
+	scheme, host := Origin(r, cfg)
 	if !validHost(host) {
 		return "", ErrUncacheableRequest
 	}
@@ -85,6 +74,25 @@ func Key(r *http.Request, cfg KeyConfig) (string, error) {
 		return "", ErrKeyTooLong
 	}
 	return b.String(), nil
+}
+
+// Origin returns the scheme and host that Key keys r under: from the
+// connection and the Host header, or from X-Forwarded-Proto and
+// X-Forwarded-Host when cfg trusts them.
+func Origin(r *http.Request, cfg KeyConfig) (scheme, host string) {
+	scheme, host = "http", r.Host
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	if cfg.TrustForwarded {
+		if p := strings.ToLower(firstValue(get(r.Header, "X-Forwarded-Proto"))); p == "http" || p == "https" {
+			scheme = p
+		}
+		if h := firstValue(get(r.Header, "X-Forwarded-Host")); h != "" {
+			host = h
+		}
+	}
+	return scheme, host
 }
 
 // VaryKey extends key with the values that r has for the request headers
