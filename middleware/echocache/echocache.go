@@ -87,6 +87,7 @@ var DefaultConfig = Config{Skipper: middleware.DefaultSkipper, MaxBodyBytes: 1 <
 type Middleware struct {
 	cfg         Config
 	maxVariants int
+	hitStatus   []string // the Cache-Status of a fresh hit
 
 	mu       sync.Mutex
 	inflight map[string]chan struct{} // misses in progress, by URL key
@@ -143,7 +144,8 @@ func NewMiddleware(cfg Config) (*Middleware, error) {
 		// part of a variant's key and the prefixes of the index and tags.
 		cfg.Key.MaxKeyBytes = 512
 	}
-	m := &Middleware{cfg: cfg, inflight: make(map[string]chan struct{}), maxVariants: cfg.Policy.MaxVariants}
+	m := &Middleware{cfg: cfg, inflight: make(map[string]chan struct{}), maxVariants: cfg.Policy.MaxVariants,
+		hitStatus: []string{cfg.Name + "; hit"}}
 	if m.maxVariants <= 0 {
 		m.maxVariants = 16
 	}
@@ -236,8 +238,7 @@ func (m *Middleware) lookup(c echo.Context, next echo.HandlerFunc, key string, r
 	}
 	switch httpcache.Usable(req, stored.Header, age, lifetime) {
 	case httpcache.Serve:
-		// In whole seconds, as the Age header counts them.
-		return true, m.write(c, stored, age, "hit; ttl="+strconv.FormatInt(int64(lifetime/time.Second)-int64(age/time.Second), 10))
+		return true, m.writeStatus(c, stored, age, m.hitStatus)
 	case httpcache.ServeStale:
 		// Within stale-while-revalidate (rather than only the client's
 		// max-stale), refresh it for the next readers.
@@ -533,13 +534,19 @@ func refreshed(stored Response, h304 http.Header, requested, received time.Time)
 // write answers from a stored response: 304 for a matching conditional
 // request, else the stored status, headers and body, with Age.
 func (m *Middleware) write(c echo.Context, stored Response, age time.Duration, status string) error {
+	return m.writeStatus(c, stored, age, []string{m.cfg.Name + "; " + status})
+}
+
+// writeStatus is write with the Cache-Status value ready: a fresh hit,
+// the hot path, shares one (a header value is never modified in place).
+func (m *Middleware) writeStatus(c echo.Context, stored Response, age time.Duration, status []string) error {
 	res := c.Response()
 	h := res.Header()
 	for k, v := range stored.Header {
 		h[k] = v
 	}
 	h["Age"] = []string{strconv.FormatInt(int64(age/time.Second), 10)} // canonical name: no Set
-	m.status(c, status)
+	h["Cache-Status"] = status
 	// Preconditions apply only to what would be a 2xx (RFC 9110 §13.2.1).
 	if stored.Status >= 200 && stored.Status < 300 && httpcache.NotModified(c.Request(), stored.Header) {
 		for _, f := range []string{"Content-Length", "Content-Type", "Content-Encoding"} {

@@ -36,7 +36,7 @@ func ExampleNew() {
 	}
 	// Output:
 	// 200 tiercache; fwd=miss
-	// 200 tiercache; hit; ttl=60
+	// 200 tiercache; hit
 }
 
 func ExampleMiddleware_PurgeTags() {
@@ -66,6 +66,6 @@ func ExampleMiddleware_PurgeTags() {
 	}
 	fmt.Println(get())
 	// Output:
-	// tiercache; hit; ttl=600
+	// tiercache; hit
 	// tiercache; fwd=miss
 }
