@@ -6,16 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/tiercache/tiercache/middleware/httpcache"
 	"github.com/tiercache/tiercache/tiered"
@@ -73,6 +77,13 @@ type Config struct {
 	// "tiercache".
 	Name string
 
+	// Logger receives structured logs. Default: slog.Default().
+	Logger *slog.Logger
+
+	// MeterProvider receives the tiercache.http.outcomes counters.
+	// Default: the global OpenTelemetry provider.
+	MeterProvider metric.MeterProvider
+
 	// RevalidateTimeout bounds a background revalidation
 	// (stale-while-revalidate), whose handler runs with no client waiting.
 	// Default: 30 seconds.
@@ -88,6 +99,7 @@ type Middleware struct {
 	cfg         Config
 	maxVariants int
 	hitStatus   []string // the Cache-Status of a fresh hit
+	counts      [numOutcomes]atomic.Int64
 
 	mu       sync.Mutex
 	inflight map[string]chan struct{} // misses in progress, by URL key
@@ -136,6 +148,12 @@ func NewMiddleware(cfg Config) (*Middleware, error) {
 	if cfg.Name == "" {
 		cfg.Name = DefaultConfig.Name
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MeterProvider == nil {
+		cfg.MeterProvider = otel.GetMeterProvider()
+	}
 	if cfg.RevalidateTimeout <= 0 {
 		cfg.RevalidateTimeout = DefaultConfig.RevalidateTimeout
 	}
@@ -148,6 +166,9 @@ func NewMiddleware(cfg Config) (*Middleware, error) {
 		hitStatus: []string{cfg.Name + "; hit"}}
 	if m.maxVariants <= 0 {
 		m.maxVariants = 16
+	}
+	if _, err := m.register(cfg.MeterProvider.Meter("github.com/tiercache/tiercache/middleware/echocache")); err != nil {
+		return nil, fmt.Errorf("echocache: metrics: %w", err)
 	}
 	return m, nil
 }
@@ -179,11 +200,13 @@ func (m *Middleware) Handler(next echo.HandlerFunc) echo.HandlerFunc {
 func (m *Middleware) serve(c echo.Context, next echo.HandlerFunc) error {
 	req := c.Request()
 	if ok, reason := m.cfg.Policy.Cacheable(req); !ok {
+		m.count(outBypass)
 		m.status(c, "fwd=bypass; detail="+reason)
 		return next(c)
 	}
 	key, err := httpcache.Key(req, m.cfg.Key)
 	if err != nil {
+		m.count(outBypass)
 		m.status(c, "fwd=bypass; detail=key")
 		return next(c)
 	}
@@ -238,6 +261,7 @@ func (m *Middleware) lookup(c echo.Context, next echo.HandlerFunc, key string, r
 	}
 	switch httpcache.Usable(req, stored.Header, age, lifetime) {
 	case httpcache.Serve:
+		m.count(outHit)
 		return true, m.writeStatus(c, stored, age, m.hitStatus)
 	case httpcache.ServeStale:
 		// Within stale-while-revalidate (rather than only the client's
@@ -246,6 +270,7 @@ func (m *Middleware) lookup(c echo.Context, next echo.HandlerFunc, key string, r
 			age-lifetime <= cc.StaleWhileRevalidate.Value {
 			m.revalidateAsync(c, next, key, stored)
 		}
+		m.count(outStale)
 		return true, m.write(c, stored, age, "hit; fwd=stale")
 	}
 	// Stale, or not to be served without the origin.
@@ -296,6 +321,7 @@ func (m *Middleware) fetch(c echo.Context, next echo.HandlerFunc, key, fwd strin
 	res := c.Response()
 	// The Cache-Status goes out with the handler's headers; whether the
 	// response is stored is known only after, so it says the forward.
+	m.count(outMiss)
 	m.status(c, fwd)
 	// What outer middleware set before the handler (a request id, CORS)
 	// belongs to this request: it is not stored and replayed to others.
@@ -361,13 +387,15 @@ func (m *Middleware) store(c echo.Context, key string, status int, header http.H
 		// this one): a variant without its index cannot be found.
 		iopts := []tiered.Option{tiered.WithTTL(m.keep(h, received) + time.Hour), tiered.WithTags(tags...)}
 		if err := m.cfg.Cache.Set(ctx, key, idx, iopts...); err != nil {
-			c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
+			m.cfg.Logger.Warn("echocache: response not stored", "path", req.URL.Path, "err", err)
 			return
 		}
 	}
 	if err := m.cfg.Cache.Set(ctx, vkey, stored, opts...); err != nil {
-		c.Logger().Warnf("echocache: storing %s: %v", req.URL.Path, err)
+		m.cfg.Logger.Warn("echocache: response not stored", "path", req.URL.Path, "err", err)
+		return
 	}
+	m.count(outStored)
 }
 
 // keep is how long the cache keeps a response: its lifetime and its stale
@@ -417,6 +445,7 @@ func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key strin
 	status := buf.Code
 	if err != nil || status >= 500 {
 		if httpcache.StaleIfError(req, stored.Header, max(age-lifetime, 0)) {
+			m.count(outStale)
 			return m.write(c, stored, age, "hit; fwd=stale; detail=stale-if-error")
 		}
 		if err != nil {
@@ -426,6 +455,7 @@ func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key strin
 	if status == http.StatusNotModified {
 		fresh, tags := refreshed(stored, handlerHeader(buf.Header(), pre), requested, received)
 		m.store(c, key, fresh.Status, fresh.Header, fresh.Body, tags, requested, received)
+		m.count(outRevalidated)
 		return m.write(c, fresh, 0, "fwd=stale; fwd-status=304")
 	}
 	// A new response: to the client, and stored if it may be.
@@ -435,6 +465,7 @@ func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key strin
 	}
 	tags := surrogateKeys(h.Values("Surrogate-Key"))
 	h.Del("Surrogate-Key")
+	m.count(outMiss)
 	m.status(c, "fwd=stale; fwd-status="+strconv.Itoa(status))
 	orig.WriteHeader(status)
 	if _, werr := orig.Write(buf.Body.Bytes()); werr != nil {
@@ -471,7 +502,7 @@ func (m *Middleware) revalidateAsync(c echo.Context, next echo.HandlerFunc, key 
 			// goroutine no Recover middleware watches; the stale response
 			// stays.
 			if r := recover(); r != nil {
-				bc.Logger().Errorf("echocache: background revalidation of %s panicked: %v", cond.URL.Path, r)
+				m.cfg.Logger.Error("echocache: background revalidation panicked", "path", cond.URL.Path, "panic", r)
 			}
 		}()
 		requested := time.Now()
@@ -617,8 +648,10 @@ func (m *Middleware) invalidateAfter(c echo.Context) {
 		}
 	}
 	if err := m.cfg.Cache.InvalidateTags(context.WithoutCancel(req.Context()), tags...); err != nil {
-		c.Logger().Warnf("echocache: invalidating %s: %v", req.URL.Path, err)
+		m.cfg.Logger.Warn("echocache: invalidation failed", "path", req.URL.Path, "err", err)
+		return
 	}
+	m.count(outInvalidated)
 }
 
 // PurgeTags removes every response tagged (Surrogate-Key) with one of

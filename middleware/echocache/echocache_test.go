@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/redis/go-redis/v9"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/middleware/echocache"
@@ -822,5 +825,38 @@ func TestVariantCapCountsDistinctVariants(t *testing.T) {
 	// stale at once, but an only-if-cached request finds it.
 	if rec := s.do(t, "GET", "/v", hdr("Accept-Language", "fr", "Cache-Control", "only-if-cached, max-stale")); rec.Code != 200 {
 		t.Errorf("the second distinct variant was not stored (%d): refreshes of one variant used up the cap", rec.Code)
+	}
+}
+
+func TestOutcomesCountedAndExported(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	s := newServer(t, echocache.Config{MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))},
+		respond("Cache-Control", "max-age=60"))
+	s.do(t, "GET", "/o", nil)
+	s.do(t, "GET", "/o", nil)
+	s.do(t, "GET", "/o", hdr("Cookie", "a=1"))
+	s.do(t, "PUT", "/o", nil)
+	want := echocache.Stats{"miss": 1, "stored": 1, "hit": 1, "bypass": 1, "invalidated": 1, "stale": 0, "revalidated": 0}
+	if got := s.mw.Stats(); !maps.Equal(got, want) {
+		t.Errorf("Stats() = %v, want %v", got, want)
+	}
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	var hits int64
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if sum, ok := m.Data.(metricdata.Sum[int64]); ok && m.Name == "tiercache.http.outcomes" {
+				for _, dp := range sum.DataPoints {
+					if v, _ := dp.Attributes.Value("outcome"); v.AsString() == "hit" {
+						hits = dp.Value
+					}
+				}
+			}
+		}
+	}
+	if hits != 1 {
+		t.Errorf("tiercache.http.outcomes{outcome=hit} = %d, want 1", hits)
 	}
 }
