@@ -231,34 +231,47 @@ func warm[V any](ctx context.Context, c *tiered.Cache[V], keys []string, cfg Con
 		return true
 	}
 	hasLoader := cfg.LoadMany != nil || cfg.Load != nil
+	// L2 reads run Concurrency batches at a time too: each is one round
+	// trip, and overlapping them is most of the speed of a warm-up.
+	reads := make(chan struct{}, cfg.Concurrency)
+	var rwg sync.WaitGroup
 	for i := 0; i < len(keys) && lctx.Err() == nil; i += cfg.BatchSize {
 		batch := keys[i:min(i+cfg.BatchSize, len(keys))]
-		got, _ := c.GetMany(lctx, batch) // L2 down: nothing found, the loader does it all
-		n.fromCache.Add(int64(len(got)))
-		if !hasLoader {
+		select {
+		case reads <- struct{}{}:
+		case <-lctx.Done():
 			continue
 		}
-		var missing []string
-		for _, k := range batch {
-			if _, ok := got[k]; !ok {
-				missing = append(missing, k)
+		rwg.Add(1)
+		go func() {
+			defer rwg.Done()
+			defer func() { <-reads }()
+			got, _ := c.GetMany(lctx, batch) // L2 down: nothing found, the loader does it all
+			n.fromCache.Add(int64(len(got)))
+			if !hasLoader {
+				return
 			}
-		}
-		if len(missing) == 0 {
-			continue
-		}
-		if cfg.LoadMany != nil {
-			if !launch(func(ctx context.Context) error { return loadMany(ctx, c, missing, cfg.LoadMany, n) }) {
-				break
+			var missing []string
+			for _, k := range batch {
+				if _, ok := got[k]; !ok {
+					missing = append(missing, k)
+				}
 			}
-			continue
-		}
-		for _, k := range missing {
-			if !launch(func(ctx context.Context) error { return loadOne(ctx, c, k, cfg.Load, n) }) {
-				break
+			if len(missing) == 0 {
+				return
 			}
-		}
+			if cfg.LoadMany != nil {
+				launch(func(ctx context.Context) error { return loadMany(ctx, c, missing, cfg.LoadMany, n) })
+				return
+			}
+			for _, k := range missing {
+				if !launch(func(ctx context.Context) error { return loadOne(ctx, c, k, cfg.Load, n) }) {
+					return
+				}
+			}
+		}()
 	}
+	rwg.Wait()
 	wg.Wait()
 	if firstErr != nil {
 		return fmt.Errorf("warmup: %w", firstErr)
