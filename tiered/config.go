@@ -49,6 +49,14 @@ type Config struct {
 	// the bus to be ready. Default: 2 seconds.
 	StalenessBound time.Duration
 
+	// HotKeys, if positive, makes the cache keep the HotKeys keys it reads
+	// most (sampling one read in 64) and add them every HotKeysInterval to
+	// a sorted set in Redis that Cache.HotKeys reads, so that a new replica
+	// can warm up with what the cluster reads now. Default: 0, off (the
+	// read path then pays one nil check).
+	HotKeys         int
+	HotKeysInterval time.Duration // default: 30 seconds
+
 	// LeaseTTL is how long a load may hold its key's L2 lease. A load that
 	// outlives it still answers its callers, but its value is not written
 	// to L2. Default: 10 seconds.
@@ -182,6 +190,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = 10 * time.Second
 	}
+	if cfg.HotKeysInterval == 0 {
+		cfg.HotKeysInterval = 30 * time.Second
+	}
 	if cfg.EarlyRefresh == 0 {
 		cfg.EarlyRefresh = 1
 	}
@@ -190,6 +201,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if cfg.TTL < 0 || cfg.L1TTL < 0 || cfg.L2Timeout < 0 || cfg.BreakerCooldown < 0 || cfg.LoadTimeout < 0 || cfg.LeaseTTL < 0 {
 		bad("durations must not be negative (TTL, L1TTL, L2Timeout, BreakerCooldown, LoadTimeout, LeaseTTL)")
+	}
+	if cfg.HotKeys < 0 || cfg.HotKeys > 100_000 || cfg.HotKeysInterval < 0 {
+		bad("HotKeys %d must be 0 to 100000 and HotKeysInterval %v not negative", cfg.HotKeys, cfg.HotKeysInterval)
 	}
 	if cfg.StaleTTL < 0 || cfg.MaxStale < 0 {
 		bad("StaleTTL %v and MaxStale %v must not be negative", cfg.StaleTTL, cfg.MaxStale)

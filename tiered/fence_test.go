@@ -233,3 +233,44 @@ func TestTaggedKeys(t *testing.T) {
 		t.Errorf("TaggedKeys on an L1-only cache: %v, want ErrUnsupported", err)
 	}
 }
+
+// TestHotKeys: the keys read most reach Redis's hot-key set, most read
+// first, and the least read do not.
+func TestHotKeys(t *testing.T) {
+	ctx := context.Background()
+	ns := redistest.Namespace(t)
+	raw := newClient(t)
+	t.Cleanup(func() { raw.Del(context.Background(), ns+"#hot") })
+	c := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, HotKeys: 3, HotKeysInterval: 50 * time.Millisecond})
+	for _, k := range []string{"a", "b", "c", "d", "e"} {
+		if err := c.Set(ctx, k, product{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// a ≫ b ≫ c, then d and e a little.
+	for i := range 40_000 {
+		k := "a"
+		switch {
+		case i%10 == 9:
+			k = "d"
+		case i%10 == 8:
+			k = "e"
+		case i%4 == 1:
+			k = "b"
+		case i%8 == 3:
+			k = "c"
+		}
+		if _, err := c.Get(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if got, _ = c.HotKeys(ctx, 2); len(got) == 2 {
+			break
+		}
+	}
+	if !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("HotKeys(2) = %v, want [a b]", got)
+	}
+}

@@ -58,7 +58,8 @@ type Cache[V any] struct {
 	closed    atomic.Bool
 
 	clock clock
-	beta  float64 // XFetch's β; 0: no early refresh
+	beta  float64
+	hot   *hotKeys // nil: Config.HotKeys off // XFetch's β; 0: no early refresh
 	// bg counts the goroutines that fill flights and refresh in the
 	// background, which Close cancels (closing) and waits for; bgMu keeps
 	// one from starting once Close has begun.
@@ -148,6 +149,10 @@ func New[V any](cfg Config) (*Cache[V], error) {
 		c.bus.WaitFresh(ctx)
 		cancel()
 	}
+	if cfg.HotKeys > 0 && cfg.Redis != nil {
+		c.hot = newHotKeys(cfg.HotKeys, cfg.HotKeysInterval)
+		go c.hot.run(c.publishHot)
+	}
 	return c, nil
 }
 
@@ -195,6 +200,9 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], op
 	}
 	// The L1 hit path: no allocation, and no span unless the caller's span
 	// is recording (a span costs ~20× the hit itself; metrics count hits).
+	if c.hot != nil {
+		c.hot.sample(key)
+	}
 	if e, ok := c.l1.get(key); ok && c.servable(e) && (e.checkAt == 0 || c.clock.now() < e.checkAt) {
 		c.counters.l1Hits.add(key)
 		if parent := trace.SpanFromContext(ctx); parent.IsRecording() {
@@ -835,6 +843,9 @@ func (c *Cache[V]) Close() error {
 			_ = c.bus.Close() // first: its flushes must not meet a closed L1
 		}
 		c.bg.Wait() // flights and refreshes, which install into L1
+		if c.hot != nil {
+			c.hot.close()
+		}
 		c.l1.close()
 		c.clock.close()
 		err = c.metrics.reg.Unregister()

@@ -75,6 +75,19 @@ func FromRedisSortedSet(rdb redis.UniversalClient, key string, n int) Source {
 	}
 }
 
+// FromHotKeys warms the n keys the cluster reads most now, as the caches
+// of its replicas record them (tiered.Config.HotKeys): a new replica warms
+// with what is hot, not with a list written last month.
+func FromHotKeys[V any](c *tiered.Cache[V], n int) Source {
+	return func(ctx context.Context) ([]string, error) {
+		keys, err := c.HotKeys(ctx, n)
+		if err != nil {
+			return nil, fmt.Errorf("warmup: %w", err)
+		}
+		return keys, nil
+	}
+}
+
 // Config configures a warm-up. The zero value warms from L2 only.
 type Config[V any] struct {
 	// LoadMany loads keys missing from L2, a batch at a time; Load loads

@@ -316,3 +316,33 @@ func TestSourcesAndProgress(t *testing.T) {
 		t.Errorf("%d progress reports, last %+v; want several, ending at 300/300", len(reports), last)
 	}
 }
+
+// TestWarmFromHotKeys: a replica that has been reading records its hot
+// keys; a new replica warms with them.
+func TestWarmFromHotKeys(t *testing.T) {
+	addr, ns := redistest.Addr(t), redistest.Namespace(t)
+	ctx := context.Background()
+	t.Cleanup(func() { newClient(t, addr).Del(context.Background(), ns+"#hot") })
+	old := newCache(t, tiered.Config{Redis: newClient(t, addr), Namespace: ns, HotKeys: 10, HotKeysInterval: 20 * time.Millisecond})
+	all := keys(100)
+	fill(t, old, all)
+	for range 20_000 {
+		if _, err := old.Get(ctx, all[0]); err != nil { // one hot key
+			t.Fatal(err)
+		}
+	}
+	fresh := newCache(t, tiered.Config{Redis: newClient(t, addr), Namespace: ns})
+	var rep warmup.Report
+	for end := time.Now().Add(3 * time.Second); rep.FromCache == 0 && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		var err error
+		if rep, err = warmup.Run(ctx, fresh, warmup.FromHotKeys(fresh, 10), warmup.Config[string]{Logger: discard}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rep.FromCache == 0 {
+		t.Fatalf("no hot key warmed: %+v", rep)
+	}
+	if s := fresh.Stats(); s.L1Items == 0 {
+		t.Errorf("the warmed replica's L1 is empty")
+	}
+}
