@@ -202,8 +202,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.TTL < 0 || cfg.L1TTL < 0 || cfg.L2Timeout < 0 || cfg.BreakerCooldown < 0 || cfg.LoadTimeout < 0 || cfg.LeaseTTL < 0 {
 		bad("durations must not be negative (TTL, L1TTL, L2Timeout, BreakerCooldown, LoadTimeout, LeaseTTL)")
 	}
-	if cfg.HotKeys < 0 || cfg.HotKeys > 100_000 || cfg.HotKeysInterval < 0 {
-		bad("HotKeys %d must be 0 to 100000 and HotKeysInterval %v not negative", cfg.HotKeys, cfg.HotKeysInterval)
+	if cfg.HotKeys < 0 || cfg.HotKeys > 1000 || cfg.HotKeysInterval < 0 {
+		// The summary scans its counters to evict: keep it small.
+		bad("HotKeys %d must be 0 to 1000 and HotKeysInterval %v not negative", cfg.HotKeys, cfg.HotKeysInterval)
+	}
+	if cfg.HotKeys > 0 && cfg.Redis == nil {
+		bad("HotKeys needs Redis, where the hot keys are kept")
 	}
 	if cfg.StaleTTL < 0 || cfg.MaxStale < 0 {
 		bad("StaleTTL %v and MaxStale %v must not be negative", cfg.StaleTTL, cfg.MaxStale)

@@ -15,10 +15,11 @@ import (
 // hotSample and keeps the most-read keys (a Space-Saving summary,
 // Metwally et al., 2005, of four times Config.HotKeys counters: its counts
 // overestimate by at most samples/capacity, so the spare room keeps the
-// tail from passing for hot), and every
-// Config.HotKeysInterval adds them to a sorted set in Redis
-// ("<Namespace>#hot"), scores halved each round so that what was hot an
-// hour ago fades. A new replica warms with what the cluster reads now
+// tail from passing for hot), and every Config.HotKeysInterval adds the
+// counts of that interval to a sorted set in Redis ("<Namespace>#hot").
+// Once an interval, one replica (the first to claim the interval) halves
+// the whole set, so that what was hot an hour ago fades, however many
+// replicas write. A new replica warms with what the cluster reads now
 // (warmup.FromHotKeys).
 
 const hotSample = 64
@@ -81,14 +82,10 @@ func (h *hotKeys) run(publish func(map[string]int64)) {
 		case k := <-h.samples:
 			h.add(k)
 		case <-t.C:
+			// Each interval's counts go out once; the set in Redis does
+			// the aging.
 			publish(h.top())
-			for k, c := range h.counts {
-				if c /= 2; c == 0 {
-					delete(h.counts, k)
-				} else {
-					h.counts[k] = c
-				}
-			}
+			clear(h.counts)
 		}
 	}
 }
@@ -121,7 +118,17 @@ func (c *Cache[V]) publishHot(counts map[string]int64) {
 	key := hotKey(c.cfg.Namespace)
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.L2Timeout)
 	defer cancel()
+	interval := c.cfg.HotKeysInterval
+	claim := fmt.Sprintf("%s:decay:%d", key, time.Now().UnixMilli()/max(interval.Milliseconds(), 1))
 	err := c.l2.call(ctx, func(ctx context.Context) error {
+		// One replica an interval halves the set before adding.
+		if won, err := c.cfg.Redis.SetNX(ctx, claim, 1, 2*interval).Result(); err != nil {
+			return err
+		} else if won {
+			if err := c.cfg.Redis.ZUnionStore(ctx, key, &redis.ZStore{Keys: []string{key}, Weights: []float64{0.5}}).Err(); err != nil {
+				return err
+			}
+		}
 		_, err := c.cfg.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for k, n := range counts {
 				p.ZIncrBy(ctx, key, float64(n), k)
@@ -136,14 +143,15 @@ func (c *Cache[V]) publishHot(counts map[string]int64) {
 	}
 }
 
-// HotKeys returns up to n of the keys the cluster reads most (needs
+// HotKeys returns up to n of the keys (all for n ≤ 0) the cluster reads most (needs
 // Config.Redis and Config.HotKeys in the caches that read), most read
 // first. For warm-up: warmup.FromHotKeys.
 func (c *Cache[V]) HotKeys(ctx context.Context, n int) ([]string, error) {
 	if c.cfg.Redis == nil {
 		return nil, fmt.Errorf("tiered: HotKeys needs Config.Redis")
 	}
-	keys, err := c.cfg.Redis.ZRevRange(ctx, hotKey(c.cfg.Namespace), 0, int64(max(n, 1))-1).Result()
+	stop := int64(n) - 1 // n ≤ 0: all of them
+	keys, err := c.cfg.Redis.ZRevRange(ctx, hotKey(c.cfg.Namespace), 0, stop).Result()
 	if err != nil {
 		return nil, fmt.Errorf("tiered: hot keys: %w", err)
 	}

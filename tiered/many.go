@@ -69,6 +69,9 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 			continue
 		}
 		seen[k] = struct{}{}
+		if c.hot != nil {
+			c.hot.sample(k)
+		}
 		if e, ok := c.l1.get(k); ok && c.servable(e) {
 			if c.usable(k, e, o, now, refresh) {
 				c.counters.l1Hits.add(k)

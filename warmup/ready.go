@@ -8,7 +8,9 @@ import (
 )
 
 // Tracker follows a warm-up (Config.Tracker) for a readiness endpoint. The
-// zero value is ready only once a warm-up it follows has finished.
+// zero value is ready only once a warm-up it follows has finished, or
+// failed to start (a service should not stay unready for a key list it
+// could not read).
 type Tracker struct {
 	total    atomic.Int64
 	n        atomic.Pointer[counters]
@@ -17,6 +19,7 @@ type Tracker struct {
 
 func (t *Tracker) begin(total int, n *counters) {
 	if t != nil {
+		t.finished.Store(false)
 		t.total.Store(int64(total))
 		t.n.Store(n)
 	}

@@ -37,6 +37,9 @@ func FromReader(r io.Reader) Source {
 		var keys []string
 		s := bufio.NewScanner(r)
 		for s.Scan() {
+			if err := ctx.Err(); err != nil {
+				return keys, err
+			}
 			if k := strings.TrimSpace(s.Text()); k != "" {
 				keys = append(keys, k)
 			}
@@ -157,7 +160,9 @@ func (n *counters) done() int {
 
 // Run warms c with the keys from src and reports what it did. It returns
 // when every key is warm or has failed, or ctx ends; then it returns the
-// report so far with ctx's error.
+// report so far with ctx's error. Loads in flight when ctx ends run on in
+// the cache (they serve its other callers too) but are not waited for:
+// a retry right away may find them still running.
 func Run[V any](ctx context.Context, c *tiered.Cache[V], src Source, cfg Config[V]) (rep Report, err error) {
 	start := time.Now()
 	cfg = withDefaults(cfg)
@@ -166,6 +171,9 @@ func Run[V any](ctx context.Context, c *tiered.Cache[V], src Source, cfg Config[
 
 	keys, err := src(ctx)
 	if err != nil {
+		// Readiness must not wait forever on a warm-up that cannot start.
+		cfg.Tracker.begin(0, &counters{})
+		cfg.Tracker.finish()
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 		return Report{Duration: time.Since(start)}, err
@@ -229,7 +237,13 @@ func warm[V any](ctx context.Context, c *tiered.Cache[V], keys []string, cfg Con
 			return false
 		}
 		if err := limiter.Wait(lctx); err != nil {
+			// The rate limit cannot be kept within ctx's deadline: stop,
+			// and say so, rather than skip keys silently.
 			<-sem
+			if lctx.Err() == nil {
+				fail(fmt.Errorf("rate limit: %w", err))
+				cancel()
+			}
 			return false
 		}
 		wg.Add(1)
@@ -258,8 +272,8 @@ func warm[V any](ctx context.Context, c *tiered.Cache[V], keys []string, cfg Con
 		rwg.Add(1)
 		go func() {
 			defer rwg.Done()
-			defer func() { <-reads }()
 			got, _ := c.GetMany(lctx, batch) // L2 down: nothing found, the loader does it all
+			<-reads                          // L2 reads go on while this batch waits for loaders
 			n.fromCache.Add(int64(len(got)))
 			if !hasLoader {
 				return
@@ -296,7 +310,9 @@ func loadMany[V any](ctx context.Context, c *tiered.Cache[V], keys []string, loa
 	got, err := c.GetOrLoadMany(ctx, keys, load)
 	n.loaded.Add(int64(len(got)))
 	if err != nil {
-		n.failed.Add(int64(len(keys) - len(got)))
+		if ctx.Err() == nil { // keys a cancelled warm-up did not wait for are Skipped
+			n.failed.Add(int64(len(keys) - len(got)))
+		}
 		return err
 	}
 	n.notFound.Add(int64(len(keys) - len(got)))
@@ -309,6 +325,8 @@ func loadOne[V any](ctx context.Context, c *tiered.Cache[V], key string, load ti
 	case errors.Is(err, tiered.ErrNotFound):
 		n.notFound.Add(1)
 		return nil
+	case err != nil && ctx.Err() != nil:
+		return err // cancelled: Skipped
 	case err != nil:
 		n.failed.Add(1)
 		return err

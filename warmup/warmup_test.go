@@ -346,3 +346,27 @@ func TestWarmFromHotKeys(t *testing.T) {
 		t.Errorf("the warmed replica's L1 is empty")
 	}
 }
+
+// TestWarmupRateLimitPastDeadline: a rate limit that cannot be kept within
+// the deadline ends the warm-up with an error, not silently skipped keys.
+func TestWarmupRateLimitPastDeadline(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	rep, err := warmup.Run(ctx, newCache(t, tiered.Config{}), warmup.FromSlice(keys(100)), warmup.Config[string]{
+		Logger: discard, Rate: 5, Burst: 1,
+		Load: func(context.Context, string) (string, error) { return "v", nil },
+	})
+	if err == nil || rep.Skipped == 0 || rep.Loaded+rep.Skipped != 100 {
+		t.Errorf("rate-limited warm-up past its deadline: %+v, %v; want an error and the skipped keys counted", rep, err)
+	}
+}
+
+func TestTrackerReadyAfterFailedSource(t *testing.T) {
+	tracker := &warmup.Tracker{}
+	_, err := warmup.Run(context.Background(), newCache(t, tiered.Config{}),
+		func(context.Context) ([]string, error) { return nil, errors.New("no key list") },
+		warmup.Config[string]{Logger: discard, Tracker: tracker})
+	if err == nil || !tracker.Ready(0) {
+		t.Errorf("after a source failure: err %v, ready %v; want the error, and ready", err, tracker.Ready(0))
+	}
+}
