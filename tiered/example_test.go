@@ -194,3 +194,32 @@ func ExampleWithStale() {
 	fmt.Println(p.Name, err)
 	// Output: Teapot <nil>
 }
+
+func ExampleCache_WriteThrough() {
+	products, _ := tiered.New[Product](tiered.Config{})
+	defer products.Close()
+	ctx := context.Background()
+	db := map[string]Product{}
+	save := func(_ context.Context, key string, p Product) error { db[key] = p; return nil }
+
+	// The database first; the cache (and every replica's L1) only if it took it.
+	err := products.WriteThrough(ctx, "product:42", Product{ID: 42, Name: "Teapot"}, save)
+	p, _ := products.Get(ctx, "product:42")
+	fmt.Println(err, db["product:42"].Name, p.Name)
+	// Output: <nil> Teapot Teapot
+}
+
+func ExampleCache_WriteAround() {
+	products, _ := tiered.New[Product](tiered.Config{})
+	defer products.Close()
+	ctx := context.Background()
+	db := map[string]Product{}
+	save := func(_ context.Context, key string, p Product) error { db[key] = p; return nil }
+
+	_ = products.Set(ctx, "product:42", Product{ID: 42, Name: "Teapot"})
+	// The database, then the cache forgets the key: the next read loads it.
+	err := products.WriteAround(ctx, "product:42", Product{ID: 42, Name: "Kettle"}, save)
+	_, getErr := products.Get(ctx, "product:42")
+	fmt.Println(err, db["product:42"].Name, errors.Is(getErr, tiered.ErrNotFound))
+	// Output: <nil> Kettle true
+}
