@@ -391,8 +391,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 // without writing L2).
 func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases map[string][]byte, stale map[string]*entry[V], o callOptions,
 	refresh func(string, int64), install func(string, *entry[V], time.Duration, string)) (toLoad []string, err error) {
-	deadline := time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout)
-	backoff := time.Millisecond
+	wait := c.leaseWait()
 	pending := keys
 	for round := 0; len(pending) > 0; round++ {
 		l2keys := make([]string, len(pending))
@@ -443,15 +442,9 @@ func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases ma
 				waiting = append(waiting, k)
 			}
 		}
-		if len(waiting) > 0 && time.Now().Add(backoff).After(deadline) {
-			return append(toLoad, waiting...), nil
-		}
 		pending = waiting
-		if len(pending) > 0 {
-			if !sleep(ctx, backoff) {
-				return append(toLoad, pending...), nil
-			}
-			backoff = min(2*backoff, maxLeasePoll)
+		if len(pending) > 0 && !wait.next(ctx) {
+			return append(toLoad, pending...), nil
 		}
 	}
 	return toLoad, nil

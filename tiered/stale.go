@@ -274,12 +274,8 @@ func (c *Cache[V]) reload(ctx context.Context, key string, load LoadFunc[V], o c
 // refreshes key, until it holds a value fresher than than. ok is false if
 // none came within LeaseTTL.
 func (c *Cache[V]) awaitRefresh(ctx context.Context, key, rk string, t ticket, started int64, old []byte) (flightResult[V], bool) {
-	deadline := time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout)
 	c.counters.leaseWaits.Add(1)
-	for backoff := time.Millisecond; time.Now().Add(backoff).Before(deadline); backoff = min(2*backoff, maxLeasePoll) {
-		if !sleep(ctx, backoff) {
-			break
-		}
+	for wait := c.leaseWait(); wait.next(ctx); {
 		var b []byte
 		var leased int64
 		err := c.l2.call(ctx, func(ctx context.Context) error {

@@ -650,8 +650,7 @@ func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V
 // takes it over. After LeaseTTL of waiting it gives up (held false, e nil),
 // and the caller loads without writing L2.
 func (c *Cache[V]) awaitLease(ctx context.Context, key string, junk []byte) (lease []byte, held bool, e *entry[V], ttl time.Duration, err error) {
-	deadline := time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout)
-	backoff := time.Millisecond
+	wait := c.leaseWait()
 	for waited := false; ; {
 		var cur []byte
 		lease, held, cur, err = c.l2.acquireLease(ctx, c.l2Key(key), junk, c.cfg.LeaseTTL)
@@ -668,16 +667,37 @@ func (c *Cache[V]) awaitLease(ctx context.Context, key string, junk []byte) (lea
 			waited = true
 			c.counters.leaseWaits.Add(1)
 		}
-		if time.Now().Add(backoff).After(deadline) || !sleep(ctx, backoff) {
+		if !wait.next(ctx) {
 			return nil, false, nil, 0, nil
 		}
-		backoff = min(2*backoff, maxLeasePoll)
 	}
 }
 
 // maxLeasePoll caps the wait between two polls of a key whose lease another
 // process holds: it is how late a waiter may see the holder's fill.
 const maxLeasePoll = 16 * time.Millisecond
+
+// pollWait paces the polls of a key that another process is loading or
+// refreshing: from 1 ms, doubling up to maxLeasePoll, for at most LeaseTTL
+// (plus an L2 timeout), after which the holder is taken for dead.
+type pollWait struct {
+	deadline time.Time
+	backoff  time.Duration
+}
+
+func (c *Cache[V]) leaseWait() pollWait {
+	return pollWait{deadline: time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout), backoff: time.Millisecond}
+}
+
+// next sleeps until the next poll and reports whether there is one: false
+// once the deadline would pass, or ctx is done.
+func (w *pollWait) next(ctx context.Context) bool {
+	if time.Now().Add(w.backoff).After(w.deadline) || !sleep(ctx, w.backoff) {
+		return false
+	}
+	w.backoff = min(2*w.backoff, maxLeasePoll)
+	return true
+}
 
 // writeL2 stores the envelope b for ttl; without an L2 it does nothing.
 func (c *Cache[V]) writeL2(ctx context.Context, key string, b []byte, ttl time.Duration) error {
