@@ -463,8 +463,7 @@ func (m *Middleware) revalidate(c echo.Context, next echo.HandlerFunc, key strin
 	for k, v := range buf.Header() {
 		h[k] = v
 	}
-	tags := surrogateKeys(h.Values("Surrogate-Key"))
-	h.Del("Surrogate-Key")
+	tags := takeSurrogateKeys(h)
 	m.count(outMiss)
 	m.status(c, "fwd=stale; fwd-status="+strconv.Itoa(status))
 	orig.WriteHeader(status)
@@ -515,8 +514,7 @@ func (m *Middleware) revalidateAsync(c echo.Context, next echo.HandlerFunc, key 
 			m.store(bc, key, fresh.Status, fresh.Header, fresh.Body, tags, requested, received)
 			return
 		}
-		tags := surrogateKeys(buf.Header().Values("Surrogate-Key"))
-		buf.Header().Del("Surrogate-Key")
+		tags := takeSurrogateKeys(buf.Header())
 		m.store(bc, key, buf.Code, buf.Header(), buf.Body.Bytes(), tags, requested, received)
 	}()
 }
@@ -557,8 +555,7 @@ func refreshed(stored Response, h304 http.Header, requested, received time.Time)
 			tags = append(tags, k)
 		}
 	}
-	tags = append(tags, surrogateKeys(h.Values("Surrogate-Key"))...)
-	h.Del("Surrogate-Key")
+	tags = append(tags, takeSurrogateKeys(h)...)
 	return Response{Status: stored.Status, Header: h, Body: stored.Body, Requested: requested, Received: received}, tags
 }
 
@@ -743,9 +740,12 @@ func (m *Middleware) purgeKey(ctx context.Context, rawURL string) (string, error
 // marks real ones, so that it gets the same key.
 var tlsState tls.ConnectionState
 
-// surrogateKeys splits Surrogate-Key field lines into tags: space-separated,
-// at most maxTags of at most maxTagBytes each (the rest are dropped).
-func surrogateKeys(lines []string) []string {
+// takeSurrogateKeys removes the Surrogate-Key field from h, which is for
+// the cache and not for clients, and returns its tags: space-separated, at
+// most maxTags of at most maxTagBytes each (the rest are dropped).
+func takeSurrogateKeys(h http.Header) []string {
+	lines := h.Values("Surrogate-Key")
+	h.Del("Surrogate-Key")
 	var tags []string
 	for _, l := range lines {
 		for _, t := range strings.Fields(l) {

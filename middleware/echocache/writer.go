@@ -28,8 +28,7 @@ func (w *captureWriter) WriteHeader(status int) {
 	w.wrote = true
 	w.status = status
 	h := w.ResponseWriter.Header()
-	w.tags = surrogateKeys(h.Values("Surrogate-Key"))
-	h.Del("Surrogate-Key")
+	w.tags = takeSurrogateKeys(h)
 	w.ResponseWriter.WriteHeader(status)
 }
 
