@@ -331,12 +331,12 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 
 	// One pipelined write of the leased values; a lease lost keeps its
 	// value out of both tiers.
-	var wkeys []string
+	var wkeys, wuser []string // L2 keys, and the same keys as callers know them
 	var wleases, wvals [][]byte
 	var wttls []time.Duration
 	for _, r := range reqs {
 		if lease, ok := leases[r.key]; ok && !r.drop {
-			wkeys = append(wkeys, c.l2Key(r.key))
+			wkeys, wuser = append(wkeys, c.l2Key(r.key)), append(wuser, r.key)
 			wleases, wvals, wttls = append(wleases, lease), append(wvals, r.b), append(wttls, r.ttl)
 		}
 	}
@@ -349,8 +349,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 			l2err = err
 		}
 		var filled []string
-		for i, k := range wkeys {
-			key := k[len(c.cfg.Namespace)+1:]
+		for i, key := range wuser {
 			if err == nil && l[i] {
 				lost[key] = true
 				c.counters.leaseLost.Add(1)
