@@ -40,7 +40,7 @@ func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(dat
 //	0      1    magic 0xC7 (not a printable byte, so a foreign string value fails fast)
 //	1      1    format version (1)
 //	2      1    codec ID
-//	3      1    flags (flagNegative, flagCompressed, flagLease)
+//	3      1    flags (flagNegative, flagCompressed, flagLease, flagFresh, flagPending)
 //	4      8    absolute expiry, Unix milliseconds (0: none)
 //	12     4    payload length
 //	16     n    payload
@@ -62,9 +62,16 @@ const (
 	// fresh-until time (Unix ms, 8 bytes; the header's expiry is then the
 	// stale-until) and the duration of the load that produced the value
 	// (µs, 4 bytes), which early refresh needs.
-	flagFresh  = 1 << 3
-	knownFlags = flagNegative | flagLease | flagFresh
-	freshExt   = 12
+	flagFresh = 1 << 3
+	// flagPending marks a write-behind value that the source does not have
+	// yet: the payload starts with a 16-byte extension, the write's stream
+	// entry ID (milliseconds, sequence; 8 bytes each), before any fresh
+	// extension. Such a value has no expiry until it is flushed, and the
+	// write-behind scripts (writebehind.go) read the ID at this offset.
+	flagPending = 1 << 4
+	knownFlags  = flagNegative | flagLease | flagFresh | flagPending
+	freshExt    = 12
+	pendingExt  = 16
 )
 
 // Errors that decoding an envelope may wrap. All of them make the entry a miss.
@@ -88,6 +95,7 @@ type envelope struct {
 	lease    bool
 	fresh    int64 // fresh-until, Unix ms; 0: the same as expiry
 	delta    int64 // the load's duration in µs; 0: unknown
+	pending  entryID
 }
 
 // appendEnvelope appends the envelope for payload to dst.
@@ -102,6 +110,15 @@ func appendFreshEnvelope(dst []byte, codec, flags uint8, fresh, expiry time.Time
 	dst = appendHeader(dst, codec, flags|flagFresh, expiry, freshExt+len(payload))
 	dst = binary.BigEndian.AppendUint64(dst, uint64(fresh.UnixMilli()))
 	dst = binary.BigEndian.AppendUint32(dst, uint32(min(max(delta.Microseconds(), 0), math.MaxUint32)))
+	return append(dst, payload...)
+}
+
+// appendPendingEnvelope appends the envelope of a write-behind value that
+// waits in the stream as entry id: no expiry until it is flushed.
+func appendPendingEnvelope(dst []byte, codec uint8, id entryID, payload []byte) []byte {
+	dst = appendHeader(dst, codec, flagPending, time.Time{}, pendingExt+len(payload))
+	dst = binary.BigEndian.AppendUint64(dst, id.ms)
+	dst = binary.BigEndian.AppendUint64(dst, id.seq)
 	return append(dst, payload...)
 }
 
@@ -146,6 +163,13 @@ func decodeEnvelope(b []byte, wantCodec uint8, maxPayload int) (envelope, error)
 		return envelope{}, fmt.Errorf("%w: %d, want %d", errEnvelopeCodec, e.codec, wantCodec)
 	}
 	e.payload = b[headerSize:]
+	if e.flags&flagPending != 0 {
+		if len(e.payload) < pendingExt {
+			return envelope{}, fmt.Errorf("%w: %d bytes for a %d-byte extension", errEnvelopeLength, len(e.payload), pendingExt)
+		}
+		e.pending = entryID{ms: binary.BigEndian.Uint64(e.payload), seq: binary.BigEndian.Uint64(e.payload[8:])}
+		e.payload = e.payload[pendingExt:]
+	}
 	if e.flags&flagFresh != 0 {
 		if len(e.payload) < freshExt {
 			return envelope{}, fmt.Errorf("%w: %d bytes for a %d-byte extension", errEnvelopeLength, len(e.payload), freshExt)

@@ -16,3 +16,9 @@ func PeekL1[V any](c *Cache[V], key string) (v V, negative, ok bool) {
 	}
 	return e.v, e.negative, true
 }
+
+// NewWriteBehindUnlocked is NewWriteBehind without the shard locks: every
+// process flushes every shard, as a bare consumer group would have it.
+func NewWriteBehindUnlocked[V any](c *Cache[V], cfg WriteBehindConfig[V]) (*WriteBehind[V], error) {
+	return newWriteBehind(c, cfg, true)
+}

@@ -41,6 +41,9 @@ type peerConfig struct {
 	// plus a raw subscriber on Namespace+":raw", printing "applied <key>
 	// <unix ns>" for every key either delivers.
 	Bus bool
+	// WriteBehind makes the peer a write-behind process (see
+	// runWriteBehindPeer): "write" or "drain".
+	WriteBehind string
 }
 
 // dbKey is where the "database" of the multi-process tests keeps key's
@@ -57,6 +60,10 @@ func runPeer() {
 	rdb := redis.NewClient(&redis.Options{Addr: pc.Addr, ContextTimeoutEnabled: true, ClientName: "peer"})
 	if pc.Bus {
 		runBusPeer(rdb, pc)
+		return
+	}
+	if pc.WriteBehind != "" {
+		runWriteBehindPeer(rdb, pc)
 		return
 	}
 	c, err := tiered.New[int64](tiered.Config{
@@ -274,6 +281,11 @@ func startPeer(t testing.TB, pc peerConfig) *peer {
 		// Registered before the peer can print them.
 		p.wait["ready"] = make(chan string, 1)
 		p.wait["applied"] = make(chan string, 1<<16)
+	}
+	for _, w := range []string{"acked", "drained"} {
+		if pc.WriteBehind != "" {
+			p.wait[w] = make(chan string, 1)
+		}
 	}
 	go func() {
 		s := bufio.NewScanner(out)

@@ -1,0 +1,531 @@
+package tiered_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/tiercache/tiercache/internal/redistest"
+	"github.com/tiercache/tiercache/tiered"
+)
+
+// memSource is an in-memory source of truth for write-behind tests: it
+// keeps each key's value and the IDs of the writes applied to it, in the
+// order they were applied, and fails while down is set or for keys in
+// poison.
+type memSource struct {
+	mu      sync.Mutex
+	vals    map[string]int64
+	applied map[string][]string
+	calls   atomic.Int64
+	down    atomic.Bool
+	poison  map[string]bool
+	delay   time.Duration
+}
+
+func newMemSource() *memSource {
+	return &memSource{vals: map[string]int64{}, applied: map[string][]string{}, poison: map[string]bool{}}
+}
+
+func (s *memSource) flush(ctx context.Context, ws []tiered.PendingWrite[int64]) error {
+	s.calls.Add(1)
+	if s.delay > 0 {
+		time.Sleep(s.delay)
+	}
+	if s.down.Load() {
+		return errors.New("source down")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, w := range ws {
+		if s.poison[w.Key] {
+			return fmt.Errorf("source refuses %q", w.Key)
+		}
+	}
+	for _, w := range ws {
+		s.vals[w.Key] = w.Value
+		s.applied[w.Key] = append(s.applied[w.Key], w.ID)
+	}
+	return nil
+}
+
+func (s *memSource) get(key string) (int64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.vals[key]
+	return v, ok
+}
+
+// newWriteBehind returns a WriteBehind over c that the test closes (with
+// a short deadline: a test that wants everything flushed closes it
+// itself), and removes the namespace's streams when the test ends.
+func newWriteBehind(t *testing.T, c *tiered.Cache[int64], cfg tiered.WriteBehindConfig[int64]) *tiered.WriteBehind[int64] {
+	t.Helper()
+	w, err := tiered.NewWriteBehind(c, cfg)
+	if err != nil {
+		t.Fatalf("NewWriteBehind: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		w.Close(ctx)
+	})
+	return w
+}
+
+// dropStreams deletes the namespace's write-behind keys when t ends.
+func dropStreams(t *testing.T, rdb *redis.Client, ns string) {
+	t.Cleanup(func() {
+		ctx := context.Background()
+		iter := rdb.Scan(ctx, 0, ns+"#wb:*", 100).Iterator()
+		for iter.Next(ctx) {
+			rdb.Del(ctx, iter.Val())
+		}
+	})
+}
+
+// fastWB is a WriteBehindConfig for tests: short waits everywhere.
+func fastWB(flush tiered.FlushFunc[int64]) tiered.WriteBehindConfig[int64] {
+	return tiered.WriteBehindConfig[int64]{
+		Flush: flush, Shards: 4, PollInterval: 5 * time.Millisecond,
+		RetryBackoff: 5 * time.Millisecond, MaxRetryBackoff: 50 * time.Millisecond,
+		FlushTimeout: 300 * time.Millisecond, LockTTL: time.Second,
+	}
+}
+
+func TestWriteBehindFlushesEveryKeyInOrder(t *testing.T) {
+	// Two processes' worth of flushers on one namespace, a source that
+	// fails one call in five, writers racing on 20 keys: the source must
+	// end with every key's last write, and never apply an older write of
+	// a key after a newer one. Without the shard locks, both flushers read
+	// every shard, and writes of one key are applied out of order.
+	if n, wrong := flushInOrder(t, tiered.NewWriteBehind[int64]); n != 0 || wrong != 0 {
+		t.Errorf("%d writes applied after a newer write of their key; %d keys end with another value than their last", n, wrong)
+	}
+	n, _ := flushInOrder(t, tiered.NewWriteBehindUnlocked[int64])
+	t.Logf("without the shard locks: %d writes applied out of order", n)
+	if n == 0 {
+		t.Errorf("without the shard locks no write was applied out of order: the test shows nothing")
+	}
+}
+
+// flushInOrder runs the test above with newWB and returns how many writes
+// the source applied after a newer write of their key, and how many keys
+// it holds another value for than their last write.
+func flushInOrder(t *testing.T, newWB func(*tiered.Cache[int64], tiered.WriteBehindConfig[int64]) (*tiered.WriteBehind[int64], error)) (reordered, wrong int) {
+	t.Helper()
+	ctx := context.Background()
+	rdb := newClient(t)
+	ns := redistest.Namespace(t)
+	dropStreams(t, rdb, ns)
+	src := newMemSource()
+	var n atomic.Int64
+	flaky := func(ctx context.Context, ws []tiered.PendingWrite[int64]) error {
+		if n.Add(1)%5 == 0 {
+			return errors.New("flaky source")
+		}
+		return src.flush(ctx, ws)
+	}
+	var ws []*tiered.WriteBehind[int64]
+	for range 2 {
+		c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
+		cfg := fastWB(flaky)
+		cfg.BatchSize = 16
+		w, err := newWB(c, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws = append(ws, w)
+	}
+	const keys, writes = 20, 50
+	var wg sync.WaitGroup
+	for k := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 1; i <= writes; i++ {
+				if err := ws[(k+i)%2].Set(ctx, "k"+strconv.Itoa(k), int64(i)); err != nil {
+					t.Errorf("Set: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for _, w := range ws {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := w.Close(cctx); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		cancel()
+	}
+	var flushed int64
+	for _, w := range ws {
+		flushed += w.Stats().Flushed
+	}
+	if flushed < keys*writes {
+		t.Errorf("flushed %d writes, want %d", flushed, keys*writes)
+	}
+	for k := range keys {
+		key := "k" + strconv.Itoa(k)
+		if v, _ := src.get(key); v != writes {
+			wrong++
+		}
+		ids := src.applied[key]
+		for i := 1; i < len(ids); i++ {
+			if !idLess(ids[i-1], ids[i]) {
+				reordered++
+			}
+		}
+	}
+	if n.Load() < 5 {
+		t.Errorf("the source failed no call (%d calls)", n.Load())
+	}
+	return reordered, wrong
+}
+
+// idLess compares stream entry IDs.
+func idLess(a, b string) bool {
+	am, as, _ := strings.Cut(a, "-")
+	bm, bs, _ := strings.Cut(b, "-")
+	x, _ := strconv.ParseUint(am, 10, 64)
+	y, _ := strconv.ParseUint(bm, 10, 64)
+	if x != y {
+		return x < y
+	}
+	x, _ = strconv.ParseUint(as, 10, 64)
+	y, _ = strconv.ParseUint(bs, 10, 64)
+	return x < y
+}
+
+func TestWriteBehindReadsSeeThePendingValue(t *testing.T) {
+	ctx := context.Background()
+	rdb := newClient(t)
+	ns := redistest.Namespace(t)
+	dropStreams(t, rdb, ns)
+	src := newMemSource()
+	src.down.Store(true)
+	writer := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, TTL: time.Minute})
+	reader := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
+	load := func(ctx context.Context, key string) (int64, error) { return 1, nil } // the source's old value
+
+	if v, _ := reader.GetOrLoad(ctx, "k", load); v != 1 {
+		t.Fatalf("first read = %d", v)
+	}
+	w := newWriteBehind(t, writer, fastWB(src.flush))
+	if err := w.Set(ctx, "k", 2); err != nil {
+		t.Fatalf("Set: %v", err)
+	}
+	if v, err := writer.Get(ctx, "k"); err != nil || v != 2 {
+		t.Fatalf("writer's read while pending = %d, %v; want 2", v, err)
+	}
+	// The reader's L1 copy is invalidated asynchronously, well within the
+	// staleness bound.
+	eventually(t, time.Second, "the reader sees the pending value", func() bool {
+		v, err := reader.GetOrLoad(ctx, "k", load)
+		return err == nil && v == 2
+	})
+	// Pending in L2 with no TTL: nothing may drop it before the flush.
+	if ttl := rdb.PTTL(ctx, ns+":k").Val(); ttl != -1 {
+		t.Fatalf("pending value's PTTL = %v, want none", ttl)
+	}
+	time.Sleep(100 * time.Millisecond) // the source still down: retried, kept
+	if v, err := reader.GetOrLoad(ctx, "k", load); err != nil || v != 2 {
+		t.Fatalf("read while retrying = %d, %v; want 2", v, err)
+	}
+	src.down.Store(false)
+	eventually(t, 5*time.Second, "flush", func() bool { v, _ := src.get("k"); return v == 2 })
+	eventually(t, 2*time.Second, "TTL restored", func() bool {
+		ttl := rdb.PTTL(ctx, ns+":k").Val()
+		return ttl > 30*time.Second && ttl <= time.Minute
+	})
+	if v, err := reader.Get(ctx, "k"); err != nil || v != 2 {
+		t.Fatalf("read after flush = %d, %v; want 2", v, err)
+	}
+	if s := w.Stats(); s.Appended != 1 || s.Flushed != 1 || s.Retried == 0 || s.FlushErrors == 0 {
+		t.Errorf("stats = %+v, want 1 appended, 1 flushed, retries", s)
+	}
+}
+
+func TestWriteBehindPoisonGoesToDeadLetters(t *testing.T) {
+	ctx := context.Background()
+	rdb := newClient(t)
+	ns := redistest.Namespace(t)
+	dropStreams(t, rdb, ns)
+	src := newMemSource()
+	src.poison["bad"] = true
+	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
+	cfg := fastWB(src.flush)
+	cfg.Shards, cfg.MaxAttempts = 1, 3 // one shard: "bad" shares batches with the others
+	w := newWriteBehind(t, c, cfg)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // other keys keep the source busy, as live traffic does
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			_ = w.Set(ctx, "good"+strconv.Itoa(i%10), int64(i))
+		}
+	}()
+	if err := w.Set(ctx, "bad", 7); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "dead letter", func() bool { return w.Stats().DeadLettered == 1 })
+	close(stop)
+	wg.Wait()
+	msgs := rdb.XRange(ctx, ns+"#wb:dead", "-", "+").Val()
+	if len(msgs) != 1 || msgs[0].Values["k"] != "bad" || msgs[0].Values["v"] != "7" || msgs[0].Values["attempts"] != "3" {
+		t.Fatalf("dead letters = %v", msgs)
+	}
+	// The cache no longer claims a value the source never got.
+	if _, err := c.Get(ctx, "bad"); !errors.Is(err, tiered.ErrNotFound) {
+		t.Errorf("Get(bad) after dead-letter: %v, want ErrNotFound", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := w.Close(cctx); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := src.get("good1"); !ok || v == 0 {
+		t.Errorf("good writes were held back by the poison one")
+	}
+}
+
+func TestWriteBehindSourceOutage(t *testing.T) {
+	// The source refuses every write for 5 s while writes go on: none is
+	// lost or dead-lettered, the lag rises and then drains.
+	ctx := context.Background()
+	rdb := newClient(t)
+	ns := redistest.Namespace(t)
+	dropStreams(t, rdb, ns)
+	src := newMemSource()
+	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
+	cfg := fastWB(src.flush)
+	cfg.MaxAttempts, cfg.MaxRetryBackoff = 2, 200*time.Millisecond
+	w := newWriteBehind(t, c, cfg)
+
+	last := map[string]int64{}
+	var maxLag, lagAfter time.Duration
+	start := time.Now()
+	for i := 0; time.Since(start) < 7*time.Second; i++ {
+		el := time.Since(start)
+		src.down.Store(el > time.Second && el < 6*time.Second)
+		key := "k" + strconv.Itoa(i%50)
+		if err := w.Set(ctx, key, int64(i)); err != nil {
+			t.Fatalf("Set during outage: %v", err)
+		}
+		last[key] = int64(i)
+		maxLag = max(maxLag, w.Stats().Lag)
+		time.Sleep(10 * time.Millisecond)
+	}
+	eventually(t, 5*time.Second, "queue drained", func() bool {
+		s := w.Stats()
+		lagAfter = s.Lag
+		return s.QueueLength == 0 && s.Lag == 0
+	})
+	t.Logf("max lag %v during the outage; drained %v after it", maxLag, time.Since(start)-6*time.Second)
+	if maxLag < 3*time.Second {
+		t.Errorf("max lag %v, want it to rise with the 5 s outage", maxLag)
+	}
+	for k, v := range last {
+		if got, _ := src.get(k); got != v {
+			t.Errorf("source %s = %d, want %d", k, got, v)
+		}
+	}
+	if s := w.Stats(); s.DeadLettered != 0 || s.FlushErrors == 0 {
+		t.Errorf("stats %+v: want failures and no dead letters (lag after: %v)", s, lagAfter)
+	}
+}
+
+func TestWriteBehindBadInput(t *testing.T) {
+	ctx := context.Background()
+	if _, err := tiered.NewWriteBehind(newTestCache[int64](t, tiered.Config{}), fastWB(newMemSource().flush)); err == nil {
+		t.Error("NewWriteBehind on an L1-only cache: no error")
+	}
+	rdb := newClient(t)
+	ns := redistest.Namespace(t)
+	dropStreams(t, rdb, ns)
+	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, MaxKeyBytes: 8})
+	if _, err := tiered.NewWriteBehind(c, tiered.WriteBehindConfig[int64]{}); err == nil {
+		t.Error("NewWriteBehind without Flush: no error")
+	}
+	w := newWriteBehind(t, c, tiered.WriteBehindConfig[int64]{NoFlusher: true})
+	if err := w.Set(ctx, "much too long", 1); !errors.Is(err, tiered.ErrInvalidKey) {
+		t.Errorf("long key: %v", err)
+	}
+	if err := w.Set(ctx, "k", 1, tiered.WithTTL(-1)); err == nil {
+		t.Error("negative TTL: no error")
+	}
+	if n := rdb.XLen(ctx, ns+"#wb:0").Val() + rdb.Exists(ctx, ns+":k").Val(); n != 0 {
+		t.Errorf("refused writes left %d entries", n)
+	}
+	w.Close(ctx)
+	if err := w.Set(ctx, "k", 1); !errors.Is(err, tiered.ErrClosed) {
+		t.Errorf("Set after Close: %v", err)
+	}
+}
+
+func TestWriteBehindCrashLosesNoAcknowledgedWrite(t *testing.T) {
+	// A process acknowledges 10,000 writes over 1,000 keys, flushes a few
+	// batches and hangs in the next, holding writes it was handed, and is
+	// killed with SIGKILL. Another process starts: the source (a Redis
+	// hash) ends with exactly the last acknowledged value of every key.
+	rdb := newClient(t)
+	ns := redistest.Namespace(t)
+	dropStreams(t, rdb, ns)
+	t.Cleanup(func() { rdb.Del(context.Background(), ns+"#source") })
+	pc := peerConfig{Addr: redistest.Addr(t), Namespace: ns, WriteBehind: "write"}
+	writer := startPeer(t, pc)
+	var acked map[string]int64
+	select {
+	case line := <-writer.lines("acked"):
+		if err := json.Unmarshal([]byte(line), &acked); err != nil {
+			t.Fatalf("acked: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("writer did not finish")
+	}
+	if err := writer.cmd.Process.Kill(); err != nil { // SIGKILL
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	before := rdb.HLen(ctx, ns+"#source").Val()
+	queued := int64(0)
+	for s := range 8 {
+		queued += rdb.XLen(ctx, ns+"#wb:"+strconv.Itoa(s)).Val()
+	}
+	pending := int64(0)
+	for s := range 8 {
+		p, _ := rdb.XPending(ctx, ns+"#wb:"+strconv.Itoa(s), "tiercache").Result()
+		if p != nil {
+			pending += p.Count
+		}
+	}
+	t.Logf("killed: %d keys acked, %d in the source, %d writes queued, %d of them handed to the dead process", len(acked), before, queued, pending)
+	if len(acked) != 1000 || queued == 0 || pending == 0 {
+		t.Fatalf("the test did not kill the writer mid-flush")
+	}
+
+	pc.WriteBehind = "drain"
+	drainer := startPeer(t, pc)
+	select {
+	case <-drainer.lines("drained"):
+	case <-time.After(60 * time.Second):
+		t.Fatal("drainer did not finish")
+	}
+	got := rdb.HGetAll(ctx, ns+"#source").Val()
+	if len(got) != len(acked) {
+		t.Errorf("source has %d keys, want %d", len(got), len(acked))
+	}
+	wrong := 0
+	for k, v := range acked {
+		if got[k] != strconv.FormatInt(v, 10) {
+			if wrong++; wrong <= 5 {
+				t.Errorf("source %s = %q, want %d", k, got[k], v)
+			}
+		}
+	}
+	if wrong > 0 {
+		t.Errorf("%d keys wrong", wrong)
+	}
+}
+
+// runWriteBehindPeer is a write-behind process over the Redis hash
+// "<ns>#source". "write": it writes 10,000 values over 1,000 keys from 8
+// goroutines (each key written by one, 10 times), flushing 3 batches and
+// hanging in the 4th, prints "acked <json of the last acknowledged value
+// per key>" and waits to be killed. "drain": it flushes until the
+// streams are empty, prints "drained" and exits.
+func runWriteBehindPeer(rdb *redis.Client, pc peerConfig) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c, err := tiered.New[int64](tiered.Config{Redis: rdb, Namespace: pc.Namespace, Logger: log})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peer New:", err)
+		os.Exit(2)
+	}
+	var batches atomic.Int64
+	flush := func(ctx context.Context, ws []tiered.PendingWrite[int64]) error {
+		if pc.WriteBehind == "write" && batches.Add(1) > 3 {
+			select {} // hangs, holding its batch, until killed
+		}
+		_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, w := range ws {
+				p.HSet(ctx, pc.Namespace+"#source", w.Key, w.Value)
+			}
+			return nil
+		})
+		return err
+	}
+	cfg := tiered.WriteBehindConfig[int64]{Flush: flush, LockTTL: time.Second, FlushTimeout: 300 * time.Millisecond, PollInterval: 5 * time.Millisecond}
+	w, err := tiered.NewWriteBehind(c, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peer NewWriteBehind:", err)
+		os.Exit(2)
+	}
+	ctx := context.Background()
+	if pc.WriteBehind == "drain" {
+		for {
+			time.Sleep(50 * time.Millisecond)
+			if s := w.Stats(); s.QueueLength == 0 && s.Shards == 8 {
+				break
+			}
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := w.Close(cctx)
+		cancel()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "peer Close:", err)
+		}
+		fmt.Println("drained")
+		os.Exit(0)
+	}
+	var mu sync.Mutex
+	acked := map[string]int64{}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Its 125 keys (≡ g mod 8: one writer per key), 10 writes
+			// each, in random order.
+			var order []string
+			for k := g; k < 1000; k += 8 {
+				for range 10 {
+					order = append(order, "k"+strconv.Itoa(k))
+				}
+			}
+			r := rand.New(rand.NewPCG(uint64(g), 1))
+			r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+			for i, key := range order {
+				v := int64(g*10_000 + i)
+				if err := w.Set(ctx, key, v); err != nil {
+					fmt.Fprintln(os.Stderr, "peer Set:", err)
+					continue
+				}
+				mu.Lock()
+				acked[key] = v
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	b, _ := json.Marshal(acked)
+	fmt.Println("acked " + string(b))
+	select {}
+}
