@@ -23,6 +23,14 @@
 // generation tickets, L2 fills by the lease. docs/consistency.md states
 // what a reader may see.
 //
+// Besides cache-aside (Get, Set, Delete) and read-through (GetOrLoad), a
+// Cache writes through ([Cache.WriteThrough]: the source first, then every
+// tier) and around ([Cache.WriteAround]: the source, then invalidate), and
+// [NewWriteBehind] adds a durable write-behind: a write is acknowledged
+// once Redis holds it in a stream, and flushers in any process apply it to
+// the source in batches, in order per key, with retries, dead letters and
+// recovery from crashed processes.
+//
 // L2 values are versioned envelopes (format version, codec ID, flags,
 // expiry, length-checked payload), so that a rolling deploy or a codec
 // change never misreads a value: anything that does not decode is a miss,

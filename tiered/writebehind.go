@@ -207,6 +207,7 @@ func newWriteBehind[V any](c *Cache[V], cfg WriteBehindConfig[V], noLock bool) (
 		noLock:   noLock,
 	}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
+	w.checkEvictionPolicy()
 	mp := c.cfg.MeterProvider
 	if mp == nil {
 		mp = otel.GetMeterProvider()
@@ -217,6 +218,18 @@ func newWriteBehind[V any](c *Cache[V], cfg WriteBehindConfig[V], noLock bool) (
 	w.mgr.Add(1)
 	go w.manage()
 	return w, nil
+}
+
+// checkEvictionPolicy warns if Redis may evict keys without a TTL, pending
+// values among them. Best effort: CONFIG may be disabled or renamed.
+func (w *WriteBehind[V]) checkEvictionPolicy() {
+	ctx, cancel := context.WithTimeout(w.ctx, w.c.cfg.L2Timeout*5)
+	defer cancel()
+	cfg, err := w.rdb.ConfigGet(ctx, "maxmemory-policy").Result()
+	if p := cfg["maxmemory-policy"]; err == nil && strings.HasPrefix(p, "allkeys-") {
+		w.c.cfg.Logger.Warn("tiercache: Redis may evict pending write-behind values: their readers would then load the source's older value until the flush; use noeviction or a volatile-* maxmemory-policy",
+			"namespace", w.c.cfg.Namespace, "maxmemory-policy", p)
+	}
 }
 
 func (cfg WriteBehindConfig[V]) withDefaults() (WriteBehindConfig[V], error) {
@@ -277,10 +290,12 @@ func (cfg WriteBehindConfig[V]) withDefaults() (WriteBehindConfig[V], error) {
 // this process's L1, and every other process's L1 copy is invalidated.
 // Options (WithTTL, WithStale, WithTags) apply from the flush on.
 //
-// An error means the write was not acknowledged and nothing changed. Once
-// the write is in the stream, Set returns nil: a failure to update L2 or
-// to invalidate the other processes after that is counted and logged (the
-// flush repairs L2).
+// An error means the write was not acknowledged and the cache is
+// unchanged; as with any database call, a timeout may hide an append that
+// Redis did make, which is then flushed. Once the write is in the stream,
+// Set returns nil: a failure to update L2 or to invalidate the other
+// processes after that is counted and logged, and L2 then keeps its older
+// value until it expires.
 func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Option) (err error) {
 	c := w.c
 	if err := c.checkKey(key); err != nil {
