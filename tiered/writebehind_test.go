@@ -18,6 +18,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/tiered"
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
 
 // memSource is an in-memory source of truth for write-behind tests: it
@@ -315,7 +317,8 @@ func TestWriteBehindSourceOutage(t *testing.T) {
 	ns := redistest.Namespace(t)
 	dropStreams(t, rdb, ns)
 	src := newMemSource()
-	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
+	reader := sdkmetric.NewManualReader()
+	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
 	cfg := fastWB(src.flush)
 	cfg.MaxAttempts, cfg.MaxRetryBackoff = 2, 200*time.Millisecond
 	w := newWriteBehind(t, c, cfg)
@@ -332,6 +335,11 @@ func TestWriteBehindSourceOutage(t *testing.T) {
 		}
 		last[key] = int64(i)
 		maxLag = max(maxLag, w.Stats().Lag)
+		if i%100 == 50 && el > 4*time.Second && el < 6*time.Second {
+			if q := metricSum(t, reader, "tiercache.writebehind.queue_length"); q < 100 {
+				t.Errorf("queue_length metric %d during the outage", q)
+			}
+		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	eventually(t, 5*time.Second, "queue drained", func() bool {
@@ -348,8 +356,14 @@ func TestWriteBehindSourceOutage(t *testing.T) {
 			t.Errorf("source %s = %d, want %d", k, got, v)
 		}
 	}
-	if s := w.Stats(); s.DeadLettered != 0 || s.FlushErrors == 0 {
+	s := w.Stats()
+	if s.DeadLettered != 0 || s.FlushErrors == 0 {
 		t.Errorf("stats %+v: want failures and no dead letters (lag after: %v)", s, lagAfter)
+	}
+	for result, want := range map[string]int64{"appended": s.Appended, "flushed": s.Flushed, "retried": s.Retried, "dead_lettered": 0} {
+		if got := metricSum(t, reader, "tiercache.writebehind.writes", attribute.String("result", result)); got != want || (result != "dead_lettered" && got == 0) {
+			t.Errorf("writes{result=%s} = %d, want %d", result, got, want)
+		}
 	}
 }
 
