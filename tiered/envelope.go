@@ -40,7 +40,7 @@ func (JSONCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(dat
 //	0      1    magic 0xC7 (not a printable byte, so a foreign string value fails fast)
 //	1      1    format version (1)
 //	2      1    codec ID
-//	3      1    flags (flagNegative, flagCompressed, flagLease, flagFresh, flagPending)
+//	3      1    flags (flagNegative, flagCompressed, flagLease, flagFresh, flagWriteID)
 //	4      8    absolute expiry, Unix milliseconds (0: none)
 //	12     4    payload length
 //	16     n    payload
@@ -63,15 +63,16 @@ const (
 	// stale-until) and the duration of the load that produced the value
 	// (µs, 4 bytes), which early refresh needs.
 	flagFresh = 1 << 3
-	// flagPending marks a write-behind value that the source does not have
-	// yet: the payload starts with a 16-byte extension, the write's stream
-	// entry ID (milliseconds, sequence; 8 bytes each), before any fresh
-	// extension. Such a value has no expiry until it is flushed, and the
-	// write-behind scripts (writebehind.go) read the ID at this offset.
-	flagPending = 1 << 4
-	knownFlags  = flagNegative | flagLease | flagFresh | flagPending
+	// flagWriteID marks a value written by write-behind: the payload starts
+	// with a 16-byte extension, the write's stream entry ID (milliseconds,
+	// sequence; 8 bytes each), before any fresh extension. The value has no
+	// expiry while it waits for the source (pending), and an expiry once
+	// flushed; the write-behind script (writebehind.go) reads the ID at this
+	// offset so that no older write overwrites a newer one.
+	flagWriteID = 1 << 4
+	knownFlags  = flagNegative | flagLease | flagFresh | flagWriteID
 	freshExt    = 12
-	pendingExt  = 16
+	writeIDExt  = 16
 )
 
 // Errors that decoding an envelope may wrap. All of them make the entry a miss.
@@ -95,7 +96,7 @@ type envelope struct {
 	lease    bool
 	fresh    int64 // fresh-until, Unix ms; 0: the same as expiry
 	delta    int64 // the load's duration in µs; 0: unknown
-	pending  entryID
+	writeID  entryID
 }
 
 // appendEnvelope appends the envelope for payload to dst.
@@ -113,12 +114,21 @@ func appendFreshEnvelope(dst []byte, codec, flags uint8, fresh, expiry time.Time
 	return append(dst, payload...)
 }
 
-// appendPendingEnvelope appends the envelope of a write-behind value that
-// waits in the stream as entry id: no expiry until it is flushed.
-func appendPendingEnvelope(dst []byte, codec uint8, id entryID, payload []byte) []byte {
-	dst = appendHeader(dst, codec, flagPending, time.Time{}, pendingExt+len(payload))
+// appendWriteEnvelope appends the envelope of a write-behind value with
+// entry ID id: pending (no expiry) when fresh is zero, else fresh until
+// fresh and servable until expiry.
+func appendWriteEnvelope(dst []byte, codec uint8, id entryID, fresh, expiry time.Time, payload []byte) []byte {
+	if fresh.IsZero() {
+		dst = appendHeader(dst, codec, flagWriteID, time.Time{}, writeIDExt+len(payload))
+	} else {
+		dst = appendHeader(dst, codec, flagWriteID|flagFresh, expiry, writeIDExt+freshExt+len(payload))
+	}
 	dst = binary.BigEndian.AppendUint64(dst, id.ms)
 	dst = binary.BigEndian.AppendUint64(dst, id.seq)
+	if !fresh.IsZero() {
+		dst = binary.BigEndian.AppendUint64(dst, uint64(fresh.UnixMilli()))
+		dst = binary.BigEndian.AppendUint32(dst, 0)
+	}
 	return append(dst, payload...)
 }
 
@@ -163,12 +173,12 @@ func decodeEnvelope(b []byte, wantCodec uint8, maxPayload int) (envelope, error)
 		return envelope{}, fmt.Errorf("%w: %d, want %d", errEnvelopeCodec, e.codec, wantCodec)
 	}
 	e.payload = b[headerSize:]
-	if e.flags&flagPending != 0 {
-		if len(e.payload) < pendingExt {
-			return envelope{}, fmt.Errorf("%w: %d bytes for a %d-byte extension", errEnvelopeLength, len(e.payload), pendingExt)
+	if e.flags&flagWriteID != 0 {
+		if len(e.payload) < writeIDExt {
+			return envelope{}, fmt.Errorf("%w: %d bytes for a %d-byte extension", errEnvelopeLength, len(e.payload), writeIDExt)
 		}
-		e.pending = entryID{ms: binary.BigEndian.Uint64(e.payload), seq: binary.BigEndian.Uint64(e.payload[8:])}
-		e.payload = e.payload[pendingExt:]
+		e.writeID = entryID{ms: binary.BigEndian.Uint64(e.payload), seq: binary.BigEndian.Uint64(e.payload[8:])}
+		e.payload = e.payload[writeIDExt:]
 	}
 	if e.flags&flagFresh != 0 {
 		if len(e.payload) < freshExt {

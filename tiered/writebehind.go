@@ -23,45 +23,42 @@ import (
 
 // Write-behind keeps each write in a Redis stream until the source has it.
 //
-// Keys are spread over Shards streams ("<ns>#wb:<shard>"), each with one
+// Keys are spread over Shards streams ("{<ns>#wb:<shard>}"), each with one
 // consumer group. At most one process flushes a shard at a time: it holds
-// the shard's lock ("<ns>#wb:<shard>:owner", SET NX with a TTL it renews
-// before every batch). A consumer group alone would hand one key's writes
-// to several consumers, which could apply them out of order; the lock
-// makes a shard a queue with a single reader, as a Kafka partition is, and
-// the group still keeps what that reader was handed and has not acked (its
+// the shard's lock ("{<ns>#wb:<shard>}:owner", in the stream's hash slot),
+// renewed before every call to Flush, and acknowledges entries only while
+// it still holds it. A consumer group alone would hand one key's writes to
+// several consumers, which could apply them out of order; the lock makes a
+// shard a queue with a single reader, as a Kafka partition is, and the
+// group still keeps what that reader was handed and has not acked (its
 // pending entries), so that the next owner claims them with XAUTOCLAIM.
 //
-// The cache's copy of a pending value lives in L2 with no expiry, in an
-// envelope that carries its entry ID (flagPending), so that neither a TTL
-// nor a volatile-* eviction policy can drop it before the source has it,
-// and so that a flush or an older write never overwrites a newer one.
+// A flusher that meets any Redis failure after a Flush (settling L2,
+// acknowledging, dead-lettering) stops and gives its shard up: the next
+// owner replays what was not acknowledged, oldest first, so a key's writes
+// are never applied out of order, only some of them twice.
+//
+// The cache's copy of a written value lives in L2 in an envelope that
+// carries the write's entry ID (flagWriteID): with no expiry while it is
+// pending, so that neither a TTL nor a volatile-* eviction policy drops it
+// before the source has it, and with its TTL once flushed. wbPut compares
+// IDs, so that no older write, however late, overwrites a newer one.
 
-// wbPut writes a write-behind value to KEYS[1], comparing entry IDs with
-// the pending value there, if any: ARGV[1] is the envelope, ARGV[2] and
-// ARGV[3] the write's entry ID (ms, seq), ARGV[4] the expiry in ms (0:
-// none) and ARGV[5] the mode:
-//
-//	put:    store a new pending value unless a newer one is pending;
-//	settle: after a flush, replace the pending value (with ARGV[1], an
-//	        ordinary envelope with a TTL) unless a newer one is pending;
-//	drop:   after a dead-letter, delete the pending value unless newer.
-//
-// It returns 1 if it wrote, 0 if it left the key alone. The entry ID is
-// read from the envelope's pending extension (see envelope.go).
+// wbPut sets KEYS[1] to ARGV[1] for ARGV[4] ms (0: no expiry) unless the
+// value there carries a newer write's entry ID than ARGV[2], ARGV[3] (ms,
+// seq), or, in mode ARGV[5] "put", the same one: a value already flushed
+// is not made pending again. It returns 1 if it wrote, 0 if not. The ID
+// is read from the envelope's write ID extension (see envelope.go).
 var wbPut = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
-local pending = cur and #cur >= 32 and string.byte(cur, 1) == 199 and bit.band(string.byte(cur, 4), 16) ~= 0
-if pending then
+if cur and #cur >= 32 and string.byte(cur, 1) == 199 and bit.band(string.byte(cur, 4), 16) ~= 0 then
   local ms, seq = struct.unpack('>I8>I8', cur, 17)
   local ams, aseq = tonumber(ARGV[2]), tonumber(ARGV[3])
-  if ms > ams or (ms == ams and seq > aseq) then return 0 end
-elseif ARGV[5] ~= 'put' then
-  return 0
+  if ms > ams or (ms == ams and (seq > aseq or (seq == aseq and ARGV[5] == 'put'))) then
+    return 0
+  end
 end
-if ARGV[5] == 'drop' then
-  redis.call('DEL', KEYS[1])
-elseif ARGV[4] == '0' then
+if ARGV[4] == '0' then
   redis.call('SET', KEYS[1], ARGV[1])
 else
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
@@ -74,6 +71,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0`)
+
+// wbAck acknowledges and deletes the entries ARGV[3..] of the stream
+// KEYS[1] for group ARGV[2] if consumer ARGV[1] holds the shard's lock
+// KEYS[2] ("" skips the check), and returns -1 if it does not. Deleting
+// them keeps the stream's length the queue's length.
+var wbAck = redis.NewScript(`
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+redis.call('XACK', KEYS[1], ARGV[2], unpack(ARGV, 3))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 3))`)
+
+// errLockLost reports a shard whose lock another process holds now.
+var errLockLost = errors.New("tiered: write-behind shard lock lost")
 
 // PendingWrite is one write-behind value on its way to the source.
 type PendingWrite[V any] struct {
@@ -130,8 +139,9 @@ type WriteBehindConfig[V any] struct {
 
 	// LockTTL is how long a shard's lock outlives its holder: after a
 	// crash, another process takes the shard over within about LockTTL.
-	// It must exceed twice FlushTimeout, since the lock is renewed only
-	// between batches. Default: 3 × FlushTimeout.
+	// It must exceed twice FlushTimeout and twice MaxRetryBackoff, since
+	// the lock is renewed before every Flush and after every backoff.
+	// Default: 3 × FlushTimeout.
 	LockTTL time.Duration
 
 	// PollInterval is how often an idle shard is read. Default: 50 ms.
@@ -158,7 +168,6 @@ type WriteBehind[V any] struct {
 	mgr      sync.WaitGroup
 	workers  sync.WaitGroup
 	owned    []atomic.Bool
-	held     atomic.Int64 // writes read by this process's flushers and not yet acked
 
 	// successes counts batches the source accepted; see MaxAttempts.
 	successes atomic.Int64
@@ -269,14 +278,15 @@ func (cfg WriteBehindConfig[V]) withDefaults() (WriteBehindConfig[V], error) {
 	if cfg.Shards < 1 || cfg.Shards > 1024 {
 		bad("Shards %d must be 1 to 1024", cfg.Shards)
 	}
-	if cfg.BatchSize < 1 || cfg.MaxAttempts < 1 {
-		bad("BatchSize %d and MaxAttempts %d must be positive", cfg.BatchSize, cfg.MaxAttempts)
+	if cfg.BatchSize < 1 || cfg.BatchSize > 5000 || cfg.MaxAttempts < 1 {
+		bad("BatchSize %d must be 1 to 5000 and MaxAttempts %d positive", cfg.BatchSize, cfg.MaxAttempts)
 	}
 	if cfg.RetryBackoff < 0 || cfg.MaxRetryBackoff < cfg.RetryBackoff || cfg.FlushTimeout < 0 || cfg.PollInterval < 0 {
 		bad("durations must be positive, MaxRetryBackoff at least RetryBackoff")
 	}
-	if cfg.LockTTL <= 2*cfg.FlushTimeout {
-		bad("LockTTL %v must exceed twice FlushTimeout %v", cfg.LockTTL, cfg.FlushTimeout)
+	if cfg.LockTTL <= 2*cfg.FlushTimeout || cfg.LockTTL <= 2*cfg.MaxRetryBackoff {
+		// The lock is renewed before every Flush and after every backoff.
+		bad("LockTTL %v must exceed twice FlushTimeout %v and twice MaxRetryBackoff %v", cfg.LockTTL, cfg.FlushTimeout, cfg.MaxRetryBackoff)
 	}
 	if len(errs) > 0 {
 		return cfg, fmt.Errorf("tiered: bad WriteBehindConfig: %w", errors.Join(errs...))
@@ -288,14 +298,16 @@ func (cfg WriteBehindConfig[V]) withDefaults() (WriteBehindConfig[V], error) {
 // write-behind stream; a flusher writes it to the source later. The cache
 // holds v from then on: in L2, with no expiry until it is flushed, and in
 // this process's L1, and every other process's L1 copy is invalidated.
-// Options (WithTTL, WithStale, WithTags) apply from the flush on.
+// WithTTL and WithStale apply from the flush on; WithTags is refused (a
+// tag purge would drop the pending value, and readers would load the
+// source's older one).
 //
 // An error means the write was not acknowledged and the cache is
 // unchanged; as with any database call, a timeout may hide an append that
 // Redis did make, which is then flushed. Once the write is in the stream,
 // Set returns nil: a failure to update L2 or to invalidate the other
-// processes after that is counted and logged, and L2 then keeps its older
-// value until it expires.
+// processes after that is counted and logged; the flush then writes v to
+// L2.
 func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Option) (err error) {
 	c := w.c
 	if err := c.checkKey(key); err != nil {
@@ -304,6 +316,9 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	o, err := c.options(opts)
 	if err != nil {
 		return err
+	}
+	if len(o.tags) > 0 {
+		return errors.New("tiered: write-behind does not take WithTags")
 	}
 	if w.closed.Load() || c.isClosed() {
 		return ErrClosed
@@ -324,7 +339,7 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	err = c.l2.call(ctx, func(ctx context.Context) error {
 		sid, err = w.rdb.XAdd(ctx, &redis.XAddArgs{
 			Stream: w.streamKey(w.shard(key)),
-			Values: []any{"k", key, "v", payload, "ttl", ttl.Milliseconds(), "keep", keep.Milliseconds(), "tags", strings.Join(o.tags, "\x00")},
+			Values: []any{"k", key, "v", payload, "ttl", ttl.Milliseconds(), "keep", keep.Milliseconds()},
 		}).Result()
 		return err
 	})
@@ -335,22 +350,20 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	w.stats.appended.Add(1)
 	id, err := parseEntryID(sid)
 	if err != nil {
-		return nil // acknowledged; without an ID, the flush fills L2
+		c.l1.del(key)
+		return nil // acknowledged; Redis made the ID, so this cannot be, but the flush settles L2 anyway
 	}
-	b := appendPendingEnvelope(make([]byte, 0, headerSize+pendingExt+len(payload)), c.cfg.Codec.ID(), id, payload)
+	b := appendWriteEnvelope(make([]byte, 0, headerSize+writeIDExt+len(payload)), c.cfg.Codec.ID(), id, time.Time{}, time.Time{}, payload)
 	var wrote bool
 	l2err := c.l2.call(ctx, func(ctx context.Context) error {
 		n, err := wbPut.Run(ctx, w.rdb, []string{c.l2Key(key)}, b, id.ms, id.seq, 0, "put").Int()
 		wrote = n == 1
 		return err
 	})
-	if l2err == nil && wrote && len(o.tags) > 0 {
-		l2err = c.tagWritten(ctx, key, o.tags, keep)
-	}
 	c.fence.invalidate(key)
 	if l2err != nil || !wrote {
-		// L2 holds an older value (failure) or a newer pending one (a
-		// concurrent Set): this process must read it, not v.
+		// L2 holds an older value (failure) or a newer one (a concurrent
+		// Set): this process must read it, not v.
 		c.l1.del(key)
 	} else {
 		c.l1.set(key, &entry[V]{v: v, filled: time.Now().UnixNano(), cost: int64(len(b) + len(key))}, c.l1TTL(0))
@@ -424,9 +437,13 @@ func (w *WriteBehind[V]) shard(key string) int {
 	return int(h.Sum32() % uint32(w.cfg.Shards))
 }
 
+// streamKey is shard's stream; its hash tag puts the shard's lock in the
+// same Redis Cluster slot, for wbAck.
 func (w *WriteBehind[V]) streamKey(shard int) string {
-	return w.c.cfg.Namespace + "#wb:" + strconv.Itoa(shard)
+	return "{" + w.c.cfg.Namespace + "#wb:" + strconv.Itoa(shard) + "}"
 }
+
+func (w *WriteBehind[V]) lockKey(shard int) string { return w.streamKey(shard) + ":owner" }
 
 func (w *WriteBehind[V]) deadKey() string { return w.c.cfg.Namespace + "#wb:dead" }
 
@@ -439,21 +456,30 @@ func (w *WriteBehind[V]) manage() {
 	defer tick.Stop()
 	for {
 		w.sample()
-		if !w.cfg.NoFlusher {
-			for s := range w.owned {
-				if !w.owned[s].Load() && w.acquire(s) {
-					w.owned[s].Store(true)
-					w.workers.Add(1)
-					go w.work(s)
-				}
-			}
-		}
+		w.takeShards()
 		select {
 		case <-tick.C:
 		case <-w.draining:
+			// Once more, for shards given up on an error since the last
+			// tick: their flushers drain them too.
+			w.takeShards()
 			w.workers.Wait()
 			w.sample()
 			return
+		}
+	}
+}
+
+// takeShards starts a flusher for every shard whose lock this process gets.
+func (w *WriteBehind[V]) takeShards() {
+	if w.cfg.NoFlusher {
+		return
+	}
+	for s := range w.owned {
+		if !w.owned[s].Load() && w.acquire(s) {
+			w.owned[s].Store(true)
+			w.workers.Add(1)
+			go w.work(s)
 		}
 	}
 }
@@ -492,27 +518,34 @@ func (w *WriteBehind[V]) sample() {
 	w.stats.lagMs.Store(lag)
 }
 
-func (w *WriteBehind[V]) lockKey(shard int) string { return w.streamKey(shard) + ":owner" }
-
+// acquire takes shard's lock if no process holds it, or takes it back if
+// this one still does (after a worker stopped on an error).
 func (w *WriteBehind[V]) acquire(shard int) bool {
 	if w.noLock {
 		return true
 	}
 	ctx, cancel := context.WithTimeout(w.ctx, w.c.cfg.L2Timeout*5)
 	defer cancel()
-	ok, err := w.rdb.SetNX(ctx, w.lockKey(shard), w.cfg.Consumer, w.cfg.LockTTL).Result()
-	return err == nil && ok
+	v, err := leaseOrGet.Run(ctx, w.rdb, []string{w.lockKey(shard)}, w.cfg.Consumer, w.cfg.Consumer, w.cfg.LockTTL.Milliseconds()).Result()
+	return err == nil && v == int64(1)
 }
 
-// renew extends the shard's lock; false if this process no longer holds it.
-func (w *WriteBehind[V]) renew(ctx context.Context, shard int) bool {
+// renew extends the shard's lock; errLockLost if this process no longer
+// holds it.
+func (w *WriteBehind[V]) renew(ctx context.Context, shard int) error {
 	if w.noLock {
-		return true
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, w.c.cfg.L2Timeout*5)
 	defer cancel()
 	n, err := renewLock.Run(ctx, w.rdb, []string{w.lockKey(shard)}, w.cfg.Consumer, w.cfg.LockTTL.Milliseconds()).Int()
-	return err == nil && n == 1
+	switch {
+	case err != nil:
+		return fmt.Errorf("renew the shard lock: %w", err)
+	case n != 1:
+		return errLockLost
+	}
+	return nil
 }
 
 // wbMsg is one write read from a shard.
@@ -522,14 +555,14 @@ type wbMsg struct {
 	key        string
 	payload    string
 	ttl, keep  time.Duration
-	tags       []string
 	bad        error // the entry could not be parsed: it goes to the dead letters
 	failures   int   // failed Flush calls that held it
 	attempts   int   // failures counted against MaxAttempts
 	lastFailAt int64 // w.successes at the last counted failure
 }
 
-// work flushes one shard while this process holds its lock.
+// work flushes one shard while this process holds its lock, and stops at
+// the first Redis failure past a Flush (see the top of this file).
 func (w *WriteBehind[V]) work(shard int) {
 	defer w.workers.Done()
 	ctx := w.ctx
@@ -547,38 +580,45 @@ func (w *WriteBehind[V]) work(shard int) {
 		w.logFails.Do(func() { log.WarnContext(ctx, "tiercache: write-behind shard take-over failed", "err", err) })
 		return
 	}
-	log.DebugContext(ctx, "tiercache: write-behind flushing shard", "claimed", len(held))
+	var drainAt uint64 // Unix ms when Close began; entries after it are left to others
 	backoff := time.Duration(0)
-	defer func() { w.held.Add(-int64(len(held))) }()
 	for ctx.Err() == nil {
-		if !w.renew(ctx, shard) {
-			log.InfoContext(ctx, "tiercache: write-behind lost its shard lock", "held", len(held))
+		if err := w.renew(ctx, shard); err != nil {
+			log.InfoContext(ctx, "tiercache: write-behind gives up its shard", "held", len(held), "err", err)
 			return
 		}
+		if drainAt == 0 && w.closed.Load() {
+			drainAt = uint64(time.Now().UnixMilli())
+		}
+		newest := uint64(0)
 		if room := w.cfg.BatchSize - len(held); room > 0 {
 			more, err := w.read(ctx, shard, room)
 			if err != nil {
 				w.logFails.Do(func() { log.WarnContext(ctx, "tiercache: write-behind read failed", "err", err) })
 			}
 			held = append(held, more...)
-			w.held.Add(int64(len(more)))
+			if len(more) > 0 {
+				newest = more[len(more)-1].id.ms
+			}
 		}
 		if len(held) == 0 {
-			select {
-			case <-w.draining:
+			if drainAt != 0 {
 				return
-			default:
 			}
 			if !sleep(ctx, w.cfg.PollInterval) {
 				return
 			}
 			continue
 		}
-		n := len(held)
-		held = w.flushHeld(ctx, shard, held)
-		w.held.Add(int64(len(held) - n))
+		if held, err = w.flushHeld(ctx, shard, held); err != nil {
+			w.logFails.Do(func() { log.WarnContext(ctx, "tiercache: write-behind gives up its shard", "err", err) })
+			return
+		}
 		if len(held) == 0 {
 			backoff = 0
+			if drainAt != 0 && newest > drainAt {
+				return // written after Close began: not this process's to chase
+			}
 			continue
 		}
 		backoff = min(max(2*backoff, w.cfg.RetryBackoff), w.cfg.MaxRetryBackoff)
@@ -589,8 +629,9 @@ func (w *WriteBehind[V]) work(shard int) {
 }
 
 // takeOver makes sure the shard's group exists and claims every write
-// pending on any consumer of it (a dead process's, or this one's before a
-// lost lock), oldest first, so that they are flushed before anything newer.
+// pending on any consumer of it (a dead process's, or this one's before it
+// gave the shard up), oldest first, so that they are flushed before
+// anything newer.
 func (w *WriteBehind[V]) takeOver(ctx context.Context, shard int) ([]*wbMsg, error) {
 	stream := w.streamKey(shard)
 	err := w.rdb.XGroupCreateMkStream(ctx, stream, w.group, "0").Err()
@@ -613,7 +654,6 @@ func (w *WriteBehind[V]) takeOver(ctx context.Context, shard int) ([]*wbMsg, err
 		}
 		start = next
 	}
-	w.held.Add(int64(len(held)))
 	// Consumers with nothing pending are dead or idle: only the lock
 	// holder reads a shard. Removing them keeps XINFO readable.
 	if cs, err := w.rdb.XInfoConsumers(ctx, stream, w.group).Result(); err == nil {
@@ -668,9 +708,6 @@ func parseWBMsg(m redis.XMessage) *wbMsg {
 		return msg
 	}
 	msg.ttl, msg.keep = time.Duration(ttl)*time.Millisecond, time.Duration(keep)*time.Millisecond
-	if t := str("tags"); t != "" {
-		msg.tags = strings.Split(t, "\x00")
-	}
 	return msg
 }
 
@@ -685,13 +722,17 @@ type wbItem[V any] struct {
 func (it *wbItem[V]) latest() *wbMsg { return it.msgs[len(it.msgs)-1] }
 
 // flushHeld writes held (in ID order) to the source and returns what is
-// left of it, in ID order: the writes of the keys that failed.
-func (w *WriteBehind[V]) flushHeld(ctx context.Context, shard int, held []*wbMsg) []*wbMsg {
+// left of it, in ID order: the writes of the keys that failed. An error
+// means a Redis failure past a Flush, or a lost lock: the caller must
+// give the shard up.
+func (w *WriteBehind[V]) flushHeld(ctx context.Context, shard int, held []*wbMsg) ([]*wbMsg, error) {
 	var items []*wbItem[V]
 	byKey := make(map[string]*wbItem[V], len(held))
 	for _, m := range held {
 		if m.bad != nil {
-			w.deadLetter(ctx, shard, &wbItem[V]{msgs: []*wbMsg{m}, failed: m.bad})
+			if err := w.deadLetter(ctx, shard, &wbItem[V]{msgs: []*wbMsg{m}, failed: m.bad}); err != nil {
+				return held, err
+			}
 			continue
 		}
 		it := byKey[m.key]
@@ -706,28 +747,39 @@ func (w *WriteBehind[V]) flushHeld(ctx context.Context, shard int, held []*wbMsg
 	for _, it := range items {
 		if err := w.c.cfg.Codec.Unmarshal([]byte(it.latest().payload), &it.value); err != nil {
 			it.failed = fmt.Errorf("decode: %w", err)
-			w.deadLetter(ctx, shard, it)
+			if err := w.deadLetter(ctx, shard, it); err != nil {
+				return held, err
+			}
 			continue
 		}
 		batch = append(batch, it)
 	}
 	if len(batch) == 0 {
-		return nil
+		return nil, nil
 	}
-	if err := w.write(ctx, batch); err == nil {
-		w.done(ctx, shard, batch)
-		return nil
-	} else if len(batch) == 1 {
+	err := w.write(ctx, shard, batch)
+	switch {
+	case err == nil:
+		return nil, w.done(ctx, shard, batch)
+	case errors.Is(err, errLockLost):
+		return held, err
+	case len(batch) == 1:
 		batch[0].failed = err
-	} else {
+	default:
 		// Key by key, so that one poison write does not hold back the rest.
 		for _, it := range batch {
 			if ctx.Err() != nil {
 				it.failed = ctx.Err()
 				continue
 			}
-			if it.failed = w.write(ctx, []*wbItem[V]{it}); it.failed == nil {
-				w.done(ctx, shard, []*wbItem[V]{it})
+			err := w.write(ctx, shard, []*wbItem[V]{it})
+			if errors.Is(err, errLockLost) {
+				return held, err
+			}
+			if it.failed = err; err == nil {
+				if err := w.done(ctx, shard, []*wbItem[V]{it}); err != nil {
+					return held, err
+				}
 			}
 		}
 	}
@@ -743,18 +795,25 @@ func (w *WriteBehind[V]) flushHeld(ctx context.Context, shard int, held []*wbMsg
 			m.lastFailAt = ok
 		}
 		if m.attempts >= w.cfg.MaxAttempts && ctx.Err() == nil {
-			w.deadLetter(ctx, shard, it)
+			if err := w.deadLetter(ctx, shard, it); err != nil {
+				return held, err
+			}
 			continue
 		}
 		left = append(left, it.msgs...)
 	}
 	sortMsgs(left)
-	return left
+	return left, nil
 }
 
-// write calls Flush for items, bounded by FlushTimeout, a panic turned
-// into an error.
-func (w *WriteBehind[V]) write(ctx context.Context, items []*wbItem[V]) (err error) {
+// write renews the shard's lock, then calls Flush for items, bounded by
+// FlushTimeout, a panic turned into an error. The lock outlives the call
+// (LockTTL is more than twice FlushTimeout), so no other process can take
+// the shard while a Flush that honours its context runs.
+func (w *WriteBehind[V]) write(ctx context.Context, shard int, items []*wbItem[V]) (err error) {
+	if err := w.renew(ctx, shard); err != nil {
+		return errors.Join(errLockLost, err)
+	}
 	writes := make([]PendingWrite[V], len(items))
 	for i, it := range items {
 		m := it.latest()
@@ -783,10 +842,11 @@ func (w *WriteBehind[V]) write(ctx context.Context, items []*wbItem[V]) (err err
 	return w.cfg.Flush(ctx, writes)
 }
 
-// done settles the flushed items' L2 values (a TTL from now on) and acks
-// and deletes their entries. A crash before the ack makes the next owner
-// flush them again: delivery is at least once.
-func (w *WriteBehind[V]) done(ctx context.Context, shard int, items []*wbItem[V]) {
+// done settles the flushed items' L2 values (their TTL from now on) and
+// acks and deletes their entries. If either fails, the entries stay
+// pending and the caller gives the shard up: the next owner flushes them
+// again (delivery is at least once) and settles them.
+func (w *WriteBehind[V]) done(ctx context.Context, shard int, items []*wbItem[V]) error {
 	w.successes.Add(1)
 	c := w.c
 	now := time.Now()
@@ -796,7 +856,7 @@ func (w *WriteBehind[V]) done(ctx context.Context, shard int, items []*wbItem[V]
 	_, err := w.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
 		for _, it := range items {
 			m := it.latest()
-			b := appendFreshEnvelope(nil, c.cfg.Codec.ID(), 0, now.Add(m.ttl), now.Add(m.keep), 0, []byte(m.payload))
+			b := appendWriteEnvelope(nil, c.cfg.Codec.ID(), m.id, now.Add(m.ttl), now.Add(m.keep), []byte(m.payload))
 			wbPut.Eval(rctx, p, []string{c.l2Key(m.key)}, b, m.id.ms, m.id.seq, max(m.keep.Milliseconds(), 1), "settle")
 			for _, m := range it.msgs {
 				ids = append(ids, m.sid)
@@ -805,63 +865,78 @@ func (w *WriteBehind[V]) done(ctx context.Context, shard int, items []*wbItem[V]
 		return nil
 	})
 	if err != nil {
-		c.l2Failed(ctx, "write-behind settle", items[0].latest().key, err)
-	}
-	for _, it := range items {
-		if m := it.latest(); len(m.tags) > 0 {
-			_ = c.tagWritten(rctx, m.key, m.tags, m.keep)
-		}
+		return fmt.Errorf("settle L2: %w", err)
 	}
 	if err := w.ack(rctx, shard, ids); err != nil {
-		c.l2Failed(ctx, "write-behind ack", items[0].latest().key, err)
+		return err
 	}
 	w.stats.flushed.Add(int64(len(ids)))
+	return nil
 }
 
-// ack acknowledges and deletes entries, atomically: the stream keeps only
-// what waits for the source, so its length is the queue's.
+// ack acknowledges and deletes entries if this process still holds the
+// shard.
 func (w *WriteBehind[V]) ack(ctx context.Context, shard int, ids []string) error {
-	stream := w.streamKey(shard)
-	_, err := w.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.XAck(ctx, stream, w.group, ids...)
-		p.XDel(ctx, stream, ids...)
-		return nil
-	})
-	return err
+	me := w.cfg.Consumer
+	if w.noLock {
+		me = ""
+	}
+	args := make([]any, 0, 2+len(ids))
+	args = append(args, me, w.group)
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	n, err := wbAck.Run(ctx, w.rdb, []string{w.streamKey(shard), w.lockKey(shard)}, args...).Int()
+	switch {
+	case err != nil:
+		return fmt.Errorf("ack: %w", err)
+	case n < 0:
+		return errLockLost
+	}
+	return nil
 }
 
-// deadLetter moves an item's writes to the dead-letter stream and drops its
-// pending value from the cache, whose readers then load what the source
-// has.
-func (w *WriteBehind[V]) deadLetter(ctx context.Context, shard int, it *wbItem[V]) {
+// deadLetter moves an item's writes to the dead-letter stream and takes
+// its value out of the cache, whose readers then load what the source
+// has: it leaves an expired envelope with the write's ID, which a late
+// Set of the same write cannot overwrite and a reader treats as a miss.
+func (w *WriteBehind[V]) deadLetter(ctx context.Context, shard int, it *wbItem[V]) error {
 	c := w.c
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.L2Timeout*5)
 	defer cancel()
+	m := it.latest()
+	if m.key != "" {
+		gone := appendWriteEnvelope(nil, c.cfg.Codec.ID(), m.id, time.UnixMilli(1), time.UnixMilli(1), nil)
+		n, err := wbPut.Run(rctx, w.rdb, []string{c.l2Key(m.key)}, gone, m.id.ms, m.id.seq, max(c.cfg.TTL.Milliseconds(), 1), "drop").Int()
+		if err != nil {
+			return fmt.Errorf("drop the dead letter's value: %w", err)
+		}
+		if n == 1 && !c.isClosed() {
+			c.invalidateLocal(m.key)
+			_ = c.publish(rctx, m.key)
+		}
+	}
 	ids := make([]string, 0, len(it.msgs))
 	for _, m := range it.msgs {
+		// Idempotent by the original ID: a replay after a failed ack adds
+		// the same entry again, which the reader of the dead letters can
+		// tell from its "id" field.
 		err := w.rdb.XAdd(rctx, &redis.XAddArgs{Stream: w.deadKey(), Values: []any{
 			"id", m.sid, "shard", shard, "k", m.key, "v", m.payload, "ttl", m.ttl.Milliseconds(),
 			"keep", m.keep.Milliseconds(), "attempts", m.attempts, "err", fmt.Sprint(it.failed),
 		}}).Err()
 		if err != nil {
-			w.logFails.Do(func() { c.cfg.Logger.WarnContext(ctx, "tiercache: write-behind dead-letter failed", "err", err) })
-			return // left pending: the next owner tries again
+			return fmt.Errorf("dead-letter: %w", err)
 		}
 		ids = append(ids, m.sid)
 	}
-	m := it.latest()
 	c.cfg.Logger.ErrorContext(ctx, "tiercache: write-behind write moved to the dead-letter stream",
 		"namespace", c.cfg.Namespace, "key", m.key, "id", m.sid, "attempts", m.attempts, "stream", w.deadKey(), "err", it.failed)
-	if m.key != "" {
-		if n, err := wbPut.Run(rctx, w.rdb, []string{c.l2Key(m.key)}, "", m.id.ms, m.id.seq, 0, "drop").Int(); err == nil && n == 1 && !c.isClosed() {
-			c.invalidateLocal(m.key)
-			_ = c.publish(rctx, m.key)
-		}
-	}
 	if err := w.ack(rctx, shard, ids); err != nil {
-		c.l2Failed(ctx, "write-behind ack", m.key, err)
+		return err
 	}
 	w.stats.dead.Add(int64(len(ids)))
+	return nil
 }
 
 func (w *WriteBehind[V]) instruments(meter metric.Meter) (metric.Registration, error) {

@@ -90,9 +90,11 @@ func newWriteBehind(t *testing.T, c *tiered.Cache[int64], cfg tiered.WriteBehind
 func dropStreams(t *testing.T, rdb *redis.Client, ns string) {
 	t.Cleanup(func() {
 		ctx := context.Background()
-		iter := rdb.Scan(ctx, 0, ns+"#wb:*", 100).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
+		for _, pattern := range []string{"{" + ns + "#wb:*", ns + "#wb:*"} {
+			iter := rdb.Scan(ctx, 0, pattern, 100).Iterator()
+			for iter.Next(ctx) {
+				rdb.Del(ctx, iter.Val())
+			}
 		}
 	})
 }
@@ -255,7 +257,8 @@ func TestWriteBehindReadsSeeThePendingValue(t *testing.T) {
 	if v, err := reader.Get(ctx, "k"); err != nil || v != 2 {
 		t.Fatalf("read after flush = %d, %v; want 2", v, err)
 	}
-	if s := w.Stats(); s.Appended != 1 || s.Flushed != 1 || s.Retried == 0 || s.FlushErrors == 0 {
+	eventually(t, time.Second, "flushed counted", func() bool { return w.Stats().Flushed == 1 })
+	if s := w.Stats(); s.Appended != 1 || s.Retried == 0 || s.FlushErrors == 0 {
 		t.Errorf("stats = %+v, want 1 appended, 1 flushed, retries", s)
 	}
 }
@@ -386,12 +389,130 @@ func TestWriteBehindBadInput(t *testing.T) {
 	if err := w.Set(ctx, "k", 1, tiered.WithTTL(-1)); err == nil {
 		t.Error("negative TTL: no error")
 	}
-	if n := rdb.XLen(ctx, ns+"#wb:0").Val() + rdb.Exists(ctx, ns+":k").Val(); n != 0 {
+	if n := rdb.XLen(ctx, "{"+ns+"#wb:0}").Val() + rdb.Exists(ctx, ns+":k").Val(); n != 0 {
 		t.Errorf("refused writes left %d entries", n)
 	}
 	w.Close(ctx)
 	if err := w.Set(ctx, "k", 1); !errors.Is(err, tiered.ErrClosed) {
 		t.Errorf("Set after Close: %v", err)
+	}
+}
+
+// scriptHook is a go-redis hook that runs before every script call whose
+// arguments include mark (a wbPut mode, the group name), until it returns
+// an error for the call to fail with.
+type scriptHook struct {
+	mark   string
+	before func() error
+}
+
+func (h *scriptHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *scriptHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if n := cmd.Name(); n == "evalsha" || n == "eval" {
+			for _, a := range cmd.Args() {
+				if a == h.mark {
+					if err := h.before(); err != nil {
+						cmd.SetErr(err)
+						return err
+					}
+				}
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *scriptHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func TestWriteBehindLateSetDoesNotOverwriteANewerWrite(t *testing.T) {
+	// A appends write 1, then stalls before writing L2; B writes 2, which
+	// is flushed and settled; A's L2 write lands last. The cache must keep
+	// 2, with its TTL, as the source does.
+	ctx := context.Background()
+	rdb := newClient(t)
+	ns := redistest.Namespace(t)
+	dropStreams(t, rdb, ns)
+	slow := redis.NewClient(&redis.Options{Addr: redistest.Addr(t), ContextTimeoutEnabled: true})
+	defer slow.Close()
+	appended := make(chan struct{})
+	var once sync.Once
+	slow.AddHook(&scriptHook{mark: "put", before: func() error {
+		once.Do(func() { close(appended); time.Sleep(300 * time.Millisecond) })
+		return nil
+	}})
+	src := newMemSource()
+	a := newTestCache[int64](t, tiered.Config{Redis: slow, Namespace: ns, L2Timeout: time.Second})
+	b := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
+	wa := newWriteBehind(t, a, tiered.WriteBehindConfig[int64]{NoFlusher: true})
+	wb := newWriteBehind(t, b, fastWB(src.flush))
+	done := make(chan error)
+	go func() { done <- wa.Set(ctx, "k", 1) }()
+	<-appended
+	if err := wb.Set(ctx, "k", 2); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "flush of 2", func() bool { v, _ := src.get("k"); return v == 2 })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "write 1 flushed too", func() bool { return wb.Stats().Flushed == 2 })
+	if v, _ := src.get("k"); v != 2 {
+		t.Errorf("source = %d, want 2", v)
+	}
+	if v, err := b.Get(ctx, "k"); err != nil || v != 2 {
+		t.Errorf("cache = %d, %v; want 2", v, err)
+	}
+	if ttl := rdb.PTTL(ctx, ns+":k").Val(); ttl <= 0 {
+		t.Errorf("L2 PTTL = %v: the late write left a value that never expires", ttl)
+	}
+}
+
+func TestWriteBehindFailedAckReplaysInOrder(t *testing.T) {
+	// The first acknowledgement fails after the source took write 1: the
+	// flusher gives its shard up, and the replay must not apply write 1
+	// after write 2.
+	ctx := context.Background()
+	rdb := newClient(t)
+	ns := redistest.Namespace(t)
+	dropStreams(t, rdb, ns)
+	flaky := redis.NewClient(&redis.Options{Addr: redistest.Addr(t), ContextTimeoutEnabled: true})
+	defer flaky.Close()
+	var acks atomic.Int64
+	flaky.AddHook(&scriptHook{mark: "tiercache", before: func() error {
+		if acks.Add(1) == 1 {
+			return errors.New("injected: ack lost")
+		}
+		return nil
+	}})
+	src := newMemSource()
+	c := newTestCache[int64](t, tiered.Config{Redis: flaky, Namespace: ns})
+	cfg := fastWB(src.flush)
+	cfg.Shards = 1
+	w := newWriteBehind(t, c, cfg)
+	if err := w.Set(ctx, "k", 1); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 2*time.Second, "first flush", func() bool { return acks.Load() >= 1 })
+	if err := w.Set(ctx, "k", 2); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := w.Close(cctx); err != nil {
+		t.Fatal(err)
+	}
+	src.mu.Lock()
+	ids := src.applied["k"]
+	src.mu.Unlock()
+	for i := 1; i < len(ids); i++ {
+		if idLess(ids[i], ids[i-1]) {
+			t.Errorf("applied %v: an older write after a newer one", ids)
+		}
+	}
+	if v, _ := src.get("k"); v != 2 || len(ids) < 2 {
+		t.Errorf("source = %d after %v, want 2 and a replay", v, ids)
 	}
 }
 
@@ -422,11 +543,11 @@ func TestWriteBehindCrashLosesNoAcknowledgedWrite(t *testing.T) {
 	before := rdb.HLen(ctx, ns+"#source").Val()
 	queued := int64(0)
 	for s := range 8 {
-		queued += rdb.XLen(ctx, ns+"#wb:"+strconv.Itoa(s)).Val()
+		queued += rdb.XLen(ctx, "{"+ns+"#wb:"+strconv.Itoa(s)+"}").Val()
 	}
 	pending := int64(0)
 	for s := range 8 {
-		p, _ := rdb.XPending(ctx, ns+"#wb:"+strconv.Itoa(s), "tiercache").Result()
+		p, _ := rdb.XPending(ctx, "{"+ns+"#wb:"+strconv.Itoa(s)+"}", "tiercache").Result()
 		if p != nil {
 			pending += p.Count
 		}
@@ -486,7 +607,8 @@ func runWriteBehindPeer(rdb *redis.Client, pc peerConfig) {
 		})
 		return err
 	}
-	cfg := tiered.WriteBehindConfig[int64]{Flush: flush, LockTTL: time.Second, FlushTimeout: 300 * time.Millisecond, PollInterval: 5 * time.Millisecond}
+	cfg := tiered.WriteBehindConfig[int64]{Flush: flush, LockTTL: time.Second, FlushTimeout: 300 * time.Millisecond,
+		PollInterval: 5 * time.Millisecond, MaxRetryBackoff: 200 * time.Millisecond}
 	w, err := tiered.NewWriteBehind(c, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "peer NewWriteBehind:", err)
