@@ -2,104 +2,473 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"os"
 	"strconv"
-	"sync/atomic"
+	"strings"
 	"time"
 
+	"github.com/go-redis/redis_rate/v10"
 	"github.com/labstack/echo/v4"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/middleware/echocache"
+	"github.com/tiercache/tiercache/middleware/httpcache"
 	"github.com/tiercache/tiercache/tiered"
+	"github.com/tiercache/tiercache/warmup"
 )
 
-// Product is the catalog's unit of sale.
-type Product struct {
-	ID         int       `json:"id"`
-	Name       string    `json:"name"`
-	Category   string    `json:"category"`
-	PriceCents int       `json:"price_cents"`
-	Stock      int       `json:"stock"`
-	Version    int       `json:"version"`
-	UpdatedAt  time.Time `json:"updated_at"`
+// Config is what a catalog replica runs with.
+type Config struct {
+	DatabaseURL string        // "" for the embedded SQLite file; see openStore
+	Seed        int           // products created in an empty database
+	DBDelay     time.Duration // added to every query
+	Redis       redis.UniversalClient
+	RedisKind   string // "redis", "embedded" or "none", for /debug/cache
+	CacheOff    bool   // no cache at all: every request queries the database
+	L1Bytes     int64  // the L1 budget of each cache (products, responses)
+	PurgeToken  string // enables POST /admin/purge with "Authorization: Bearer <token>"
+	WriteRate   int    // writes per second per client (burst as many); <0: no limit
+	WarmFile    string // keys to warm from, one per line; "" for the hot keys
+	PageSize    int
+	Namespace   string
+	Logger      *slog.Logger
+	Telemetry   *telemetry
 }
 
-// store stands in for the database until the catalog gets a real one.
-type store struct {
-	products map[int]Product
-	delay    time.Duration
-	queries  atomic.Int64
+// App is one replica of the catalog service.
+type App struct {
+	cfg      Config
+	db       *store
+	products *tiered.Cache[Product]
+	pages    *tiered.Cache[echocache.Response]
+	http     *echocache.Middleware
+	limiter  *redis_rate.Limiter
+	ready    *warmup.Tracker
+	lat      latencies
+	started  time.Time
+	e        *echo.Echo
+	log      *slog.Logger
 }
 
-func newStore(n int, delay time.Duration) *store {
-	categories := []string{"books", "garden", "kitchen", "toys", "tools"}
-	s := &store{products: make(map[int]Product, n), delay: delay}
-	now := time.Now().UTC().Truncate(time.Second)
-	for id := 1; id <= n; id++ {
-		s.products[id] = Product{
-			ID: id, Name: fmt.Sprintf("Product %d", id), Category: categories[id%len(categories)],
-			PriceCents: 100 + id%9000, Stock: id % 50, Version: 1, UpdatedAt: now,
+// NewApp opens the database (creating and seeding it if empty), builds the
+// caches and the routes, and starts the warm-up in the background.
+func NewApp(ctx context.Context, cfg Config) (*App, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.PageSize == 0 {
+		cfg.PageSize = 20
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = "catalog"
+	}
+	if cfg.WriteRate == 0 {
+		cfg.WriteRate = 20
+	}
+	if cfg.Telemetry == nil {
+		t, err := newTelemetry(ctx, "")
+		if err != nil {
+			return nil, err
 		}
+		cfg.Telemetry = t
 	}
-	return s
-}
-
-func (s *store) product(ctx context.Context, id int) (Product, error) {
-	s.queries.Add(1)
-	select {
-	case <-time.After(s.delay):
-	case <-ctx.Done():
-		return Product{}, ctx.Err()
-	}
-	p, ok := s.products[id]
-	if !ok {
-		return Product{}, tiered.ErrNotFound
-	}
-	return p, nil
-}
-
-type app struct {
-	cache *tiered.Cache[Product]
-	db    *store
-	log   *slog.Logger
-}
-
-func newApp(rdb redis.UniversalClient, namespace string, db *store, log *slog.Logger) (*app, error) {
-	c, err := tiered.New[Product](tiered.Config{Redis: rdb, Namespace: namespace, TTL: 10 * time.Minute, Logger: log})
-	if err != nil {
+	a := &App{cfg: cfg, log: cfg.Logger, started: time.Now(), ready: &warmup.Tracker{}}
+	tm := cfg.Telemetry
+	var err error
+	if a.db, err = openStore(ctx, cfg.DatabaseURL, cfg.DBDelay, tm.tracers, tm.meters); err != nil {
 		return nil, err
 	}
-	return &app{cache: c, db: db, log: log}, nil
+	seeded, err := a.db.migrate(ctx, cfg.Seed)
+	if err != nil {
+		a.db.Close()
+		return nil, err
+	}
+	if seeded > 0 {
+		a.log.Info("seeded the database", "products", seeded)
+	}
+	if !cfg.CacheOff {
+		if err := a.openCaches(); err != nil {
+			a.db.Close()
+			return nil, err
+		}
+		if cfg.Redis != nil {
+			a.limiter = redis_rate.NewLimiter(cfg.Redis)
+		}
+	}
+	if err := a.routes(); err != nil {
+		a.Close()
+		return nil, err
+	}
+	go a.warm(context.WithoutCancel(ctx))
+	return a, nil
 }
 
-func (a *app) routes() *echo.Echo {
-	e := echo.New()
-	e.HideBanner = true
-	e.GET("/products/:id", a.getProduct)
-	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok") })
-	e.GET("/debug/cache.json", func(c echo.Context) error {
-		return c.JSON(http.StatusOK, map[string]any{"cache": a.cache.Stats(), "db_queries": a.db.queries.Load()})
+func (a *App) openCaches() error {
+	tm := a.cfg.Telemetry
+	var err error
+	hot := 0
+	if a.cfg.Redis != nil {
+		hot = 1000
+	}
+	a.products, err = tiered.New[Product](tiered.Config{
+		Redis: a.cfg.Redis, Namespace: a.cfg.Namespace, TTL: 10 * time.Minute, StaleTTL: time.Minute,
+		L1MaxBytes: a.cfg.L1Bytes, HotKeys: hot, HotKeysInterval: 10 * time.Second,
+		Logger: a.log, TracerProvider: tm.tracers, MeterProvider: tm.meters,
 	})
-	return e
+	if err != nil {
+		return fmt.Errorf("product cache: %w", err)
+	}
+	a.pages, err = tiered.New[echocache.Response](tiered.Config{
+		Redis: a.cfg.Redis, Namespace: a.cfg.Namespace + "-http", TTL: 10 * time.Minute, L1MaxBytes: a.cfg.L1Bytes,
+		Logger: a.log, TracerProvider: tm.tracers, MeterProvider: tm.meters,
+	})
+	if err != nil {
+		return fmt.Errorf("page cache: %w", err)
+	}
+	cfg := echocache.DefaultConfig
+	cfg.Cache, cfg.Logger, cfg.MeterProvider = a.pages, a.log, tm.meters
+	if a.http, err = echocache.NewMiddleware(cfg); err != nil {
+		return fmt.Errorf("http cache: %w", err)
+	}
+	return nil
 }
 
-func (a *app) getProduct(c echo.Context) error {
+// Close releases the caches and the database.
+func (a *App) Close() {
+	if a.products != nil {
+		a.products.Close()
+	}
+	if a.pages != nil {
+		a.pages.Close()
+	}
+	a.db.Close()
+}
+
+// Handler is the replica's HTTP handler.
+func (a *App) Handler() http.Handler { return a.e }
+
+func (a *App) routes() error {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	obs, err := observe(a.cfg.Telemetry.tracers, a.cfg.Telemetry.meters, &a.lat)
+	if err != nil {
+		return err
+	}
+	e.Use(obs)
+	g := e.Group("/products")
+	if a.http != nil {
+		g.Use(a.http.Handler)
+	}
+	g.GET("", a.listProducts)
+	g.GET("/:id", a.getProduct)
+	g.PUT("/:id", a.updateProduct, a.rateLimit)
+	g.POST("", a.createProduct, a.rateLimit)
+	g.DELETE("/:id", a.deleteProduct, a.rateLimit)
+
+	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	ready := a.ready.Handler(0)
+	e.GET("/readyz", func(c echo.Context) error {
+		if a.products == nil {
+			return c.String(http.StatusOK, "ready")
+		}
+		return ready(c)
+	})
+	e.GET("/metrics", echo.WrapHandler(a.cfg.Telemetry.metrics))
+	e.GET("/debug/cache", a.debugPage)
+	e.GET("/debug/cache.json", a.debugJSON)
+	e.POST("/admin/purge", a.purge)
+	a.e = e
+	return nil
+}
+
+func productKey(id int) string { return "product:" + strconv.Itoa(id) }
+
+// loadProduct is the product cache's loader.
+func (a *App) loadProduct(ctx context.Context, key string) (Product, error) {
+	id, err := strconv.Atoi(strings.TrimPrefix(key, "product:"))
+	if err != nil {
+		return Product{}, tiered.ErrNotFound
+	}
+	return a.db.product(ctx, id)
+}
+
+func (a *App) product(ctx context.Context, id int) (Product, error) {
+	if a.products == nil {
+		return a.db.product(ctx, id)
+	}
+	return a.products.GetOrLoad(ctx, productKey(id), a.loadProduct)
+}
+
+func pathID(c echo.Context) (int, error) {
 	id, err := strconv.Atoi(c.Param("id"))
 	if err != nil || id <= 0 {
-		return echo.NewHTTPError(http.StatusBadRequest, "id must be a positive integer")
+		return 0, echo.NewHTTPError(http.StatusBadRequest, "id must be a positive integer")
 	}
-	ctx := c.Request().Context()
-	p, err := a.cache.GetOrLoad(ctx, "product:"+strconv.Itoa(id), func(ctx context.Context, _ string) (Product, error) {
-		return a.db.product(ctx, id)
-	})
+	return id, nil
+}
+
+// cacheable marks a GET response for the HTTP cache: fresh for a minute
+// (every write purges what it changed), tagged so that purges find it, with
+// an ETag for conditional requests.
+func cacheable(c echo.Context, etag string, tags ...string) {
+	h := c.Response().Header()
+	h.Set("Cache-Control", "public, max-age=60, stale-if-error=300")
+	h.Set("ETag", etag)
+	h.Set("Surrogate-Key", strings.Join(append(tags, "all"), " "))
+}
+
+func (a *App) getProduct(c echo.Context) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	p, err := a.product(c.Request().Context(), id)
 	switch {
 	case errors.Is(err, tiered.ErrNotFound):
 		return echo.NewHTTPError(http.StatusNotFound, "no such product")
 	case err != nil:
 		return fmt.Errorf("product %d: %w", id, err)
 	}
+	etag := fmt.Sprintf(`"p%d-v%d"`, p.ID, p.Version)
+	cacheable(c, etag, productKey(id))
+	if httpcache.NotModified(c.Request(), c.Response().Header()) {
+		return c.NoContent(http.StatusNotModified)
+	}
 	return c.JSON(http.StatusOK, p)
+}
+
+func (a *App) listProducts(c echo.Context) error {
+	category := c.QueryParam("category")
+	page := 1
+	if s := c.QueryParam("page"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 100_000 {
+			return echo.NewHTTPError(http.StatusBadRequest, "page must be a positive integer")
+		}
+		page = n
+	}
+	if len(category) > 64 {
+		return echo.NewHTTPError(http.StatusBadRequest, "category too long")
+	}
+	ps, err := a.db.list(c.Request().Context(), category, page, a.cfg.PageSize)
+	if err != nil {
+		return fmt.Errorf("list: %w", err)
+	}
+	// The page's ETag: the ids and versions it shows.
+	var sum uint64 = 14695981039346656037
+	for _, p := range ps {
+		for _, v := range []int{p.ID, p.Version} {
+			sum = (sum ^ uint64(v)) * 1099511628211
+		}
+	}
+	cacheable(c, fmt.Sprintf(`"l%x"`, sum), listTag(category))
+	if httpcache.NotModified(c.Request(), c.Response().Header()) {
+		return c.NoContent(http.StatusNotModified)
+	}
+	return c.JSON(http.StatusOK, map[string]any{"category": category, "page": page, "products": ps})
+}
+
+// listTag tags the list pages of a category ("" for the unfiltered list).
+func listTag(category string) string {
+	if category == "" {
+		return "list:all"
+	}
+	return "category:" + category
+}
+
+// afterWrite brings every replica up to date with a product write: its
+// cached value, its response and the list pages that may show it, before
+// the write's response goes out.
+func (a *App) afterWrite(ctx context.Context, id int, p *Product, categories ...string) error {
+	if a.products == nil {
+		return nil
+	}
+	var err error
+	if p != nil {
+		err = a.products.Set(ctx, productKey(id), *p)
+	} else {
+		err = a.products.Delete(ctx, productKey(id))
+	}
+	tags := []string{productKey(id), listTag("")}
+	for _, c := range categories {
+		tags = append(tags, listTag(c))
+	}
+	return errors.Join(err, a.http.PurgeTags(ctx, tags...))
+}
+
+func validPatch(p Patch) error {
+	switch {
+	case p.Name != nil && (*p.Name == "" || len(*p.Name) > 200):
+		return errors.New("name must be 1 to 200 bytes")
+	case p.Category != nil && (*p.Category == "" || len(*p.Category) > 64):
+		return errors.New("category must be 1 to 64 bytes")
+	case p.PriceCents != nil && (*p.PriceCents < 0 || *p.PriceCents > math.MaxInt32):
+		return errors.New("price_cents must be 0 to 2^31-1")
+	case p.Stock != nil && (*p.Stock < 0 || *p.Stock > math.MaxInt32):
+		return errors.New("stock must be 0 to 2^31-1")
+	}
+	return nil
+}
+
+func (a *App) updateProduct(c echo.Context) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	var patch Patch
+	if err := c.Bind(&patch); err != nil {
+		return err
+	}
+	if err := validPatch(patch); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+	}
+	ctx := c.Request().Context()
+	before, after, err := a.db.update(ctx, id, patch)
+	switch {
+	case errors.Is(err, tiered.ErrNotFound):
+		return echo.NewHTTPError(http.StatusNotFound, "no such product")
+	case err != nil:
+		return fmt.Errorf("update %d: %w", id, err)
+	}
+	if err := a.afterWrite(ctx, id, &after, before.Category, after.Category); err != nil {
+		a.log.WarnContext(ctx, "cache update after a write failed; copies expire within their TTL", "id", id, "err", err)
+	}
+	return c.JSON(http.StatusOK, after)
+}
+
+func (a *App) createProduct(c echo.Context) error {
+	var patch Patch
+	if err := c.Bind(&patch); err != nil {
+		return err
+	}
+	if patch.Name == nil || patch.Category == nil {
+		return echo.NewHTTPError(http.StatusBadRequest, "name and category are required")
+	}
+	if err := validPatch(patch); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+	}
+	p := Product{Name: *patch.Name, Category: *patch.Category}
+	if patch.PriceCents != nil {
+		p.PriceCents = *patch.PriceCents
+	}
+	if patch.Stock != nil {
+		p.Stock = *patch.Stock
+	}
+	ctx := c.Request().Context()
+	p, err := a.db.create(ctx, p)
+	if err != nil {
+		return fmt.Errorf("create: %w", err)
+	}
+	if err := a.afterWrite(ctx, p.ID, &p, p.Category); err != nil {
+		a.log.WarnContext(ctx, "cache update after a write failed", "id", p.ID, "err", err)
+	}
+	c.Response().Header().Set("Location", "/products/"+strconv.Itoa(p.ID))
+	return c.JSON(http.StatusCreated, p)
+}
+
+func (a *App) deleteProduct(c echo.Context) error {
+	id, err := pathID(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	p, err := a.db.remove(ctx, id)
+	switch {
+	case errors.Is(err, tiered.ErrNotFound):
+		return echo.NewHTTPError(http.StatusNotFound, "no such product")
+	case err != nil:
+		return fmt.Errorf("delete %d: %w", id, err)
+	}
+	if err := a.afterWrite(ctx, id, nil, p.Category); err != nil {
+		a.log.WarnContext(ctx, "cache update after a delete failed", "id", id, "err", err)
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// rateLimit limits writes per client with a GCRA limiter in Redis
+// (go-redis/redis_rate), shared by every replica. Without Redis, or when
+// it fails, writes go through: the limiter protects the database, and an
+// outage of the cache must not stop the shop.
+func (a *App) rateLimit(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if a.limiter == nil || a.cfg.WriteRate < 0 {
+			return next(c)
+		}
+		ctx, cancel := context.WithTimeout(c.Request().Context(), 100*time.Millisecond)
+		res, err := a.limiter.Allow(ctx, a.cfg.Namespace+":writes:"+c.RealIP(), redis_rate.PerSecond(a.cfg.WriteRate))
+		cancel()
+		if err != nil {
+			a.log.WarnContext(c.Request().Context(), "rate limiter unavailable; allowing the write", "err", err)
+			return next(c)
+		}
+		if res.Allowed == 0 {
+			c.Response().Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(res.RetryAfter.Seconds())))))
+			return echo.NewHTTPError(http.StatusTooManyRequests, "too many writes")
+		}
+		return next(c)
+	}
+}
+
+// purge is POST /admin/purge?product=ID | tag=T | all=1, with the token
+// from PURGE_TOKEN as a bearer token. Without a token configured it is
+// off.
+func (a *App) purge(c echo.Context) error {
+	token := a.cfg.PurgeToken
+	auth := c.Request().Header.Get("Authorization")
+	if token == "" || subtle.ConstantTimeCompare([]byte(auth), []byte("Bearer "+token)) != 1 {
+		return echo.NewHTTPError(http.StatusForbidden, "purge needs the bearer token")
+	}
+	if a.http == nil {
+		return c.NoContent(http.StatusNoContent)
+	}
+	ctx := c.Request().Context()
+	var err error
+	switch {
+	case c.QueryParam("product") != "":
+		id, perr := strconv.Atoi(c.QueryParam("product"))
+		if perr != nil || id <= 0 {
+			return echo.NewHTTPError(http.StatusBadRequest, "product must be a positive integer")
+		}
+		err = errors.Join(a.products.Delete(ctx, productKey(id)), a.http.PurgeTags(ctx, productKey(id)))
+	case c.QueryParam("tag") != "":
+		err = a.http.PurgeTags(ctx, c.QueryParam("tag"))
+	case c.QueryParam("all") == "1":
+		err = a.http.PurgeTags(ctx, "all") // every response; product data is kept current by the writes
+	default:
+		return echo.NewHTTPError(http.StatusBadRequest, "give product=ID, tag=T or all=1")
+	}
+	if err != nil {
+		return fmt.Errorf("purge: %w", err)
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// warm fills the product cache at start from WarmFile or, with Redis, from
+// the keys the other replicas read most; /readyz answers 503 until done.
+func (a *App) warm(ctx context.Context) {
+	if a.products == nil {
+		return // no cache: ready at once
+	}
+	src := warmup.FromSlice(nil)
+	switch {
+	case a.cfg.WarmFile != "":
+		f, err := os.Open(a.cfg.WarmFile)
+		if err != nil {
+			a.log.Warn("warm-up file unreadable; starting cold", "err", err)
+			break
+		}
+		defer f.Close()
+		src = warmup.FromReader(f)
+	case a.cfg.Redis != nil:
+		src = warmup.FromHotKeys(a.products, 1000)
+	}
+	_, _ = warmup.Run(ctx, a.products, src, warmup.Config[Product]{
+		Load: a.loadProduct, Concurrency: 8, Tracker: a.ready, Logger: a.log,
+	})
 }

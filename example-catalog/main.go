@@ -1,18 +1,22 @@
-// Command example-catalog serves a product catalog through a tiered cache.
+// Command example-catalog is a product catalog API on a real database,
+// cached by tiercache in every layer: an HTTP response cache (echocache)
+// in front of the handlers, a product cache (tiered) in front of the
+// database, invalidation across replicas, warm-up, rate-limited writes,
+// Prometheus metrics, traces and a live cache page.
 //
-// This is the minimal version: one cached endpoint, GET /products/:id, over
-// an in-memory table that stands in for the database (with a simulated
-// query latency). It uses Redis from REDIS_URL, or 127.0.0.1:6379 if one
-// answers, as L2; with none, it runs with L1 only and says so.
+//	go run ./example-catalog                 # SQLite in the temp dir, Redis if one answers, else an embedded one
+//	go run ./example-catalog loadgen -h      # the load generator
 //
-//	go run ./example-catalog
-//	curl -i localhost:8080/products/42
+// Environment: ADDR, DATABASE_URL (postgres://… or sqlite:<path>),
+// REDIS_URL, PURGE_TOKEN, OTEL_TRACES_EXPORTER (none, stdout, otlp);
+// flags override them (see -h). docs/catalog.md explains the numbers.
 package main
 
 import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -20,62 +24,117 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/tiercache/tiercache/tiered"
 )
 
-func main() {
-	addr := flag.String("addr", envOr("ADDR", ":8080"), "listen address (ADDR)")
-	redisURL := flag.String("redis", envOr("REDIS_URL", "redis://127.0.0.1:6379/0"), "Redis URL for L2 (REDIS_URL)")
-	products := flag.Int("products", 10_000, "number of products to seed")
-	dbDelay := flag.Duration("db-delay", 2*time.Millisecond, "simulated database latency per query")
-	flag.Parse()
+const defaultRedisURL = "redis://127.0.0.1:6379/0"
 
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "loadgen" {
+		os.Exit(runLoadgen(os.Args[2:]))
+	}
+	if err := serve(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "example-catalog:", err)
+		os.Exit(1)
+	}
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("example-catalog", flag.ContinueOnError)
+	addr := fs.String("addr", envOr("ADDR", ":8080"), "listen address (ADDR)")
+	dbURL := fs.String("db", os.Getenv("DATABASE_URL"), "database: postgres://… or sqlite:<path>; empty for SQLite in the temp dir (DATABASE_URL)")
+	redisURL := fs.String("redis", os.Getenv("REDIS_URL"), "Redis URL; empty: "+defaultRedisURL+" if it answers, else an embedded server, for demos only (REDIS_URL)")
+	seed := fs.Int("products", 10_000, "products to create in an empty database")
+	dbDelay := fs.Duration("db-delay", 0, "added to every database query, to play a slower database")
+	cacheOff := fs.Bool("cache-off", false, "serve every request from the database, to see what the cache buys")
+	l1 := fs.Int64("l1-bytes", 64<<20, "L1 budget of each cache (products, responses)")
+	token := fs.String("purge-token", os.Getenv("PURGE_TOKEN"), "bearer token for POST /admin/purge; empty: purging off (PURGE_TOKEN)")
+	writeRate := fs.Int("write-rate", 20, "writes per second per client; -1: no limit")
+	warmFile := fs.String("warm-file", "", "keys to warm from at start (one per line); default: the cluster's hot keys")
+	traces := fs.String("traces", os.Getenv("OTEL_TRACES_EXPORTER"), "traces: none, stdout or otlp (OTEL_TRACES_EXPORTER)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	rdb := connectRedis(ctx, log, *redisURL)
-	if rdb != nil {
-		defer rdb.Close()
-	}
-	app, err := newApp(rdb, "example-catalog", newStore(*products, *dbDelay), log)
+	tm, err := newTelemetry(ctx, *traces)
 	if err != nil {
-		log.Error("start", "err", err)
-		os.Exit(1)
+		return err
 	}
-	defer app.cache.Close()
+	defer tm.Close(context.Background())
+	cfg := Config{
+		DatabaseURL: *dbURL, Seed: *seed, DBDelay: *dbDelay, CacheOff: *cacheOff, L1Bytes: *l1,
+		PurgeToken: *token, WriteRate: *writeRate, WarmFile: *warmFile, Logger: log, Telemetry: tm,
+	}
+	if !*cacheOff {
+		rdb, kind, closeRedis, err := connectRedis(ctx, log, *redisURL)
+		if err != nil {
+			return err
+		}
+		defer closeRedis()
+		cfg.Redis, cfg.RedisKind = rdb, kind
+	}
+	app, err := NewApp(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer app.Close()
 
-	srv := &http.Server{Addr: *addr, Handler: app.routes(), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Addr: *addr, Handler: app.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
 	}()
-	log.Info("example-catalog listening", "addr", *addr, "products", *products, "l2", rdb != nil)
+	log.Info("example-catalog listening", "addr", *addr, "redis", cfg.RedisKind, "cache", !*cacheOff, "db_delay", *dbDelay)
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Error("serve", "err", err)
-		os.Exit(1)
+		return err
 	}
+	return nil
 }
 
-// connectRedis returns a client when Redis answers at url, else nil.
-func connectRedis(ctx context.Context, log *slog.Logger, url string) redis.UniversalClient {
+// connectRedis connects to url. With no url, it tries the default and,
+// if nothing answers there, starts an embedded Redis-protocol server
+// (miniredis) so that every layer still runs: for demos only, since
+// nothing else shares it. A url that does not answer is used anyway: the
+// cache then serves from L1 and the database until Redis comes back.
+func connectRedis(ctx context.Context, log *slog.Logger, url string) (redis.UniversalClient, string, func(), error) {
+	explicit := url != ""
+	if !explicit {
+		url = defaultRedisURL
+	}
 	rdb, err := tiered.NewRedisClient(url)
 	if err != nil {
-		log.Error("bad REDIS_URL; running with L1 only", "err", err)
-		return nil
+		return nil, "", nil, fmt.Errorf("REDIS_URL: %w", err)
 	}
 	pctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	if err := rdb.Ping(pctx).Err(); err != nil {
-		log.Warn("no Redis answers; running with L1 only (demo mode)", "err", err)
-		rdb.Close()
-		return nil
+	err = rdb.Ping(pctx).Err()
+	cancel()
+	switch {
+	case err == nil:
+		return rdb, "redis", func() { rdb.Close() }, nil
+	case explicit:
+		log.Warn("Redis does not answer; serving from L1 and the database until it does", "url", url, "err", err)
+		return rdb, "redis", func() { rdb.Close() }, nil
 	}
-	return rdb
+	rdb.Close()
+	mr := miniredis.NewMiniRedis()
+	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+		return nil, "", nil, fmt.Errorf("embedded Redis: %w", err)
+	}
+	log.Warn("no Redis at " + defaultRedisURL + ": using an embedded in-process Redis (miniredis), FOR DEMOS ONLY; set REDIS_URL to share a real one between replicas")
+	rdb, err = tiered.NewRedisClient("redis://" + mr.Addr())
+	if err != nil {
+		mr.Close()
+		return nil, "", nil, err
+	}
+	return rdb, "embedded", func() { rdb.Close(); mr.Close() }, nil
 }
 
 func envOr(name, def string) string {
