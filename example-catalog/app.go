@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -49,11 +50,13 @@ type App struct {
 	pages    *tiered.Cache[echocache.Response]
 	http     *echocache.Middleware
 	limiter  *redis_rate.Limiter
-	ready    *warmup.Tracker
-	lat      latencies
-	started  time.Time
-	e        *echo.Echo
-	log      *slog.Logger
+	// limiterDown is when (Unix ns) to try the limiter again after it failed.
+	limiterDown atomic.Int64
+	ready       *warmup.Tracker
+	lat         latencies
+	started     time.Time
+	e           *echo.Echo
+	log         *slog.Logger
 }
 
 // NewApp opens the database (creating and seeding it if empty), builds the
@@ -400,11 +403,17 @@ func (a *App) rateLimit(next echo.HandlerFunc) echo.HandlerFunc {
 		if a.limiter == nil || a.cfg.WriteRate < 0 {
 			return next(c)
 		}
-		ctx, cancel := context.WithTimeout(c.Request().Context(), 100*time.Millisecond)
+		if time.Now().UnixNano() < a.limiterDown.Load() {
+			return next(c)
+		}
+		ctx, cancel := context.WithTimeout(c.Request().Context(), 250*time.Millisecond)
 		res, err := a.limiter.Allow(ctx, a.cfg.Namespace+":writes:"+c.RealIP(), redis_rate.PerSecond(a.cfg.WriteRate))
 		cancel()
 		if err != nil {
-			a.log.WarnContext(c.Request().Context(), "rate limiter unavailable; allowing the write", "err", err)
+			// Skip the limiter for a second rather than make every write
+			// wait for a Redis that does not answer.
+			a.limiterDown.Store(time.Now().Add(time.Second).UnixNano())
+			a.log.WarnContext(c.Request().Context(), "rate limiter unavailable; allowing writes for a second", "err", err)
 			return next(c)
 		}
 		if res.Allowed == 0 {
