@@ -23,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/tiered"
 )
@@ -367,6 +369,74 @@ func eventuallyT(t *testing.T, d time.Duration, what string, cond func() bool) {
 	for end := time.Now().Add(d); !cond(); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(end) {
 			t.Fatalf("after %v: %s", d, what)
+		}
+	}
+}
+
+func TestCacheOffQueriesTheDatabaseEveryTime(t *testing.T) {
+	app, err := NewApp(context.Background(), Config{
+		DatabaseURL: "sqlite:" + t.TempDir() + "/catalog.sqlite", Seed: 50, CacheOff: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	srv := httptest.NewServer(app.Handler())
+	defer srv.Close()
+	r := &replica{app: app, srv: srv}
+	for range 5 {
+		if p, res := r.product(t, 3); res.StatusCode != http.StatusOK || p.ID != 3 || res.Header.Get("X-Cache") != "" {
+			t.Fatalf("GET: %d %+v %v", res.StatusCode, p, res.Header)
+		}
+	}
+	if res, body := r.do(t, http.MethodPut, "/products/3", map[string]int{"stock": 9}); res.StatusCode != http.StatusOK {
+		t.Fatalf("PUT: %d %s", res.StatusCode, body)
+	}
+	if p, _ := r.product(t, 3); p.Stock != 9 || p.Version != 2 {
+		t.Errorf("after PUT: %+v", p)
+	}
+	if q := app.stats().DB.Queries; q != 7 {
+		t.Errorf("%d database queries for 6 reads and a write, want 7", q)
+	}
+	if res, _ := r.do(t, http.MethodGet, "/readyz", nil); res.StatusCode != http.StatusOK {
+		t.Errorf("readyz without a cache: %d", res.StatusCode)
+	}
+}
+
+func TestEmbeddedRedisRunsEveryLayer(t *testing.T) {
+	// The demo mode: miniredis must run the cache's scripts, pub/sub and
+	// the limiter, or the demo would show errors instead of hits.
+	mr := miniredis.NewMiniRedis()
+	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer mr.Close()
+	rs := startReplicas(t, 2, "sqlite:"+t.TempDir()+"/catalog.sqlite", mr.Addr(), Config{WriteRate: 5})
+	a, b := rs[0], rs[1]
+	for range 3 {
+		for _, r := range rs {
+			r.product(t, 5)
+			r.do(t, http.MethodGet, "/products?category=toys", nil)
+		}
+	}
+	res, body := a.do(t, http.MethodPut, "/products/5", map[string]int{"stock": 77})
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("PUT: %d %s", res.StatusCode, body)
+	}
+	eventuallyT(t, 2*time.Second, "b sees the write", func() bool { p, _ := b.product(t, 5); return p.Stock == 77 })
+	codes := map[int]int{}
+	for range 12 {
+		res, _ := a.do(t, http.MethodPut, "/products/6", map[string]int{"stock": 1})
+		codes[res.StatusCode]++
+	}
+	if codes[http.StatusTooManyRequests] == 0 {
+		t.Errorf("no 429 from the embedded limiter: %v", codes)
+	}
+	for i, r := range rs {
+		s := r.app.stats()
+		if s.Products.L2Errors+s.Pages.L2Errors+s.Products.DecodeErrors+s.Pages.DecodeErrors != 0 || s.Products.L2Hits+s.Pages.L1Hits == 0 {
+			t.Errorf("replica %d on miniredis: %+v / %+v", i, s.Products, s.Pages)
 		}
 	}
 }
