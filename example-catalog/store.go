@@ -72,8 +72,10 @@ func openStore(ctx context.Context, url string, delay time.Duration, tp trace.Tr
 	}
 	if driver == "sqlite" {
 		// WAL lets readers run beside the writer; busy_timeout makes a
-		// writer wait for the lock instead of failing.
-		dsn = "file:" + dsn + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(NORMAL)"
+		// writer wait for the lock instead of failing, and immediate
+		// transactions take it at BEGIN: a deferred one that reads first
+		// cannot wait for it later (SQLITE_BUSY at once).
+		dsn = "file:" + dsn + "?_pragma=journal_mode(WAL)&_pragma=busy_timeout(5000)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 	}
 	db, err := sql.Open(driver, dsn)
 	if err != nil {
