@@ -29,12 +29,14 @@ type Config struct {
 	DatabaseURL string        // "" for the embedded SQLite file; see openStore
 	Seed        int           // products created in an empty database
 	DBDelay     time.Duration // added to every query
+	DBConns     int           // queries at once, the delay included; 0: no limit
 	Redis       redis.UniversalClient
 	RedisKind   string // "redis", "embedded" or "none", for /debug/cache
 	CacheOff    bool   // no cache at all: every request queries the database
 	L1Bytes     int64  // the L1 budget of each cache (products, responses)
 	PurgeToken  string // enables POST /admin/purge with "Authorization: Bearer <token>"
 	WriteRate   int    // writes per second per client (burst as many); <0: no limit
+	TrustProxy  bool   // take the client's address from X-Forwarded-For (set only behind a proxy that sets it)
 	WarmFile    string // keys to warm from, one per line; "" for the hot keys
 	PageSize    int
 	Namespace   string
@@ -84,7 +86,7 @@ func NewApp(ctx context.Context, cfg Config) (*App, error) {
 	a := &App{cfg: cfg, log: cfg.Logger, started: time.Now(), ready: &warmup.Tracker{}}
 	tm := cfg.Telemetry
 	var err error
-	if a.db, err = openStore(ctx, cfg.DatabaseURL, cfg.DBDelay, tm.tracers, tm.meters); err != nil {
+	if a.db, err = openStore(ctx, cfg.DatabaseURL, cfg.DBDelay, cfg.DBConns, tm.tracers, tm.meters); err != nil {
 		return nil, err
 	}
 	seeded, err := a.db.migrate(ctx, cfg.Seed)
@@ -159,6 +161,13 @@ func (a *App) Handler() http.Handler { return a.e }
 func (a *App) routes() error {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
+	// The rate limit is per client address: take it from the connection,
+	// or from X-Forwarded-For only behind a proxy that sets it, or any
+	// client could pick its own address and its own limit.
+	e.IPExtractor = echo.ExtractIPDirect()
+	if a.cfg.TrustProxy {
+		e.IPExtractor = echo.ExtractIPFromXFFHeader()
+	}
 	obs, err := observe(a.cfg.Telemetry.tracers, a.cfg.Telemetry.meters, &a.lat)
 	if err != nil {
 		return err

@@ -337,8 +337,11 @@ func TestWriteBurstIsRateLimited(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 5 {
-				// One client, every replica: the limit is shared through Redis.
-				res, _ := rs[(g+i)%3].do(t, http.MethodPut, fmt.Sprintf("/products/%d", 1+g%10), map[string]int{"stock": i})
+				// One client, every replica: the limit is shared through
+				// Redis. The client claims another address each time, which
+				// must not buy it another limit.
+				res, _ := rs[(g+i)%3].do(t, http.MethodPut, fmt.Sprintf("/products/%d", 1+g%10), map[string]int{"stock": i},
+					"X-Forwarded-For", fmt.Sprintf("10.0.%d.%d", g, i), "X-Real-Ip", fmt.Sprintf("10.1.%d.%d", g, i))
 				mu.Lock()
 				codes[res.StatusCode]++
 				if res.StatusCode == http.StatusTooManyRequests {

@@ -49,11 +49,14 @@ func serve(args []string) error {
 	redisURL := fs.String("redis", os.Getenv("REDIS_URL"), "Redis URL; empty: "+defaultRedisURL+" if it answers, else an embedded server, for demos only (REDIS_URL)")
 	seed := fs.Int("products", 10_000, "products to create in an empty database")
 	dbDelay := fs.Duration("db-delay", 0, "added to every database query, to play a slower database")
+	dbConns := fs.Int("db-conns", 0, "database queries at once (a connection pool), -db-delay included; 0: no limit")
 	cacheOff := fs.Bool("cache-off", false, "serve every request from the database, to see what the cache buys")
 	l1 := fs.Int64("l1-bytes", 64<<20, "L1 budget of each cache (products, responses)")
 	token := fs.String("purge-token", os.Getenv("PURGE_TOKEN"), "bearer token for POST /admin/purge; empty: purging off (PURGE_TOKEN)")
 	writeRate := fs.Int("write-rate", 20, "writes per second per client; -1: no limit")
+	trustProxy := fs.Bool("trust-proxy", false, "take the client address for the rate limit from X-Forwarded-For (only behind a proxy that sets it)")
 	warmFile := fs.String("warm-file", "", "keys to warm from at start (one per line); default: the cluster's hot keys")
+	namespace := fs.String("namespace", "catalog", "key namespace in Redis: replicas of one catalog share it")
 	traces := fs.String("traces", os.Getenv("OTEL_TRACES_EXPORTER"), "traces: none, stdout or otlp (OTEL_TRACES_EXPORTER)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -68,8 +71,8 @@ func serve(args []string) error {
 	}
 	defer tm.Close(context.Background())
 	cfg := Config{
-		DatabaseURL: *dbURL, Seed: *seed, DBDelay: *dbDelay, CacheOff: *cacheOff, L1Bytes: *l1,
-		PurgeToken: *token, WriteRate: *writeRate, WarmFile: *warmFile, Logger: log, Telemetry: tm,
+		DatabaseURL: *dbURL, Seed: *seed, DBDelay: *dbDelay, DBConns: *dbConns, CacheOff: *cacheOff, L1Bytes: *l1,
+		PurgeToken: *token, WriteRate: *writeRate, TrustProxy: *trustProxy, WarmFile: *warmFile, Namespace: *namespace, Logger: log, Telemetry: tm,
 	}
 	if !*cacheOff {
 		rdb, kind, closeRedis, err := connectRedis(ctx, log, *redisURL)

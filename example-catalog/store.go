@@ -49,6 +49,10 @@ type store struct {
 	db       *sql.DB
 	postgres bool
 	delay    time.Duration
+	// conns, if not nil, holds a token per connection: a query holds one
+	// for its delay and its execution, as a slow query holds a
+	// connection, so that the database, not the caller, limits throughput.
+	conns    chan struct{}
 	queries  atomic.Int64
 	tracer   trace.Tracer
 	duration metric.Float64Histogram
@@ -57,8 +61,11 @@ type store struct {
 
 // openStore opens the database at url: "" for an SQLite file in the
 // temporary directory, "sqlite:<path>" for another, or a postgres:// URL.
-func openStore(ctx context.Context, url string, delay time.Duration, tp trace.TracerProvider, mp metric.MeterProvider) (*store, error) {
+func openStore(ctx context.Context, url string, delay time.Duration, conns int, tp trace.TracerProvider, mp metric.MeterProvider) (*store, error) {
 	s := &store{delay: delay, tracer: tp.Tracer("example-catalog/db")}
+	if conns > 0 {
+		s.conns = make(chan struct{}, conns)
+	}
 	driver, dsn := "sqlite", url
 	switch {
 	case url == "":
@@ -139,6 +146,14 @@ func (s *store) query(ctx context.Context, op string, f func(ctx context.Context
 	attrs := metric.WithAttributes(attribute.String("op", op))
 	s.counter.Add(ctx, 1, attrs)
 	defer func() { s.duration.Record(ctx, time.Since(start).Seconds(), attrs) }()
+	if s.conns != nil {
+		select {
+		case s.conns <- struct{}{}:
+			defer func() { <-s.conns }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	if s.delay > 0 {
 		t := time.NewTimer(s.delay)
 		select {
