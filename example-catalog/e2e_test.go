@@ -443,3 +443,56 @@ func TestEmbeddedRedisRunsEveryLayer(t *testing.T) {
 		}
 	}
 }
+
+func TestNoRedisStartsAnEmbeddedOne(t *testing.T) {
+	// The README's run command on a machine with no Redis: nothing answers
+	// at the default address, so an embedded server stands in.
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx := context.Background()
+	rdb, kind, closeRedis, err := connectRedis(ctx, log, "", "redis://127.0.0.1:1/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	if kind != "embedded" || rdb.Ping(ctx).Err() != nil {
+		t.Fatalf("kind %q, ping %v", kind, rdb.Ping(ctx).Err())
+	}
+	// An explicit URL is used as given, even down: the cache fails open.
+	rdb2, kind, closeRedis2, err := connectRedis(ctx, log, "redis://127.0.0.1:1/0", "")
+	if err != nil || kind != "redis" || rdb2 == nil {
+		t.Fatalf("explicit URL: %q, %v", kind, err)
+	}
+	closeRedis2()
+	if _, _, _, err := connectRedis(ctx, log, "http://nope", ""); err == nil {
+		t.Error("a bad REDIS_URL gave no error")
+	}
+}
+
+func TestWarmUpFromAKeyFileGatesReadiness(t *testing.T) {
+	dir := t.TempDir()
+	keys := dir + "/keys.txt"
+	if err := os.WriteFile(keys, []byte("product:1\nproduct:2\nproduct:3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	app, err := NewApp(context.Background(), Config{
+		DatabaseURL: "sqlite:" + dir + "/catalog.sqlite", Seed: 10, DBDelay: 300 * time.Millisecond,
+		WarmFile: keys, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	srv := httptest.NewServer(app.Handler())
+	defer srv.Close()
+	r := &replica{app: app, srv: srv}
+	if res, _ := r.do(t, http.MethodGet, "/readyz", nil); res.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("readyz while warming: %d", res.StatusCode)
+	}
+	eventuallyT(t, 5*time.Second, "ready", func() bool {
+		res, _ := r.do(t, http.MethodGet, "/readyz", nil)
+		return res.StatusCode == http.StatusOK
+	})
+	if s := app.stats().Products; s.Loads != 3 || s.L1Items != 3 {
+		t.Errorf("after warm-up: %d loads, %d L1 items; want 3", s.Loads, s.L1Items)
+	}
+}

@@ -75,7 +75,7 @@ func serve(args []string) error {
 		PurgeToken: *token, WriteRate: *writeRate, TrustProxy: *trustProxy, WarmFile: *warmFile, Namespace: *namespace, Logger: log, Telemetry: tm,
 	}
 	if !*cacheOff {
-		rdb, kind, closeRedis, err := connectRedis(ctx, log, *redisURL)
+		rdb, kind, closeRedis, err := connectRedis(ctx, log, *redisURL, defaultRedisURL)
 		if err != nil {
 			return err
 		}
@@ -102,15 +102,15 @@ func serve(args []string) error {
 	return nil
 }
 
-// connectRedis connects to url. With no url, it tries the default and,
-// if nothing answers there, starts an embedded Redis-protocol server
+// connectRedis connects to url. With no url, it tries def and, if nothing
+// answers there, starts an embedded Redis-protocol server
 // (miniredis) so that every layer still runs: for demos only, since
 // nothing else shares it. A url that does not answer is used anyway: the
 // cache then serves from L1 and the database until Redis comes back.
-func connectRedis(ctx context.Context, log *slog.Logger, url string) (redis.UniversalClient, string, func(), error) {
+func connectRedis(ctx context.Context, log *slog.Logger, url, def string) (redis.UniversalClient, string, func(), error) {
 	explicit := url != ""
 	if !explicit {
-		url = defaultRedisURL
+		url = def
 	}
 	rdb, err := tiered.NewRedisClient(url)
 	if err != nil {
@@ -131,7 +131,7 @@ func connectRedis(ctx context.Context, log *slog.Logger, url string) (redis.Univ
 	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 		return nil, "", nil, fmt.Errorf("embedded Redis: %w", err)
 	}
-	log.Warn("no Redis at " + defaultRedisURL + ": using an embedded in-process Redis (miniredis), FOR DEMOS ONLY; set REDIS_URL to share a real one between replicas")
+	log.Warn("no Redis at " + def + ": using an embedded in-process Redis (miniredis), FOR DEMOS ONLY; set REDIS_URL to share a real one between replicas")
 	rdb, err = tiered.NewRedisClient("redis://" + mr.Addr())
 	if err != nil {
 		mr.Close()
