@@ -53,9 +53,10 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 
 	bound := dbDelay + 50*time.Millisecond
 	if raceEnabled {
-		// -race makes every goroutine several times slower; the database
-		// delay is what matters, and the bound stays tight on it.
-		bound = dbDelay + 100*time.Millisecond
+		// -race makes everything several times slower, on two cores shared
+		// by three replicas and the load: there the outage may add 50 ms
+		// to the p99 of the same load with Redis up, no more.
+		bound = max(bound, before.P99+50*time.Millisecond)
 	}
 	for _, r := range []struct {
 		name string
