@@ -2,17 +2,23 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"database/sql/driver"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-redis/redis_rate/v10"
 	"github.com/labstack/echo/v4"
@@ -134,11 +140,14 @@ func (a *App) openCaches() error {
 		Logger: a.log, TracerProvider: tm.tracers, MeterProvider: tm.meters,
 	})
 	if err != nil {
+		a.products.Close()
 		return fmt.Errorf("page cache: %w", err)
 	}
 	cfg := echocache.DefaultConfig
 	cfg.Cache, cfg.Logger, cfg.MeterProvider = a.pages, a.log, tm.meters
 	if a.http, err = echocache.NewMiddleware(cfg); err != nil {
+		a.products.Close()
+		a.pages.Close()
 		return fmt.Errorf("http cache: %w", err)
 	}
 	return nil
@@ -173,7 +182,8 @@ func (a *App) routes() error {
 		return err
 	}
 	e.Use(obs)
-	g := e.Group("/products")
+	e.HTTPErrorHandler = a.errorHandler(e)
+	g := e.Group("/products", onlyParams("category", "page"))
 	if a.http != nil {
 		g.Use(a.http.Handler)
 	}
@@ -201,6 +211,43 @@ func (a *App) routes() error {
 
 func productKey(id int) string { return "product:" + strconv.Itoa(id) }
 
+// onlyParams refuses query parameters other than names: the HTTP cache
+// keys on the whole query, and any client could otherwise fill it (and the
+// database) with "?junk=1", "?junk=2", ...
+func onlyParams(names ...string) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			for p := range c.QueryParams() {
+				if !slices.Contains(names, p) {
+					return echo.NewHTTPError(http.StatusBadRequest, "unknown query parameter "+strconv.Quote(p))
+				}
+			}
+			return next(c)
+		}
+	}
+}
+
+// errorHandler logs server errors, which Echo's default handler does not,
+// and answers a database that cannot be reached with 503 and Retry-After.
+func (a *App) errorHandler(e *echo.Echo) echo.HTTPErrorHandler {
+	return func(err error, c echo.Context) {
+		var he *echo.HTTPError
+		if !errors.As(err, &he) {
+			a.log.ErrorContext(c.Request().Context(), "request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, driver.ErrBadConn) || isConnRefused(err) {
+				c.Response().Header().Set("Retry-After", "1")
+				err = echo.NewHTTPError(http.StatusServiceUnavailable, "the database is unavailable")
+			}
+		}
+		e.DefaultHTTPErrorHandler(err, c)
+	}
+}
+
+func isConnRefused(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op)
+}
+
 // loadProduct is the product cache's loader.
 func (a *App) loadProduct(ctx context.Context, key string) (Product, error) {
 	id, err := strconv.Atoi(strings.TrimPrefix(key, "product:"))
@@ -225,12 +272,14 @@ func pathID(c echo.Context) (int, error) {
 	return id, nil
 }
 
-// cacheable marks a GET response for the HTTP cache: fresh for a minute
-// (every write purges what it changed), tagged so that purges find it, with
-// an ETag for conditional requests.
+// cacheable marks a GET response for the HTTP cache: fresh for a minute in
+// the shared cache (every write purges what it changed there), while
+// browsers and other caches revalidate every time with the ETag, since
+// nothing purges them. The data is public, so the response may be shared
+// whatever the request's credentials.
 func cacheable(c echo.Context, etag string, tags ...string) {
 	h := c.Response().Header()
-	h.Set("Cache-Control", "public, max-age=60, stale-if-error=300")
+	h.Set("Cache-Control", "public, max-age=0, s-maxage=60, stale-if-error=300")
 	h.Set("ETag", etag)
 	h.Set("Surrogate-Key", strings.Join(append(tags, "all"), " "))
 }
@@ -265,8 +314,8 @@ func (a *App) listProducts(c echo.Context) error {
 		}
 		page = n
 	}
-	if len(category) > 64 {
-		return echo.NewHTTPError(http.StatusBadRequest, "category too long")
+	if len(category) > 64 || !validText(category) {
+		return echo.NewHTTPError(http.StatusBadRequest, "category must be at most 64 bytes of UTF-8 text")
 	}
 	ps, err := a.db.list(c.Request().Context(), category, page, a.cfg.PageSize)
 	if err != nil {
@@ -294,32 +343,74 @@ func listTag(category string) string {
 	return "category:" + category
 }
 
-// afterWrite brings every replica up to date with a product write: its
-// cached value, its response and the list pages that may show it, before
-// the write's response goes out.
-func (a *App) afterWrite(ctx context.Context, id int, p *Product, categories ...string) error {
+// afterWrite brings every replica up to date with a product write: it
+// removes the product from the product cache (a Set could land after the
+// Set of a newer concurrent write; a Delete cannot go wrong that way) and
+// purges its response and the list pages that may show it, before the
+// write's response goes out. It runs detached from the request: a client
+// that hangs up after the commit must not leave stale copies behind.
+//
+// A GET that read the database before the write and stores its response
+// after the purge would put the old page back; a second purge a moment
+// later removes it (the "delayed double delete").
+func (a *App) afterWrite(ctx context.Context, id int, categories ...string) error {
 	if a.products == nil {
 		return nil
-	}
-	var err error
-	if p != nil {
-		err = a.products.Set(ctx, productKey(id), *p)
-	} else {
-		err = a.products.Delete(ctx, productKey(id))
 	}
 	tags := []string{productKey(id), listTag("")}
 	for _, c := range categories {
 		tags = append(tags, listTag(c))
 	}
-	return errors.Join(err, a.http.PurgeTags(ctx, tags...))
+	purge := func() error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		return errors.Join(a.products.Delete(ctx, productKey(id)), a.http.PurgeTags(ctx, tags...))
+	}
+	time.AfterFunc(secondPurgeAfter, func() {
+		if err := purge(); err != nil && !errors.Is(err, tiered.ErrClosed) {
+			a.log.Warn("second purge after a write failed", "id", id, "err", err)
+		}
+	})
+	return purge()
 }
+
+// secondPurgeAfter is how long after a write its purge is repeated: longer
+// than a GET that started before the write takes to store its response.
+const secondPurgeAfter = 500 * time.Millisecond
+
+// decodePatch reads a JSON body strictly: application/json, known fields
+// only, one value, at most maxBody bytes. A typo in a field name must be
+// an error, not a write that changes nothing and bumps the version.
+func decodePatch(c echo.Context) (Patch, error) {
+	var p Patch
+	req := c.Request()
+	if ct, _, _ := strings.Cut(req.Header.Get("Content-Type"), ";"); strings.TrimSpace(ct) != "application/json" {
+		return p, echo.NewHTTPError(http.StatusUnsupportedMediaType, "send application/json")
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(c.Response(), req.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return p, echo.NewHTTPError(http.StatusBadRequest, "bad JSON body: "+err.Error())
+	}
+	if dec.More() {
+		return p, echo.NewHTTPError(http.StatusBadRequest, "bad JSON body: data after the object")
+	}
+	if err := validPatch(p); err != nil {
+		return p, echo.NewHTTPError(http.StatusBadRequest, err.Error())
+	}
+	return p, nil
+}
+
+const maxBody = 64 << 10
 
 func validPatch(p Patch) error {
 	switch {
-	case p.Name != nil && (*p.Name == "" || len(*p.Name) > 200):
-		return errors.New("name must be 1 to 200 bytes")
-	case p.Category != nil && (*p.Category == "" || len(*p.Category) > 64):
-		return errors.New("category must be 1 to 64 bytes")
+	case p.Name == nil && p.Category == nil && p.PriceCents == nil && p.Stock == nil:
+		return errors.New("nothing to change: give name, category, price_cents or stock")
+	case p.Name != nil && (*p.Name == "" || len(*p.Name) > 200 || !validText(*p.Name)):
+		return errors.New("name must be 1 to 200 bytes of UTF-8 text")
+	case p.Category != nil && (*p.Category == "" || len(*p.Category) > 64 || !validText(*p.Category)):
+		return errors.New("category must be 1 to 64 bytes of UTF-8 text")
 	case p.PriceCents != nil && (*p.PriceCents < 0 || *p.PriceCents > math.MaxInt32):
 		return errors.New("price_cents must be 0 to 2^31-1")
 	case p.Stock != nil && (*p.Stock < 0 || *p.Stock > math.MaxInt32):
@@ -328,17 +419,17 @@ func validPatch(p Patch) error {
 	return nil
 }
 
+// validText is UTF-8 without NUL, which PostgreSQL refuses in text.
+func validText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+
 func (a *App) updateProduct(c echo.Context) error {
 	id, err := pathID(c)
 	if err != nil {
 		return err
 	}
-	var patch Patch
-	if err := c.Bind(&patch); err != nil {
+	patch, err := decodePatch(c)
+	if err != nil {
 		return err
-	}
-	if err := validPatch(patch); err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
 	}
 	ctx := c.Request().Context()
 	before, after, err := a.db.update(ctx, id, patch)
@@ -348,22 +439,19 @@ func (a *App) updateProduct(c echo.Context) error {
 	case err != nil:
 		return fmt.Errorf("update %d: %w", id, err)
 	}
-	if err := a.afterWrite(ctx, id, &after, before.Category, after.Category); err != nil {
+	if err := a.afterWrite(ctx, id, before.Category, after.Category); err != nil {
 		a.log.WarnContext(ctx, "cache update after a write failed; copies expire within their TTL", "id", id, "err", err)
 	}
 	return c.JSON(http.StatusOK, after)
 }
 
 func (a *App) createProduct(c echo.Context) error {
-	var patch Patch
-	if err := c.Bind(&patch); err != nil {
+	patch, err := decodePatch(c)
+	if err != nil {
 		return err
 	}
 	if patch.Name == nil || patch.Category == nil {
 		return echo.NewHTTPError(http.StatusBadRequest, "name and category are required")
-	}
-	if err := validPatch(patch); err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
 	}
 	p := Product{Name: *patch.Name, Category: *patch.Category}
 	if patch.PriceCents != nil {
@@ -373,11 +461,11 @@ func (a *App) createProduct(c echo.Context) error {
 		p.Stock = *patch.Stock
 	}
 	ctx := c.Request().Context()
-	p, err := a.db.create(ctx, p)
+	p, err = a.db.create(ctx, p)
 	if err != nil {
 		return fmt.Errorf("create: %w", err)
 	}
-	if err := a.afterWrite(ctx, p.ID, &p, p.Category); err != nil {
+	if err := a.afterWrite(ctx, p.ID, p.Category); err != nil {
 		a.log.WarnContext(ctx, "cache update after a write failed", "id", p.ID, "err", err)
 	}
 	c.Response().Header().Set("Location", "/products/"+strconv.Itoa(p.ID))
@@ -397,7 +485,7 @@ func (a *App) deleteProduct(c echo.Context) error {
 	case err != nil:
 		return fmt.Errorf("delete %d: %w", id, err)
 	}
-	if err := a.afterWrite(ctx, id, nil, p.Category); err != nil {
+	if err := a.afterWrite(ctx, id, p.Category); err != nil {
 		a.log.WarnContext(ctx, "cache update after a delete failed", "id", id, "err", err)
 	}
 	return c.NoContent(http.StatusNoContent)
@@ -435,12 +523,19 @@ func (a *App) rateLimit(next echo.HandlerFunc) echo.HandlerFunc {
 
 // purge is POST /admin/purge?product=ID | tag=T | all=1, with the token
 // from PURGE_TOKEN as a bearer token. Without a token configured it is
-// off.
+// off. "all" purges every response; product data is kept current by the
+// writes, and a product purge also drops it from the product cache.
 func (a *App) purge(c echo.Context) error {
-	token := a.cfg.PurgeToken
-	auth := c.Request().Header.Get("Authorization")
-	if token == "" || subtle.ConstantTimeCompare([]byte(auth), []byte("Bearer "+token)) != 1 {
-		return echo.NewHTTPError(http.StatusForbidden, "purge needs the bearer token")
+	if a.cfg.PurgeToken == "" {
+		return echo.NewHTTPError(http.StatusForbidden, "purging is off (no PURGE_TOKEN)")
+	}
+	// Hashes of equal length, so that the comparison's time says nothing
+	// about the token, not even its length.
+	got := sha256.Sum256([]byte(c.Request().Header.Get("Authorization")))
+	want := sha256.Sum256([]byte("Bearer " + a.cfg.PurgeToken))
+	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="purge"`)
+		return echo.NewHTTPError(http.StatusUnauthorized, "purge needs the bearer token")
 	}
 	if a.http == nil {
 		return c.NoContent(http.StatusNoContent)
@@ -453,11 +548,15 @@ func (a *App) purge(c echo.Context) error {
 		if perr != nil || id <= 0 {
 			return echo.NewHTTPError(http.StatusBadRequest, "product must be a positive integer")
 		}
-		err = errors.Join(a.products.Delete(ctx, productKey(id)), a.http.PurgeTags(ctx, productKey(id)))
+		var cats []string
+		if p, err := a.db.product(ctx, id); err == nil {
+			cats = append(cats, p.Category) // its list pages too
+		}
+		err = a.afterWrite(ctx, id, cats...)
 	case c.QueryParam("tag") != "":
 		err = a.http.PurgeTags(ctx, c.QueryParam("tag"))
 	case c.QueryParam("all") == "1":
-		err = a.http.PurgeTags(ctx, "all") // every response; product data is kept current by the writes
+		err = a.http.PurgeTags(ctx, "all")
 	default:
 		return echo.NewHTTPError(http.StatusBadRequest, "give product=ID, tag=T or all=1")
 	}
