@@ -589,7 +589,9 @@ func TestWriteBehindCrashLosesNoAcknowledgedWrite(t *testing.T) {
 // streams are empty, prints "drained" and exits.
 func runWriteBehindPeer(rdb *redis.Client, pc peerConfig) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := tiered.New[int64](tiered.Config{Redis: rdb, Namespace: pc.Namespace, Logger: log})
+	// Generous L2 timeouts: this test is about crashes, not about a
+	// loaded machine opening the circuit breaker.
+	c, err := tiered.New[int64](tiered.Config{Redis: rdb, Namespace: pc.Namespace, Logger: log, L2Timeout: 2 * time.Second, BreakerFailures: 1000})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "peer New:", err)
 		os.Exit(2)
