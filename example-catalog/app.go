@@ -257,6 +257,26 @@ func (a *App) loadProduct(ctx context.Context, key string) (Product, error) {
 	return a.db.product(ctx, id)
 }
 
+// loadProducts is the warm-up's loader: one query per batch of keys.
+// Keys that name no product are left out, which caches them as absent.
+func (a *App) loadProducts(ctx context.Context, keys []string) (map[string]Product, error) {
+	ids := make([]int, 0, len(keys))
+	for _, k := range keys {
+		if id, err := strconv.Atoi(strings.TrimPrefix(k, "product:")); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	ps, err := a.db.products(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]Product, len(ps))
+	for id, p := range ps {
+		out[productKey(id)] = p
+	}
+	return out, nil
+}
+
 func (a *App) product(ctx context.Context, id int) (Product, error) {
 	if a.products == nil {
 		return a.db.product(ctx, id)
@@ -586,6 +606,6 @@ func (a *App) warm(ctx context.Context) {
 		src = warmup.FromHotKeys(a.products, 1000)
 	}
 	_, _ = warmup.Run(ctx, a.products, src, warmup.Config[Product]{
-		Load: a.loadProduct, Concurrency: 8, Tracker: a.ready, Logger: a.log,
+		LoadMany: a.loadProducts, Concurrency: 4, Tracker: a.ready, Logger: a.log,
 	})
 }
