@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -69,17 +67,10 @@ func TestDebugPageInABrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rdb.Close()
-	app, err := NewApp(context.Background(), Config{
+	srv := startApp(t, Config{
 		DatabaseURL: "sqlite:" + filepath.Join(t.TempDir(), "catalog.sqlite"), Seed: 100, WriteRate: -1,
 		Redis: rdb, RedisKind: "redis", Namespace: redistest.Namespace(t),
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	srv := httptest.NewServer(app.Handler())
-	defer srv.Close()
+	}).srv
 
 	// A short load: 30 products read 10 times each.
 	for i := range 300 {

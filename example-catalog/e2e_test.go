@@ -101,20 +101,30 @@ func startReplicas(t *testing.T, n int, dbURL, redisAddr string, cfg Config) []*
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { rdb.Close() })
 		c.Redis, c.RedisKind = rdb, "redis"
-		app, err := NewApp(context.Background(), c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		srv := httptest.NewServer(app.Handler())
-		t.Cleanup(func() {
-			srv.Close()
-			app.Close()
-			rdb.Close()
-		})
-		out = append(out, &replica{app: app, srv: srv})
+		out = append(out, startApp(t, c))
 	}
 	return out
+}
+
+// startApp starts one replica with cfg on a real HTTP server, both closed
+// when t ends; its logs go nowhere unless cfg says.
+func startApp(t *testing.T, cfg Config) *replica {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	app, err := NewApp(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(app.Handler())
+	t.Cleanup(func() {
+		srv.Close()
+		app.Close()
+	})
+	return &replica{app: app, srv: srv}
 }
 
 func (r *replica) do(t *testing.T, method, path string, body any, header ...string) (*http.Response, []byte) {
@@ -393,17 +403,8 @@ func eventuallyT(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 func TestCacheOffQueriesTheDatabaseEveryTime(t *testing.T) {
-	app, err := NewApp(context.Background(), Config{
-		DatabaseURL: "sqlite:" + t.TempDir() + "/catalog.sqlite", Seed: 50, CacheOff: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	srv := httptest.NewServer(app.Handler())
-	defer srv.Close()
-	r := &replica{app: app, srv: srv}
+	r := startApp(t, Config{DatabaseURL: "sqlite:" + t.TempDir() + "/catalog.sqlite", Seed: 50, CacheOff: true})
+	app := r.app
 	for range 5 {
 		if p, res := r.product(t, 3); res.StatusCode != http.StatusOK || p.ID != 3 || res.Header.Get("X-Cache") != "" {
 			t.Fatalf("GET: %d %+v %v", res.StatusCode, p, res.Header)
@@ -490,17 +491,8 @@ func TestWarmUpFromAKeyFileGatesReadiness(t *testing.T) {
 	if err := os.WriteFile(keys, []byte("product:1\nproduct:2\nproduct:3\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	app, err := NewApp(context.Background(), Config{
-		DatabaseURL: "sqlite:" + dir + "/catalog.sqlite", Seed: 10, DBDelay: time.Second,
-		WarmFile: keys, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	srv := httptest.NewServer(app.Handler())
-	defer srv.Close()
-	r := &replica{app: app, srv: srv}
+	r := startApp(t, Config{DatabaseURL: "sqlite:" + dir + "/catalog.sqlite", Seed: 10, DBDelay: time.Second, WarmFile: keys})
+	app := r.app
 	if res, _ := r.do(t, http.MethodGet, "/readyz", nil); res.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("readyz while warming: %d", res.StatusCode)
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -18,20 +17,10 @@ import (
 // and returns its URL.
 func startLoadTestApp(t *testing.T, products int) string {
 	t.Helper()
-	app, err := NewApp(context.Background(), Config{
+	return startApp(t, Config{
 		DatabaseURL: "sqlite:" + filepath.Join(t.TempDir(), "catalog.sqlite"),
 		Seed:        products, WriteRate: -1, RedisKind: "none",
-		Logger: slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(app.Handler())
-	t.Cleanup(func() {
-		srv.Close()
-		app.Close()
-	})
-	return srv.URL
+	}).srv.URL
 }
 
 func testLoadConfig(targets ...string) loadConfig {
