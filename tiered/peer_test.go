@@ -170,9 +170,12 @@ func (p *peerProc) run(id, op string, args []string) {
 	case "sleepload": // key ms: a load that takes ms
 		v, err := p.c.GetOrLoad(ctx, arg(0), p.sleepLoad(arg(1)))
 		p.result(id, v, err)
-	case "burst": // key n ms: n goroutines GetOrLoad key at once, loads taking ms
+	case "burst": // key n ms [at]: n goroutines GetOrLoad key at once (at Unix ms at), loads taking ms
 		n, _ := strconv.Atoi(arg(1))
 		load := p.sleepLoad(arg(2))
+		if at, err := strconv.ParseInt(arg(3), 10, 64); err == nil {
+			time.Sleep(time.Until(time.UnixMilli(at)))
+		}
 		vals := make(chan string, n)
 		var wg sync.WaitGroup
 		for range n {

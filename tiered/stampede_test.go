@@ -35,9 +35,13 @@ func stampede(t *testing.T, noLease bool) (loads int64) {
 	for range 3 {
 		peers = append(peers, startPeer(t, peerConfig{Addr: addr, Namespace: ns, Bound: 2 * time.Second, NoFence: noLease}))
 	}
+	// All three at one instant, whatever each process's start-up took:
+	// otherwise, without leases, a late process finds the early one's
+	// value in L2 and the test shows nothing.
+	at := time.Now().Add(1500 * time.Millisecond).UnixMilli()
 	var bursts []<-chan string
 	for _, p := range peers {
-		bursts = append(bursts, p.start("burst k 50 100"))
+		bursts = append(bursts, p.start("burst k 50 100 %d", at))
 	}
 	for i, p := range peers {
 		if r := p.recv(bursts[i]); r != "ok 7 <nil>" {
