@@ -125,8 +125,10 @@ type WriteBehindConfig[V any] struct {
 	// MaxAttempts is how many times a write may fail on its own (in a batch
 	// of one) while the source accepts other writes before it moves to the
 	// dead-letter stream "<ns>#wb:dead". A failure counts only if the
-	// source accepted some write since the key's previous failure, so an
-	// outage of the source, which fails every write, moves nothing there.
+	// source accepted a Flush call that began after the key's previous
+	// attempt and before this one, so an outage of the source, which
+	// fails every write, moves nothing there, nor do calls in flight when
+	// it begins or ends.
 	// Default: 10.
 	MaxAttempts int
 
@@ -169,8 +171,9 @@ type WriteBehind[V any] struct {
 	workers  sync.WaitGroup
 	owned    []atomic.Bool
 
-	// successes counts batches the source accepted; see MaxAttempts.
-	successes atomic.Int64
+	// calls numbers the Flush calls as they start; okStart is the highest
+	// number of a call the source accepted. See MaxAttempts and failed.
+	calls, okStart atomic.Int64
 	stats     struct {
 		appended, flushed, retried, dead, failures atomic.Int64
 		queue, lagMs                               atomic.Int64
@@ -558,7 +561,7 @@ type wbMsg struct {
 	bad        error // the entry could not be parsed: it goes to the dead letters
 	failures   int   // failed Flush calls that held it
 	attempts   int   // failures counted against MaxAttempts
-	lastFailAt int64 // w.successes at the last counted failure
+	lastFail   int64 // the number of the last Flush call that failed with it
 }
 
 // work flushes one shard while this process holds its lock, and stops at
@@ -717,6 +720,9 @@ type wbItem[V any] struct {
 	msgs   []*wbMsg // in ID order; the last is the one written
 	value  V
 	failed error
+	// call is the number of the last Flush call that held the item, and
+	// okBefore the value of WriteBehind.okStart when that call began.
+	call, okBefore int64
 }
 
 func (it *wbItem[V]) latest() *wbMsg { return it.msgs[len(it.msgs)-1] }
@@ -790,10 +796,14 @@ func (w *WriteBehind[V]) flushHeld(ctx context.Context, shard int, held []*wbMsg
 		}
 		m := it.latest()
 		m.failures++
-		if ok := w.successes.Load(); m.attempts == 0 || m.lastFailAt != ok {
+		// The failure counts if the source accepted a call that started
+		// after this write's last failure began and before this attempt
+		// began: then the source worked, and refused this write. Calls
+		// in flight across the start or the end of an outage do not count.
+		if m.attempts == 0 || it.okBefore > m.lastFail {
 			m.attempts++
-			m.lastFailAt = ok
 		}
+		m.lastFail = it.call
 		if m.attempts >= w.cfg.MaxAttempts && ctx.Err() == nil {
 			if err := w.deadLetter(ctx, shard, it); err != nil {
 				return held, err
@@ -814,8 +824,17 @@ func (w *WriteBehind[V]) write(ctx context.Context, shard int, items []*wbItem[V
 	if err := w.renew(ctx, shard); err != nil {
 		return errors.Join(errLockLost, err)
 	}
+	call, okBefore := w.calls.Add(1), w.okStart.Load()
+	defer func() {
+		for err == nil {
+			if cur := w.okStart.Load(); cur >= call || w.okStart.CompareAndSwap(cur, call) {
+				break
+			}
+		}
+	}()
 	writes := make([]PendingWrite[V], len(items))
 	for i, it := range items {
+		it.call, it.okBefore = call, okBefore
 		m := it.latest()
 		writes[i] = PendingWrite[V]{Key: m.key, Value: it.value, ID: m.sid}
 		if m.failures > 0 {
@@ -847,7 +866,6 @@ func (w *WriteBehind[V]) write(ctx context.Context, shard int, items []*wbItem[V
 // pending and the caller gives the shard up: the next owner flushes them
 // again (delivery is at least once) and settles them.
 func (w *WriteBehind[V]) done(ctx context.Context, shard int, items []*wbItem[V]) error {
-	w.successes.Add(1)
 	c := w.c
 	now := time.Now()
 	var ids []string
