@@ -174,7 +174,7 @@ type WriteBehind[V any] struct {
 	// calls numbers the Flush calls as they start; okStart is the highest
 	// number of a call the source accepted. See MaxAttempts and failed.
 	calls, okStart atomic.Int64
-	stats     struct {
+	stats          struct {
 		appended, flushed, retried, dead, failures atomic.Int64
 		queue, lagMs                               atomic.Int64
 	}
@@ -553,15 +553,15 @@ func (w *WriteBehind[V]) renew(ctx context.Context, shard int) error {
 
 // wbMsg is one write read from a shard.
 type wbMsg struct {
-	id         entryID
-	sid        string
-	key        string
-	payload    string
-	ttl, keep  time.Duration
-	bad        error // the entry could not be parsed: it goes to the dead letters
-	failures   int   // failed Flush calls that held it
-	attempts   int   // failures counted against MaxAttempts
-	lastFail   int64 // the number of the last Flush call that failed with it
+	id        entryID
+	sid       string
+	key       string
+	payload   string
+	ttl, keep time.Duration
+	bad       error // the entry could not be parsed: it goes to the dead letters
+	failures  int   // failed Flush calls that held it
+	attempts  int   // failures counted against MaxAttempts
+	lastFail  int64 // the number of the last Flush call that failed with it
 }
 
 // work flushes one shard while this process holds its lock, and stops at
