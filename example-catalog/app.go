@@ -543,8 +543,8 @@ func (a *App) rateLimit(next echo.HandlerFunc) echo.HandlerFunc {
 
 // purge is POST /admin/purge?product=ID | tag=T | all=1, with the token
 // from PURGE_TOKEN as a bearer token. Without a token configured it is
-// off. "all" purges every response; product data is kept current by the
-// writes, and a product purge also drops it from the product cache.
+// off. A product purge drops its data, its response and its list pages;
+// "all" drops every response and every product's data.
 func (a *App) purge(c echo.Context) error {
 	if a.cfg.PurgeToken == "" {
 		return echo.NewHTTPError(http.StatusForbidden, "purging is off (no PURGE_TOKEN)")
@@ -576,7 +576,7 @@ func (a *App) purge(c echo.Context) error {
 	case c.QueryParam("tag") != "":
 		err = a.http.PurgeTags(ctx, c.QueryParam("tag"))
 	case c.QueryParam("all") == "1":
-		err = a.http.PurgeTags(ctx, "all")
+		err = errors.Join(a.http.PurgeTags(ctx, "all"), a.purgeProducts(ctx))
 	default:
 		return echo.NewHTTPError(http.StatusBadRequest, "give product=ID, tag=T or all=1")
 	}
@@ -584,6 +584,25 @@ func (a *App) purge(c echo.Context) error {
 		return fmt.Errorf("purge: %w", err)
 	}
 	return c.NoContent(http.StatusNoContent)
+}
+
+// purgeProducts removes every product from the product cache, in every
+// replica: after the database was changed behind the service's back.
+func (a *App) purgeProducts(ctx context.Context) error {
+	ids, err := a.db.ids(ctx)
+	if err != nil {
+		return err
+	}
+	for chunk := range slices.Chunk(ids, 500) {
+		keys := make([]string, len(chunk))
+		for i, id := range chunk {
+			keys[i] = productKey(id)
+		}
+		if err := a.products.Delete(ctx, keys...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // warm fills the product cache at start from WarmFile or, with Redis, from

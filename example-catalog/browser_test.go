@@ -81,6 +81,24 @@ func TestDebugPageInABrowser(t *testing.T) {
 		io.Copy(io.Discard, res.Body)
 		res.Body.Close()
 	}
+	// And load while the page renders, so that it shows live rates.
+	stop := make(chan struct{})
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if res, err := http.Get(fmt.Sprintf("%s/products/%d", srv.URL, 1+i%40)); err == nil {
+				io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+		}
+	}()
+	defer func() { close(stop); <-loaded }()
 	dom := headless(t, bin, srv.URL+"/debug/cache", "", 3*time.Second)
 	// The rows carry their rates in data-rate: the last cell is the rate
 	// since start.

@@ -329,6 +329,19 @@ func TestCatalogHTTPContract(t *testing.T) {
 		if _, res := a.product(t, 11); res.Header.Get("X-Cache") != "MISS" {
 			t.Errorf("after purge: X-Cache %q", res.Header.Get("X-Cache"))
 		}
+		// The database changed behind the service's back: "all" drops
+		// every response and every product's data, in every replica.
+		b.product(t, 12)
+		if _, err := a.app.db.db.Exec(a.app.db.q("UPDATE products SET name = ? WHERE id = ?"), "Edited by hand", 12); err != nil {
+			t.Fatal(err)
+		}
+		if res, _ := a.do(t, http.MethodPost, "/admin/purge?all=1", nil, "Authorization", "Bearer s3cret"); res.StatusCode != http.StatusNoContent {
+			t.Fatalf("purge all: %d", res.StatusCode)
+		}
+		eventuallyT(t, 2*time.Second, "the hand edit shows on another replica", func() bool {
+			p, _ := b.product(t, 12)
+			return p.Name == "Edited by hand"
+		})
 	})
 
 	t.Run("observability endpoints", func(t *testing.T) {

@@ -46,7 +46,7 @@ func serve(args []string) error {
 	fs := flag.NewFlagSet("example-catalog", flag.ContinueOnError)
 	addr := fs.String("addr", envOr("ADDR", ":8080"), "listen address (ADDR)")
 	dbURL := fs.String("db", os.Getenv("DATABASE_URL"), "database: postgres://… or sqlite:<path>; empty for SQLite in the temp dir (DATABASE_URL)")
-	redisURL := fs.String("redis", os.Getenv("REDIS_URL"), "Redis URL; empty: "+defaultRedisURL+" if it answers, else an embedded server, for demos only (REDIS_URL)")
+	redisURL := fs.String("redis", os.Getenv("REDIS_URL"), "Redis URL; empty: "+defaultRedisURL+" if it answers, else an embedded server; \"embedded\": that server, for demos only (REDIS_URL)")
 	seed := fs.Int("products", 10_000, "products to create in an empty database")
 	dbDelay := fs.Duration("db-delay", 0, "added to every database query, to play a slower database")
 	dbConns := fs.Int("db-conns", 0, "database queries at once (a connection pool), -db-delay included; 0: no limit")
@@ -116,6 +116,9 @@ func serve(args []string) error {
 // cache then serves from L1 and the database until Redis comes back.
 func connectRedis(ctx context.Context, log *slog.Logger, url, def string) (redis.UniversalClient, string, func(), error) {
 	explicit := url != ""
+	if url == "embedded" {
+		return embeddedRedis(log, "REDIS_URL=embedded")
+	}
 	if !explicit {
 		url = def
 	}
@@ -134,12 +137,17 @@ func connectRedis(ctx context.Context, log *slog.Logger, url, def string) (redis
 		return rdb, "redis", func() { rdb.Close() }, nil
 	}
 	rdb.Close()
+	return embeddedRedis(log, "no Redis at "+def)
+}
+
+// embeddedRedis starts miniredis in process and connects to it.
+func embeddedRedis(log *slog.Logger, why string) (redis.UniversalClient, string, func(), error) {
 	mr := miniredis.NewMiniRedis()
 	if err := mr.StartAddr("127.0.0.1:0"); err != nil {
 		return nil, "", nil, fmt.Errorf("embedded Redis: %w", err)
 	}
-	log.Warn("no Redis at " + def + ": using an embedded in-process Redis (miniredis), FOR DEMOS ONLY; set REDIS_URL to share a real one between replicas")
-	rdb, err = tiered.NewRedisClient("redis://" + mr.Addr())
+	log.Warn(why + ": using an embedded in-process Redis (miniredis), FOR DEMOS ONLY; set REDIS_URL to share a real one between replicas")
+	rdb, err := tiered.NewRedisClient("redis://" + mr.Addr())
 	if err != nil {
 		mr.Close()
 		return nil, "", nil, err

@@ -301,6 +301,26 @@ func (s *store) products(ctx context.Context, ids []int) (map[int]Product, error
 	return out, err
 }
 
+// ids returns the ids of every product.
+func (s *store) ids(ctx context.Context) (ids []int, err error) {
+	err = s.query(ctx, "ids", func(ctx context.Context) error {
+		rows, err := s.db.QueryContext(ctx, "SELECT id FROM products")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id int
+			if err := rows.Scan(&id); err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return rows.Err()
+	})
+	return ids, err
+}
+
 // list returns a page of products, by id, of one category or of all.
 func (s *store) list(ctx context.Context, category string, page, size int) (ps []Product, err error) {
 	err = s.query(ctx, "list", func(ctx context.Context) error {
