@@ -571,12 +571,14 @@ func (w *WriteBehind[V]) work(shard int) {
 	ctx := w.ctx
 	log := w.c.cfg.Logger.With("namespace", w.c.cfg.Namespace, "shard", shard, "consumer", w.cfg.Consumer)
 	defer func() {
-		w.owned[shard].Store(false)
 		rctx, cancel := context.WithTimeout(context.Background(), w.c.cfg.L2Timeout*5)
 		// Released only if still ours, so that another process takes the
-		// shard over at once instead of after LockTTL.
+		// shard over at once instead of after LockTTL; and before the shard
+		// is marked free here, or this process's next flusher for it could
+		// take the lock back and then see this release delete it.
 		_ = leaseRelease.Run(rctx, w.rdb, []string{w.lockKey(shard)}, w.cfg.Consumer).Err()
 		cancel()
+		w.owned[shard].Store(false)
 	}()
 	held, err := w.takeOver(ctx, shard)
 	if err != nil {
