@@ -143,7 +143,9 @@ func flushInOrder(t *testing.T, newWB func(*tiered.Cache[int64], tiered.WriteBeh
 	}
 	var ws []*tiered.WriteBehind[int64]
 	for range 2 {
-		c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
+		// Generous L2 timeouts: 20 writers and two flushers under -race on
+		// two cores; this test is about order, not about the breaker.
+		c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, L2Timeout: time.Second, BreakerFailures: 1000})
 		cfg := fastWB(flaky)
 		cfg.BatchSize = 16
 		w, err := newWB(c, cfg)
