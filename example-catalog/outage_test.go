@@ -54,9 +54,10 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	bound := dbDelay + 50*time.Millisecond
 	if raceEnabled {
 		// -race makes everything several times slower, on two cores shared
-		// by three replicas and the load: there the outage may add 50 ms
-		// to the p99 of the same load with Redis up, no more.
-		bound = max(bound, before.P99+50*time.Millisecond)
+		// by three replicas and the load, and its p99 follows whatever else
+		// the machine runs: there the outage's p99 may be twice that of the
+		// same load with Redis up, plus 50 ms, no more.
+		bound = max(bound, 2*before.P99+50*time.Millisecond)
 	}
 	for _, r := range []struct {
 		name string
