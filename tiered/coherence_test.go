@@ -77,6 +77,11 @@ func coherence(t *testing.T, writes int, bus bool) (violations int) {
 		readers = append(readers, p)
 		running = append(running, p.start("readloop %s %d", filepath.Join(dir, name), nkeys))
 	}
+	// The writes start once both readers read: a process that starts late
+	// on a loaded machine would otherwise read after the last write.
+	for _, p := range readers {
+		eventually(t, 20*time.Second, "the reader reads", func() bool { s := p.stats(); return s.L1Hits+s.L1Misses > 0 })
+	}
 
 	history := make(map[string][]write)
 	vers := make(map[string]int64)
