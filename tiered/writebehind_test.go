@@ -428,6 +428,15 @@ func (h *scriptHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 	return next
 }
 
+// hookedClient returns a client of the test Redis with hook, closed when
+// t ends.
+func hookedClient(t *testing.T, hook redis.Hook) *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: redistest.Addr(t), ContextTimeoutEnabled: true})
+	c.AddHook(hook)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 func TestWriteBehindLateSetDoesNotOverwriteANewerWrite(t *testing.T) {
 	// A appends write 1, then stalls before writing L2; B writes 2, which
 	// is flushed and settled; A's L2 write lands last. The cache must keep
@@ -436,11 +445,9 @@ func TestWriteBehindLateSetDoesNotOverwriteANewerWrite(t *testing.T) {
 	rdb := newClient(t)
 	ns := redistest.Namespace(t)
 	dropStreams(t, rdb, ns)
-	slow := redis.NewClient(&redis.Options{Addr: redistest.Addr(t), ContextTimeoutEnabled: true})
-	defer slow.Close()
 	appended := make(chan struct{})
 	var once sync.Once
-	slow.AddHook(&scriptHook{mark: "put", before: func() error {
+	slow := hookedClient(t, &scriptHook{mark: "put", before: func() error {
 		once.Do(func() { close(appended); time.Sleep(300 * time.Millisecond) })
 		return nil
 	}})
@@ -479,10 +486,8 @@ func TestWriteBehindFailedAckReplaysInOrder(t *testing.T) {
 	rdb := newClient(t)
 	ns := redistest.Namespace(t)
 	dropStreams(t, rdb, ns)
-	flaky := redis.NewClient(&redis.Options{Addr: redistest.Addr(t), ContextTimeoutEnabled: true})
-	defer flaky.Close()
 	var acks atomic.Int64
-	flaky.AddHook(&scriptHook{mark: "tiercache", before: func() error {
+	flaky := hookedClient(t, &scriptHook{mark: "tiercache", before: func() error {
 		if acks.Add(1) == 1 {
 			return errors.New("injected: ack lost")
 		}
