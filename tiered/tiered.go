@@ -719,11 +719,8 @@ func (c *Cache[V]) encode(key string, e *entry[V], ttl time.Duration, o callOpti
 	var payload []byte
 	if !e.negative {
 		var err error
-		if payload, err = c.cfg.Codec.Marshal(e.v); err != nil {
-			return nil, 0, fmt.Errorf("tiered: encode %q: %w", key, err)
-		}
-		if len(payload) > c.cfg.MaxValueBytes {
-			return nil, 0, fmt.Errorf("%w: %q encodes to %d bytes, limit %d", ErrValueTooLarge, key, len(payload), c.cfg.MaxValueBytes)
+		if payload, err = c.marshal(key, e.v); err != nil {
+			return nil, 0, err
 		}
 	}
 	now := time.Unix(0, c.clock.now())
@@ -738,6 +735,18 @@ func (c *Cache[V]) encode(key string, e *entry[V], ttl time.Duration, o callOpti
 	e.cost = int64(headerSize + freshExt + len(payload) + len(key))
 	b := make([]byte, 0, headerSize+freshExt+len(payload))
 	return appendFreshEnvelope(b, c.cfg.Codec.ID(), 0, fresh, hard, time.Duration(e.delta), payload), keep, nil
+}
+
+// marshal encodes v for L2, refusing a payload over MaxValueBytes.
+func (c *Cache[V]) marshal(key string, v V) ([]byte, error) {
+	payload, err := c.cfg.Codec.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("tiered: encode %q: %w", key, err)
+	}
+	if len(payload) > c.cfg.MaxValueBytes {
+		return nil, fmt.Errorf("%w: %q encodes to %d bytes, limit %d", ErrValueTooLarge, key, len(payload), c.cfg.MaxValueBytes)
+	}
+	return payload, nil
 }
 
 // Set stores v under key in L2 and then in L1, for Config.TTL (or

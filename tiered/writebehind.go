@@ -329,12 +329,9 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	ctx, span := c.tracer.Start(ctx, "tiered.WriteBehind.Set", trace.WithAttributes(attribute.String("tiercache.namespace", c.cfg.Namespace)))
 	defer endSpan(span, &err)
 
-	payload, err := c.cfg.Codec.Marshal(v)
+	payload, err := c.marshal(key, v)
 	if err != nil {
-		return fmt.Errorf("tiered: encode %q: %w", key, err)
-	}
-	if len(payload) > c.cfg.MaxValueBytes {
-		return fmt.Errorf("%w: %q encodes to %d bytes, limit %d", ErrValueTooLarge, key, len(payload), c.cfg.MaxValueBytes)
+		return err
 	}
 	ttl := c.jitter(o.ttl)
 	keep := ttl + max(o.staleTTL, o.maxStale)
