@@ -232,10 +232,17 @@ func newWriteBehind[V any](c *Cache[V], cfg WriteBehindConfig[V], noLock bool) (
 	return w, nil
 }
 
+// bound bounds one of the flushers' Redis calls: five L2 timeouts, since
+// nobody waits on a flusher, and a slow Redis should delay its work rather
+// than fail it.
+func (w *WriteBehind[V]) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, 5*w.c.cfg.L2Timeout)
+}
+
 // checkEvictionPolicy warns if Redis may evict keys without a TTL, pending
 // values among them. Best effort: CONFIG may be disabled or renamed.
 func (w *WriteBehind[V]) checkEvictionPolicy() {
-	ctx, cancel := context.WithTimeout(w.ctx, w.c.cfg.L2Timeout*5)
+	ctx, cancel := w.bound(w.ctx)
 	defer cancel()
 	cfg, err := w.rdb.ConfigGet(ctx, "maxmemory-policy").Result()
 	if p := cfg["maxmemory-policy"]; err == nil && strings.HasPrefix(p, "allkeys-") {
@@ -486,7 +493,7 @@ func (w *WriteBehind[V]) takeShards() {
 
 // sample reads the queue length and the oldest entry of every shard.
 func (w *WriteBehind[V]) sample() {
-	ctx, cancel := context.WithTimeout(w.ctx, w.c.cfg.L2Timeout*5)
+	ctx, cancel := w.bound(w.ctx)
 	defer cancel()
 	lens := make([]*redis.IntCmd, w.cfg.Shards)
 	firsts := make([]*redis.XMessageSliceCmd, w.cfg.Shards)
@@ -524,7 +531,7 @@ func (w *WriteBehind[V]) acquire(shard int) bool {
 	if w.noLock {
 		return true
 	}
-	ctx, cancel := context.WithTimeout(w.ctx, w.c.cfg.L2Timeout*5)
+	ctx, cancel := w.bound(w.ctx)
 	defer cancel()
 	v, err := leaseOrGet.Run(ctx, w.rdb, []string{w.lockKey(shard)}, w.cfg.Consumer, w.cfg.Consumer, w.cfg.LockTTL.Milliseconds()).Result()
 	return err == nil && v == int64(1)
@@ -536,7 +543,7 @@ func (w *WriteBehind[V]) renew(ctx context.Context, shard int) error {
 	if w.noLock {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, w.c.cfg.L2Timeout*5)
+	ctx, cancel := w.bound(ctx)
 	defer cancel()
 	n, err := renewLock.Run(ctx, w.rdb, []string{w.lockKey(shard)}, w.cfg.Consumer, w.cfg.LockTTL.Milliseconds()).Int()
 	switch {
@@ -568,7 +575,7 @@ func (w *WriteBehind[V]) work(shard int) {
 	ctx := w.ctx
 	log := w.c.cfg.Logger.With("namespace", w.c.cfg.Namespace, "shard", shard, "consumer", w.cfg.Consumer)
 	defer func() {
-		rctx, cancel := context.WithTimeout(context.Background(), w.c.cfg.L2Timeout*5)
+		rctx, cancel := w.bound(context.Background())
 		// Released only if still ours, so that another process takes the
 		// shard over at once instead of after LockTTL; and before the shard
 		// is marked free here, or this process's next flusher for it could
@@ -670,7 +677,7 @@ func (w *WriteBehind[V]) takeOver(ctx context.Context, shard int) ([]*wbMsg, err
 
 // read returns up to n writes not yet handed to any consumer.
 func (w *WriteBehind[V]) read(ctx context.Context, shard, n int) ([]*wbMsg, error) {
-	rctx, cancel := context.WithTimeout(ctx, w.c.cfg.L2Timeout*5)
+	rctx, cancel := w.bound(ctx)
 	defer cancel()
 	streams, err := w.rdb.XReadGroup(rctx, &redis.XReadGroupArgs{
 		Group: w.group, Consumer: w.cfg.Consumer, Streams: []string{w.streamKey(shard), ">"},
@@ -868,7 +875,7 @@ func (w *WriteBehind[V]) done(ctx context.Context, shard int, items []*wbItem[V]
 	c := w.c
 	now := time.Now()
 	var ids []string
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.L2Timeout*5)
+	rctx, cancel := w.bound(context.WithoutCancel(ctx))
 	defer cancel()
 	_, err := w.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
 		for _, it := range items {
@@ -919,7 +926,7 @@ func (w *WriteBehind[V]) ack(ctx context.Context, shard int, ids []string) error
 // Set of the same write cannot overwrite and a reader treats as a miss.
 func (w *WriteBehind[V]) deadLetter(ctx context.Context, shard int, it *wbItem[V]) error {
 	c := w.c
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.L2Timeout*5)
+	rctx, cancel := w.bound(context.WithoutCancel(ctx))
 	defer cancel()
 	m := it.latest()
 	if m.key != "" {
