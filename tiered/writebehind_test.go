@@ -86,8 +86,10 @@ func newWriteBehind(t *testing.T, c *tiered.Cache[int64], cfg tiered.WriteBehind
 	return w
 }
 
-// dropStreams deletes the namespace's write-behind keys when t ends.
-func dropStreams(t *testing.T, rdb *redis.Client, ns string) {
+// wbNamespace returns a client of the test Redis and a namespace of t's
+// own, whose write-behind keys are deleted when t ends.
+func wbNamespace(t *testing.T) (*redis.Client, string) {
+	rdb, ns := newClient(t), redistest.Namespace(t)
 	t.Cleanup(func() {
 		ctx := context.Background()
 		for _, pattern := range []string{"{" + ns + "#wb:*", ns + "#wb:*"} {
@@ -97,6 +99,7 @@ func dropStreams(t *testing.T, rdb *redis.Client, ns string) {
 			}
 		}
 	})
+	return rdb, ns
 }
 
 // fastWB is a WriteBehindConfig for tests: short waits everywhere.
@@ -130,9 +133,7 @@ func TestWriteBehindFlushesEveryKeyInOrder(t *testing.T) {
 func flushInOrder(t *testing.T, newWB func(*tiered.Cache[int64], tiered.WriteBehindConfig[int64]) (*tiered.WriteBehind[int64], error)) (reordered, wrong int) {
 	t.Helper()
 	ctx := context.Background()
-	rdb := newClient(t)
-	ns := redistest.Namespace(t)
-	dropStreams(t, rdb, ns)
+	rdb, ns := wbNamespace(t)
 	src := newMemSource()
 	var n atomic.Int64
 	flaky := func(ctx context.Context, ws []tiered.PendingWrite[int64]) error {
@@ -217,9 +218,7 @@ func idLess(a, b string) bool {
 
 func TestWriteBehindReadsSeeThePendingValue(t *testing.T) {
 	ctx := context.Background()
-	rdb := newClient(t)
-	ns := redistest.Namespace(t)
-	dropStreams(t, rdb, ns)
+	rdb, ns := wbNamespace(t)
 	src := newMemSource()
 	src.down.Store(true)
 	writer := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, TTL: time.Minute})
@@ -267,9 +266,7 @@ func TestWriteBehindReadsSeeThePendingValue(t *testing.T) {
 
 func TestWriteBehindPoisonGoesToDeadLetters(t *testing.T) {
 	ctx := context.Background()
-	rdb := newClient(t)
-	ns := redistest.Namespace(t)
-	dropStreams(t, rdb, ns)
+	rdb, ns := wbNamespace(t)
 	src := newMemSource()
 	src.poison["bad"] = true
 	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
@@ -318,9 +315,7 @@ func TestWriteBehindSourceOutage(t *testing.T) {
 	// The source refuses every write for 5 s while writes go on: none is
 	// lost or dead-lettered, the lag rises and then drains.
 	ctx := context.Background()
-	rdb := newClient(t)
-	ns := redistest.Namespace(t)
-	dropStreams(t, rdb, ns)
+	rdb, ns := wbNamespace(t)
 	src := newMemSource()
 	reader := sdkmetric.NewManualReader()
 	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
@@ -377,9 +372,7 @@ func TestWriteBehindBadInput(t *testing.T) {
 	if _, err := tiered.NewWriteBehind(newTestCache[int64](t, tiered.Config{}), fastWB(newMemSource().flush)); err == nil {
 		t.Error("NewWriteBehind on an L1-only cache: no error")
 	}
-	rdb := newClient(t)
-	ns := redistest.Namespace(t)
-	dropStreams(t, rdb, ns)
+	rdb, ns := wbNamespace(t)
 	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, MaxKeyBytes: 8})
 	if _, err := tiered.NewWriteBehind(c, tiered.WriteBehindConfig[int64]{}); err == nil {
 		t.Error("NewWriteBehind without Flush: no error")
@@ -442,9 +435,7 @@ func TestWriteBehindLateSetDoesNotOverwriteANewerWrite(t *testing.T) {
 	// is flushed and settled; A's L2 write lands last. The cache must keep
 	// 2, with its TTL, as the source does.
 	ctx := context.Background()
-	rdb := newClient(t)
-	ns := redistest.Namespace(t)
-	dropStreams(t, rdb, ns)
+	rdb, ns := wbNamespace(t)
 	appended := make(chan struct{})
 	var once sync.Once
 	slow := hookedClient(t, &scriptHook{mark: "put", before: func() error {
@@ -483,9 +474,7 @@ func TestWriteBehindFailedAckReplaysInOrder(t *testing.T) {
 	// flusher gives its shard up, and the replay must not apply write 1
 	// after write 2.
 	ctx := context.Background()
-	rdb := newClient(t)
-	ns := redistest.Namespace(t)
-	dropStreams(t, rdb, ns)
+	_, ns := wbNamespace(t)
 	var acks atomic.Int64
 	flaky := hookedClient(t, &scriptHook{mark: "tiercache", before: func() error {
 		if acks.Add(1) == 1 {
@@ -528,9 +517,7 @@ func TestWriteBehindCrashLosesNoAcknowledgedWrite(t *testing.T) {
 	// batches and hangs in the next, holding writes it was handed, and is
 	// killed with SIGKILL. Another process starts: the source (a Redis
 	// hash) ends with exactly the last acknowledged value of every key.
-	rdb := newClient(t)
-	ns := redistest.Namespace(t)
-	dropStreams(t, rdb, ns)
+	rdb, ns := wbNamespace(t)
 	t.Cleanup(func() { rdb.Del(context.Background(), ns+"#source") })
 	pc := peerConfig{Addr: redistest.Addr(t), Namespace: ns, WriteBehind: "write"}
 	writer := startPeer(t, pc)
