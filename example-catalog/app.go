@@ -211,6 +211,12 @@ func (a *App) routes() error {
 
 func productKey(id int) string { return "product:" + strconv.Itoa(id) }
 
+// keyID is productKey's inverse; ok is false for a key that names no id.
+func keyID(key string) (id int, ok bool) {
+	id, err := strconv.Atoi(strings.TrimPrefix(key, "product:"))
+	return id, err == nil
+}
+
 // onlyParams refuses query parameters other than names: the HTTP cache
 // keys on the whole query, and any client could otherwise fill it (and the
 // database) with "?junk=1", "?junk=2", ...
@@ -234,7 +240,7 @@ func (a *App) errorHandler(e *echo.Echo) echo.HTTPErrorHandler {
 		var he *echo.HTTPError
 		if !errors.As(err, &he) {
 			a.log.ErrorContext(c.Request().Context(), "request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
-			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, driver.ErrBadConn) || isConnRefused(err) {
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, driver.ErrBadConn) || isNetError(err) {
 				c.Response().Header().Set("Retry-After", "1")
 				err = echo.NewHTTPError(http.StatusServiceUnavailable, "the database is unavailable")
 			}
@@ -243,15 +249,17 @@ func (a *App) errorHandler(e *echo.Echo) echo.HTTPErrorHandler {
 	}
 }
 
-func isConnRefused(err error) bool {
+// isNetError reports a failure to reach the database over the network
+// (refused, reset, timed out).
+func isNetError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op)
 }
 
 // loadProduct is the product cache's loader.
 func (a *App) loadProduct(ctx context.Context, key string) (Product, error) {
-	id, err := strconv.Atoi(strings.TrimPrefix(key, "product:"))
-	if err != nil {
+	id, ok := keyID(key)
+	if !ok {
 		return Product{}, tiered.ErrNotFound
 	}
 	return a.db.product(ctx, id)
@@ -262,7 +270,7 @@ func (a *App) loadProduct(ctx context.Context, key string) (Product, error) {
 func (a *App) loadProducts(ctx context.Context, keys []string) (map[string]Product, error) {
 	ids := make([]int, 0, len(keys))
 	for _, k := range keys {
-		if id, err := strconv.Atoi(strings.TrimPrefix(k, "product:")); err == nil {
+		if id, ok := keyID(k); ok {
 			ids = append(ids, id)
 		}
 	}
@@ -367,12 +375,7 @@ func listTag(category string) string {
 // removes the product from the product cache (a Set could land after the
 // Set of a newer concurrent write; a Delete cannot go wrong that way) and
 // purges its response and the list pages that may show it, before the
-// write's response goes out. It runs detached from the request: a client
-// that hangs up after the commit must not leave stale copies behind.
-//
-// A GET that read the database before the write and stores its response
-// after the purge would put the old page back; a second purge a moment
-// later removes it (the "delayed double delete").
+// write's response goes out.
 func (a *App) afterWrite(ctx context.Context, id int, categories ...string) error {
 	if a.products == nil {
 		return nil
@@ -381,17 +384,28 @@ func (a *App) afterWrite(ctx context.Context, id int, categories ...string) erro
 	for _, c := range categories {
 		tags = append(tags, listTag(c))
 	}
-	purge := func() error {
+	return a.purgeTwice(ctx, productKey(id), func(ctx context.Context) error {
+		return errors.Join(a.products.Delete(ctx, productKey(id)), a.http.PurgeTags(ctx, tags...))
+	})
+}
+
+// purgeTwice runs purge now and again secondPurgeAfter later, detached
+// from the request: a client that hangs up must not leave stale copies
+// behind. The HTTP cache stores a response after the client has it, so a
+// GET that read before the purge may store its page after it; the second
+// purge removes that page (the "delayed double delete").
+func (a *App) purgeTwice(ctx context.Context, what string, purge func(ctx context.Context) error) error {
+	run := func() error {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		return errors.Join(a.products.Delete(ctx, productKey(id)), a.http.PurgeTags(ctx, tags...))
+		return purge(ctx)
 	}
 	time.AfterFunc(secondPurgeAfter, func() {
-		if err := purge(); err != nil && !errors.Is(err, tiered.ErrClosed) {
-			a.log.Warn("second purge after a write failed", "id", id, "err", err)
+		if err := run(); err != nil && !errors.Is(err, tiered.ErrClosed) {
+			a.log.Warn("second purge failed", "what", what, "err", err)
 		}
 	})
-	return purge()
+	return run()
 }
 
 // secondPurgeAfter is how long after a write its purge is repeated: longer
@@ -574,9 +588,12 @@ func (a *App) purge(c echo.Context) error {
 		}
 		err = a.afterWrite(ctx, id, cats...)
 	case c.QueryParam("tag") != "":
-		err = a.http.PurgeTags(ctx, c.QueryParam("tag"))
+		tag := c.QueryParam("tag")
+		err = a.purgeTwice(ctx, "tag "+tag, func(ctx context.Context) error { return a.http.PurgeTags(ctx, tag) })
 	case c.QueryParam("all") == "1":
-		err = errors.Join(a.http.PurgeTags(ctx, "all"), a.purgeProducts(ctx))
+		err = errors.Join(
+			a.purgeTwice(ctx, "all", func(ctx context.Context) error { return a.http.PurgeTags(ctx, "all") }),
+			a.purgeProducts(ctx)) // product fills are fenced by their leases: once is enough
 	default:
 		return echo.NewHTTPError(http.StatusBadRequest, "give product=ID, tag=T or all=1")
 	}
