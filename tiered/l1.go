@@ -43,19 +43,41 @@ const (
 	entryGone
 )
 
-// l1 is the in-process tier: ristretto, with its two sharp edges filed off.
+// entryOverhead is what L1 holds for an entry besides its key and value:
+// the entry itself and ristretto's item, map and policy slots, about 200
+// bytes on amd64 as measured with runtime.MemStats over 200,000 small
+// entries. Counting it keeps L1MaxBytes a bound on memory for small
+// values, which otherwise took five times their budget.
+const entryOverhead = 200
+
+// entryCost is what an entry for key with an encoded value of n bytes
+// counts against L1MaxBytes.
+func entryCost(key string, n int) int64 { return int64(len(key)+n) + entryOverhead }
+
+// l1 is the in-process tier: an admission window in front of ristretto
+// (W-TinyLFU, as Caffeine), with ristretto's sharp edges filed off.
+//
+// Why the window: ristretto admits a new key only if its TinyLFU sketch
+// says the key is used more often than the keys it would evict, and a key
+// seen once is not. Where recent keys matter most (most real traffic),
+// that loses many points of hit ratio to plain LRU (docs/hit-ratio.md).
+// New values go into the window, synchronously; those it evicts are
+// offered to ristretto, whose sketch has seen every read of them by then.
+// The window's share of the budget adapts to the traffic (window.go).
 //
 // Ristretto's Set is asynchronous (a new key reaches the map only after its
 // policy goroutine admits it) and may be dropped or rejected. Worse, a second
 // Set of a key whose first Set is still queued is refused by the policy
-// ("already present"), so the older value is the one that lands. l1.set waits
-// for the queue and checks that its own entry is the one stored; if not, it
-// deletes the key, so that after set returns L1 holds the new value or
-// nothing, never an older one. l1.fill, on the read path, does not wait.
+// ("already present"), so the older value is the one that lands. Every
+// write therefore queues a Del of the key before anything else (ristretto
+// applies its queue in order), and l1.set waits for the queue, so that
+// after set returns L1 holds the new value or nothing, never an older one.
+// l1.fill, on the read path, does not wait.
 //
 // It is safe for concurrent use.
 type l1[V any] struct {
 	r      *ristretto.Cache[string, *entry[V]]
+	clk    *clock // coarse: the window's TTLs
 	items  atomic.Int64
 	cost   atomic.Int64
 	closed atomic.Bool
@@ -63,14 +85,23 @@ type l1[V any] struct {
 	// (write-locked): ristretto panics on a Del after Close, and a Wait
 	// that races with Close never returns. Hits take no lock.
 	life sync.RWMutex
+
+	// mu guards the window's writes and orders the writes to ristretto:
+	// Dels and offers are queued under it, so ristretto applies them in
+	// the order the window saw.
+	mu  sync.Mutex
+	win window[V]
 }
 
-func newL1[V any](maxCost int64) (*l1[V], error) {
-	c := &l1[V]{}
+func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64)) (*l1[V], error) {
+	c := &l1[V]{clk: clk}
 	// NumCounters should be about ten times the number of items the cache
-	// holds when full (ristretto's README). Assume entries of 640 bytes or
-	// more, and keep at least 10k counters for small caches.
-	counters := max(maxCost/64, 10_000)
+	// holds when full (ristretto's README). Entries cost at least
+	// entryOverhead (200) bytes plus their key and value, so maxCost/32
+	// gives six counters or more per entry, for a sketch of about a tenth of
+	// the budget. A small cache gets at least 100k: the longer the sketch's
+	// memory, the better it tells frequent keys from the rest.
+	counters := max(maxCost/32, 100_000)
 	r, err := ristretto.NewCache(&ristretto.Config[string, *entry[V]]{
 		NumCounters: counters,
 		MaxCost:     maxCost,
@@ -84,12 +115,25 @@ func newL1[V any](maxCost int64) (*l1[V], error) {
 		return nil, err
 	}
 	c.r = r
+	c.win.init(maxCost, requests)
+	c.r.UpdateMaxCost(maxCost - c.win.max)
 	return c, nil
 }
 
-// get returns the live entry for key. It does not allocate.
+// get returns the live entry for key. It takes no lock and does not
+// allocate. Ristretto comes first, also for keys in the window: its Get
+// records every access in the sketch that later decides admission.
 func (c *l1[V]) get(key string) (*entry[V], bool) {
-	return c.r.Get(key)
+	if e, ok := c.r.Get(key); ok {
+		return e, true
+	}
+	if n, ok := c.win.lookup(key); ok && (n.deadline == 0 || c.clk.now() < n.deadline) {
+		if !n.ref.Load() {
+			n.ref.Store(true) // only once: a store per hit would bounce the line between cores
+		}
+		return n.e, true
+	}
+	return nil, false
 }
 
 // set stores e under key for ttl (0: no expiry) and reports whether L1 holds
@@ -98,39 +142,87 @@ func (c *l1[V]) get(key string) (*entry[V], bool) {
 func (c *l1[V]) set(key string, e *entry[V], ttl time.Duration) bool {
 	c.life.RLock()
 	defer c.life.RUnlock()
-	if c.closed.Load() {
+	if c.closed.Load() || ttl < 0 {
 		return false
 	}
-	if !c.add(key, e, ttl) {
+	inWindow, queued := c.put(key, e, ttl)
+	if !inWindow && !queued {
 		// Dropped: the set buffer was full. Drain it and try once more.
 		c.r.Wait()
-		if !c.add(key, e, ttl) {
-			c.r.Del(key)
-			return false
-		}
+		inWindow, queued = c.put(key, e, ttl)
 	}
-	c.r.Wait()
-	if got, ok := c.r.Get(key); ok && got == e {
+	c.r.Wait() // for the Del that put queued: see the type comment
+	if inWindow {
 		return true
 	}
-	// Rejected by the admission policy, or an older queued value won.
-	c.r.Del(key)
-	return false
+	// Ristretto's policy may have refused it.
+	got, ok := c.r.Get(key)
+	return queued && ok && got == e
 }
 
 // fill stores e, read from L2 or loaded, without waiting for ristretto's
 // policy goroutine: a fill is on the miss path of a read, and the wait
-// costs more than the L2 round trip's other overheads together. The Del
-// queued first keeps the order right: an older fill still queued for key is
-// removed before e is added, instead of e being refused as a duplicate.
+// costs more than the L2 round trip's other overheads together.
 func (c *l1[V]) fill(key string, e *entry[V], ttl time.Duration) {
 	c.life.RLock()
 	defer c.life.RUnlock()
-	if c.closed.Load() {
-		return
+	if !c.closed.Load() && ttl >= 0 {
+		c.put(key, e, ttl)
+	}
+}
+
+// put removes key from both places and puts e into the window, evicting
+// the oldest values into ristretto as needed. A value larger than the
+// window goes to ristretto directly; queued reports whether ristretto took
+// it into its queue (a full queue drops it).
+func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queued bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n, ok := c.win.lookup(key); ok {
+		c.remove(n)
 	}
 	c.r.Del(key)
-	c.add(key, e, ttl)
+	if c.win.climb(c.items.Load(), c.cost.Load()) {
+		c.r.UpdateMaxCost(c.win.total - c.win.max)
+	}
+	now := c.clk.now()
+	if e.cost > c.win.max {
+		c.evict(now)
+		return false, c.add(key, e, ttl)
+	}
+	var deadline int64
+	if ttl > 0 {
+		c.clk.ensure()
+		deadline = now + int64(ttl)
+	}
+	c.win.push(key, e, deadline)
+	c.items.Add(1)
+	c.cost.Add(e.cost)
+	c.evict(now)
+	return true, false
+}
+
+// evict moves the window's oldest values into ristretto until the window
+// is within its budget. c.mu is held.
+func (c *l1[V]) evict(now int64) {
+	for c.win.used > c.win.max {
+		n := c.win.victim()
+		c.remove(n)
+		if ttl, live := n.ttl(now); live {
+			c.add(n.key, n.e, ttl)
+		}
+	}
+}
+
+// remove takes n out of the window and uncounts it. c.mu is held.
+func (c *l1[V]) remove(n *node[V]) {
+	c.win.remove(n)
+	c.uncount(n.e)
+}
+
+func (c *l1[V]) uncount(e *entry[V]) {
+	c.items.Add(-1)
+	c.cost.Add(-e.cost)
 }
 
 // add queues e and counts it; onExit uncounts it when ristretto lets go of
@@ -149,9 +241,15 @@ func (c *l1[V]) add(key string, e *entry[V], ttl time.Duration) bool {
 func (c *l1[V]) del(key string) {
 	c.life.RLock()
 	defer c.life.RUnlock()
-	if !c.closed.Load() {
-		c.r.Del(key)
+	if c.closed.Load() {
+		return
 	}
+	c.mu.Lock()
+	if n, ok := c.win.lookup(key); ok {
+		c.remove(n)
+	}
+	c.r.Del(key)
+	c.mu.Unlock()
 }
 
 // wait waits for ristretto to apply the writes queued so far.
@@ -169,7 +267,16 @@ func (c *l1[V]) clear() {
 	c.life.Lock()
 	defer c.life.Unlock()
 	if !c.closed.Load() {
+		c.clearWindow()
 		c.r.Clear()
+	}
+}
+
+func (c *l1[V]) clearWindow() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for n := c.win.oldest(); n != nil; n = c.win.oldest() {
+		c.remove(n)
 	}
 }
 
@@ -188,6 +295,7 @@ func (c *l1[V]) close() {
 	c.life.Lock()
 	defer c.life.Unlock()
 	if c.closed.CompareAndSwap(false, true) {
+		c.clearWindow()
 		c.r.Close()
 	}
 }

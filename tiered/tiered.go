@@ -82,7 +82,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 	}
 	c := &Cache[V]{cfg: cfg, fence: newFence(), logL2: rate.Sometimes{Interval: time.Second}, beta: max(cfg.EarlyRefresh, 0)}
 	c.closing, c.closeAll = context.WithCancel(context.Background())
-	if c.l1, err = newL1[V](cfg.L1MaxBytes); err != nil {
+	if c.l1, err = newL1[V](cfg.L1MaxBytes, &c.clock, c.l1Requests); err != nil {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
 	}
 	st := cfg.Store
@@ -519,6 +519,11 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 	return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
 }
 
+// l1Requests reports the L1 hits and misses so far, for L1's window.
+func (c *Cache[V]) l1Requests() (hits, misses int64) {
+	return c.counters.l1Hits.load(), c.counters.l1Misses.Load()
+}
+
 // install puts e into L1 unless an invalidation of key came after ticket t.
 // The ticket is checked again after the store: an invalidation between the
 // check and the store bumped the fence first, so one of the two checks sees
@@ -626,7 +631,7 @@ func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V
 	case env.lease:
 		return nil, 0, l2Lease
 	}
-	e := &entry[V]{negative: env.negative, cost: int64(len(b) + len(key))}
+	e := &entry[V]{negative: env.negative, cost: entryCost(key, len(b))}
 	if env.fresh != 0 && !env.negative {
 		e.fresh, e.hard, e.delta = env.fresh*1e6, env.expiry*1e6, env.delta*1e3
 		if env.expiry == 0 {
@@ -725,14 +730,14 @@ func (c *Cache[V]) encode(key string, e *entry[V], ttl time.Duration, o callOpti
 	}
 	now := time.Unix(0, c.clock.now())
 	if e.negative {
-		e.cost = int64(headerSize + len(key))
+		e.cost = entryCost(key, headerSize)
 		return appendEnvelope(make([]byte, 0, headerSize), 0, flagNegative, now.Add(ttl), nil), ttl, nil
 	}
 	keep := ttl + max(o.staleTTL, o.maxStale)
 	fresh, hard := now.Add(ttl), now.Add(keep)
 	e.fresh, e.hard = fresh.UnixNano(), hard.UnixNano()
 	c.schedule(e)
-	e.cost = int64(headerSize + freshExt + len(payload) + len(key))
+	e.cost = entryCost(key, headerSize+freshExt+len(payload))
 	b := make([]byte, 0, headerSize+freshExt+len(payload))
 	return appendFreshEnvelope(b, c.cfg.Codec.ID(), 0, fresh, hard, time.Duration(e.delta), payload), keep, nil
 }

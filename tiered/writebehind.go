@@ -373,7 +373,7 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 		// Set): this process must read it, not v.
 		c.l1.del(key)
 	} else {
-		c.l1.set(key, &entry[V]{v: v, filled: time.Now().UnixNano(), cost: int64(len(b) + len(key))}, c.l1TTL(0))
+		c.l1.set(key, &entry[V]{v: v, filled: time.Now().UnixNano(), cost: entryCost(key, len(b))}, c.l1TTL(0))
 	}
 	if l2err != nil {
 		c.l2Failed(ctx, "write-behind set", key, l2err)

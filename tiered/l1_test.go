@@ -1,0 +1,156 @@
+package tiered
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+)
+
+// TestL1ReadYourWriteAcrossTheWindow: values are written into a window
+// of two entries, so that other writers' values soon push them into
+// ristretto, and overwritten; every Get after a Set returns must see that
+// Set's value, whichever of the two places held the older one. Without
+// the Del that every write queues ahead of its value, the older value
+// stays in ristretto, which reads look at first.
+func TestL1ReadYourWriteAcrossTheWindow(t *testing.T) {
+	c, err := New[int](Config{L1MaxBytes: 200 * 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	const writers, keysEach, rounds = 4, 50, 200
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	for r := range 2 {
+		readers.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(r), 1))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, _ = c.Get(ctx, fmt.Sprintf("w%d-%d", rng.IntN(writers), rng.IntN(keysEach)))
+			}
+		})
+	}
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range rounds {
+				k := fmt.Sprintf("w%d-%d", w, i%keysEach)
+				if err := c.Set(ctx, k, i); err != nil {
+					t.Error(err)
+					return
+				}
+				for range 3 {
+					if v, err := c.Get(ctx, k); err == nil && v != i {
+						t.Errorf("Get(%s) = %d after Set(%d)", k, v, i)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	readers.Wait()
+}
+
+// TestL1WindowEvictsIntoRistretto: new values enter the window; those it
+// evicts are offered to ristretto, which admits them while it has room.
+func TestL1WindowEvictsIntoRistretto(t *testing.T) {
+	c, err := New[int](Config{L1MaxBytes: 1000 * (entryOverhead + 64)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.Set(ctx, "k", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.l1.r.Get("k"); ok {
+		t.Fatal("a new value went straight to ristretto, not to the window")
+	}
+	for i := range 100 { // more than the window's 1 %
+		if err := c.Set(ctx, fmt.Sprint(i), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.l1.wait()
+	if _, ok := c.l1.r.Get("k"); !ok {
+		t.Fatal("a value the window evicted is not in ristretto")
+	}
+	if _, ok := c.l1.win.lookup("k"); ok {
+		t.Fatal("a value moved to ristretto is still in the window")
+	}
+	if v, err := c.Get(ctx, "k"); err != nil || v != 1 {
+		t.Fatalf("Get = %d, %v; want 1", v, err)
+	}
+}
+
+// TestL1Accounting: items and bytes follow values in and out of both
+// places, and L1 keeps to its budget.
+func TestL1Accounting(t *testing.T) {
+	const budget = 100 * (entryOverhead + 64)
+	c, err := New[int](Config{L1MaxBytes: budget})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	var keys []string
+	for i := range 1000 {
+		k := fmt.Sprintf("key-%d", i)
+		keys = append(keys, k)
+		_, _ = c.GetOrLoad(ctx, k, func(context.Context, string) (int, error) { return i, nil })
+		_, _ = c.Get(ctx, keys[i/2]) // reads promote some
+	}
+	c.l1.wait()
+	s := c.Stats()
+	if s.L1Items == 0 || s.L1Bytes > budget {
+		t.Errorf("after 1000 loads: %d items, %d bytes; want some, within %d", s.L1Items, s.L1Bytes, budget)
+	}
+	if err := c.Delete(ctx, keys...); err != nil {
+		t.Fatal(err)
+	}
+	c.l1.wait()
+	if s := c.Stats(); s.L1Items != 0 || s.L1Bytes != 0 {
+		t.Errorf("after deleting every key: %d items, %d bytes; want 0, 0", s.L1Items, s.L1Bytes)
+	}
+}
+
+// TestWindowClimbs drives the hill climber with a hit ratio that a
+// larger window raises, then with one it lowers: the window must grow to
+// its cap in the first case and shrink to nothing in the second.
+func TestWindowClimbs(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ratio func(share float64) float64
+		want  float64
+	}{
+		{"recency", func(s float64) float64 { return 0.2 + 0.5*s }, 1},
+		{"frequency", func(s float64) float64 { return 0.7 - 0.5*s }, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var hits, misses int64
+			var w window[int]
+			w.init(1_000_000, func() (int64, int64) { return hits, misses })
+			w.sampleSizeMin = 0
+			w.warm = true
+			for range 200 { // samples
+				share := float64(w.max) / float64(w.total)
+				n := int64(1000 * tc.ratio(share))
+				hits += n
+				misses += 1000 - n
+				w.climb(0, 0)
+			}
+			if got := float64(w.max) / float64(w.total); got < tc.want-0.05 || got > tc.want+0.05 {
+				t.Errorf("window share = %.2f, want %.2f", got, tc.want)
+			}
+		})
+	}
+}

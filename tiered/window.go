@@ -1,0 +1,177 @@
+package tiered
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// window is L1's admission window: the newest values, in a share of the
+// L1 budget that a hill climber adapts to the traffic, as Caffeine's
+// W-TinyLFU does. Values enter the window; those it evicts are offered to
+// ristretto, whose TinyLFU admits them if they are read more often than
+// what they would replace. Recency-heavy traffic gains from a large window
+// (it then behaves as LRU), frequency-heavy traffic from a small one.
+//
+// Eviction is CLOCK (second chance): a hit sets the node's reference bit,
+// without a lock, and eviction moves referenced nodes to the back once
+// instead of evicting them. The map is a sync.Map, so a hit in the window
+// takes no lock either. Everything else happens under l1.mu.
+type window[V any] struct {
+	nodes      sync.Map // string → *node[V]
+	head, tail *node[V] // oldest, newest
+	used       int64    // the cost of the values held
+	max        int64    // the window's budget
+	total      int64    // the whole L1 budget
+
+	// The climber. requests reads the cache's L1 hit and miss counters,
+	// which the cache keeps anyway.
+	requests      func() (hits, misses int64)
+	warm          bool  // L1 has been full: before, the hit ratio rises whatever the window
+	sampleHits    int64 // at the start of the sample
+	sampleMisses  int64
+	prevRatio     float64
+	step          float64 // signed, in bytes
+	sampleSizeMin int64
+}
+
+// node is a value in the window.
+type node[V any] struct {
+	key        string
+	e          *entry[V]
+	deadline   int64 // Unix ns; 0: none
+	ref        atomic.Bool
+	prev, next *node[V]
+}
+
+const (
+	windowInitialShare = 0.01   // Caffeine's start
+	climbStepShare     = 0.0625 // of the budget
+	climbDecay         = 0.98
+	climbRestart       = 0.05 // a change of the hit ratio that restarts big steps
+)
+
+func (w *window[V]) init(total int64, requests func() (hits, misses int64)) {
+	w.total = total
+	w.max = int64(float64(total) * windowInitialShare)
+	w.step = climbStepShare * float64(total)
+	w.requests = requests
+	w.sampleSizeMin = 1000
+}
+
+// lookup returns key's node. It takes no lock.
+func (w *window[V]) lookup(key string) (*node[V], bool) {
+	v, ok := w.nodes.Load(key)
+	if !ok {
+		return nil, false
+	}
+	return v.(*node[V]), true
+}
+
+func (w *window[V]) oldest() *node[V] { return w.head }
+
+func (w *window[V]) push(key string, e *entry[V], deadline int64) {
+	n := &node[V]{key: key, e: e, deadline: deadline}
+	w.link(n)
+	w.nodes.Store(key, n)
+	w.used += e.cost
+}
+
+func (w *window[V]) link(n *node[V]) {
+	n.prev = w.tail
+	if w.tail != nil {
+		w.tail.next = n
+	} else {
+		w.head = n
+	}
+	w.tail = n
+}
+
+func (w *window[V]) unlink(n *node[V]) {
+	if n.prev != nil {
+		n.prev.next = n.next
+	} else {
+		w.head = n.next
+	}
+	if n.next != nil {
+		n.next.prev = n.prev
+	} else {
+		w.tail = n.prev
+	}
+	n.prev, n.next = nil, nil
+}
+
+func (w *window[V]) remove(n *node[V]) {
+	w.unlink(n)
+	w.nodes.CompareAndDelete(n.key, n)
+	w.used -= n.e.cost
+}
+
+// victim returns the node to evict next: the oldest one not read since it
+// was last passed over. Nodes read meanwhile move to the back, once.
+func (w *window[V]) victim() *node[V] {
+	for {
+		n := w.head
+		if n == nil || !n.ref.Load() || n == w.tail {
+			return n
+		}
+		n.ref.Store(false)
+		w.unlink(n)
+		w.link(n)
+	}
+}
+
+// climb ends a sample if enough requests were seen since the last one,
+// and moves the window's budget the way that raised the hit ratio. L1
+// holds items entries of cost bytes: a sample is ten times the entries,
+// as Caffeine's, and the first starts when L1 is full.
+// It reports whether the budget changed.
+func (w *window[V]) climb(items, cost int64) bool {
+	if w.requests == nil {
+		return false
+	}
+	hits, misses := w.requests()
+	if !w.warm {
+		if cost < w.total-w.total/16 {
+			return false
+		}
+		w.warm = true
+		w.sampleHits, w.sampleMisses = hits, misses
+		return false
+	}
+	h, m := hits-w.sampleHits, misses-w.sampleMisses
+	if h+m < max(w.sampleSizeMin, 10*items) {
+		return false
+	}
+	ratio := float64(h) / float64(h+m)
+	w.sampleHits, w.sampleMisses = hits, misses
+	change := ratio - w.prevRatio
+	w.prevRatio = ratio
+	amount := w.step
+	if change < 0 {
+		amount = -amount
+	}
+	if change >= climbRestart || change <= -climbRestart {
+		w.step = climbStepShare * float64(w.total)
+		if amount < 0 {
+			w.step = -w.step
+		}
+	} else {
+		w.step = climbDecay * amount
+	}
+	next := min(max(w.max+int64(amount), 0), w.total)
+	if next == w.max {
+		return false
+	}
+	w.max = next
+	return true
+}
+
+// ttl reports how long n's value has left, and whether it has any.
+func (n *node[V]) ttl(now int64) (time.Duration, bool) {
+	if n.deadline == 0 {
+		return 0, true
+	}
+	left := time.Duration(n.deadline - now)
+	return left, left > 0
+}
