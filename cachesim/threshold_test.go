@@ -3,8 +3,8 @@ package main
 import (
 	"os"
 	"os/exec"
-	"strings"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/tiercache/tiercache/cachesim/internal/trace"

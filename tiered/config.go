@@ -88,7 +88,9 @@ type Config struct {
 	L1TTL time.Duration
 
 	// L1MaxBytes is the L1 budget, counted as the encoded size of values plus
-	// their keys. Default: 64 MiB.
+	// their keys plus 200 bytes per entry (what an entry takes besides
+	// them), so that it bounds L1's memory also for small values. L1 also
+	// keeps a frequency sketch of about a tenth of it. Default: 64 MiB.
 	L1MaxBytes int64
 
 	// Jitter spreads expiries over ±Jitter of each TTL so that entries

@@ -1,5 +1,6 @@
-// Package tiered provides a two-tier cache: an in-process L1 (ristretto)
-// in front of a shared L2 (Redis, through a gocache store and go-redis).
+// Package tiered provides a two-tier cache: an in-process L1 (W-TinyLFU:
+// an adaptive admission window in front of ristretto) in front of a shared
+// L2 (Redis, through a gocache store and go-redis).
 //
 // A read ([Cache.Get], [Cache.GetOrLoad]) tries L1, then L2, then the
 // loader. L1 holds decoded values, so an L1 hit costs a map lookup and no

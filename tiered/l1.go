@@ -127,7 +127,7 @@ func (c *l1[V]) get(key string) (*entry[V], bool) {
 	if e, ok := c.r.Get(key); ok {
 		return e, true
 	}
-	if n, ok := c.win.lookup(key); ok && (n.deadline == 0 || c.clk.now() < n.deadline) {
+	if n, ok := c.win.lookup(key); ok && n.live(c.clk) {
 		if !n.ref.Load() {
 			n.ref.Store(true) // only once: a store per hit would bounce the line between cores
 		}
@@ -185,7 +185,7 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 	if c.win.climb(c.items.Load(), c.cost.Load()) {
 		c.r.UpdateMaxCost(c.win.total - c.win.max)
 	}
-	now := c.clk.now()
+	now := time.Now().UnixNano()
 	if e.cost > c.win.max {
 		c.evict(now)
 		return false, c.add(key, e, ttl)
@@ -250,6 +250,13 @@ func (c *l1[V]) del(key string) {
 	}
 	c.r.Del(key)
 	c.mu.Unlock()
+}
+
+// windowBytes returns the window's budget now.
+func (c *l1[V]) windowBytes() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.win.max
 }
 
 // wait waits for ristretto to apply the writes queued so far.

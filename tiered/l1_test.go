@@ -154,3 +154,31 @@ func TestWindowClimbs(t *testing.T) {
 		})
 	}
 }
+
+// TestL1WindowAdapts: on traffic where only recent keys are read again (a
+// moving range of keys), the window's share must grow from its 1 % start,
+// because TinyLFU refuses the new keys that the reads go to; Stats reports it.
+func TestL1WindowAdapts(t *testing.T) {
+	const entries = 1000
+	c, err := New[int](Config{L1MaxBytes: entries * (entryOverhead + 16)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	start := c.Stats().L1WindowBytes
+	rng := rand.New(rand.NewPCG(1, 2))
+	load := func(context.Context, string) (int, error) { return 0, nil }
+	for i := range 300_000 {
+		k := fmt.Sprintf("%08d", i/4+rng.IntN(2*entries)) // the range moves on by one key every four reads
+		if _, err := c.GetOrLoad(ctx, k, load); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := c.Stats()
+	if s.L1WindowBytes < 10*start {
+		t.Errorf("window after recency-heavy traffic: %d bytes, from %d; want it grown tenfold", s.L1WindowBytes, start)
+	}
+	t.Logf("window %d → %d bytes of %d; hit ratio %.1f %%", start, s.L1WindowBytes, int64(entries*(entryOverhead+16)),
+		100*float64(s.L1Hits)/float64(s.L1Hits+s.L1Misses))
+}

@@ -24,8 +24,10 @@ type Stats struct {
 	// one that ran it included; LoadErrors counts loads that failed with
 	// anything but ErrNotFound.
 	Loads, SharedLoads, LoadErrors int64
-	// L1Items and L1Bytes are what L1 holds now.
-	L1Items, L1Bytes int64
+	// L1Items and L1Bytes are what L1 holds now. L1WindowBytes is the share
+	// of L1MaxBytes that L1's admission window has now (the rest is
+	// ristretto's); it adapts to the traffic.
+	L1Items, L1Bytes, L1WindowBytes int64
 	// Refreshes counts background refreshes started (early, by XFetch, or
 	// of a stale value). StaleServed counts reads answered with a value
 	// past its TTL; StaleOnError counts those answered so because a refresh
@@ -141,11 +143,16 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		return nil, err
 	}
 	l1Bytes, err := meter.Int64ObservableGauge("tiercache.l1.bytes", metric.WithUnit("By"),
-		metric.WithDescription("Bytes held by L1 (encoded size of values and keys)."))
+		metric.WithDescription("Bytes held by L1 (encoded size of values and keys, plus 200 per entry)."))
 	if err != nil {
 		return nil, err
 	}
 	l1Items, err := meter.Int64ObservableGauge("tiercache.l1.items", metric.WithDescription("Entries held by L1."))
+	if err != nil {
+		return nil, err
+	}
+	l1Window, err := meter.Int64ObservableGauge("tiercache.l1.window.bytes", metric.WithUnit("By"),
+		metric.WithDescription("The share of the L1 budget that its admission window has now; it adapts to the traffic."))
 	if err != nil {
 		return nil, err
 	}
@@ -203,6 +210,7 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		o.ObserveInt64(breaker, int64(c.counters.breaker.Load()), plain)
 		o.ObserveInt64(l1Bytes, s.L1Bytes, plain)
 		o.ObserveInt64(l1Items, s.L1Items, plain)
+		o.ObserveInt64(l1Window, s.L1WindowBytes, plain)
 		o.ObserveInt64(fenced, s.FencedFills, l1)
 		o.ObserveInt64(fenced, s.LeasesLost, l2)
 		o.ObserveInt64(staleSkips, s.StaleSkips, plain)
@@ -211,7 +219,7 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		o.ObserveInt64(stale, s.StaleServed-s.StaleOnError, revalidate)
 		o.ObserveInt64(stale, s.StaleOnError, onError)
 		return nil
-	}, hits, misses, l2Errors, loads, breaker, l1Bytes, l1Items, fenced, staleSkips, flushes, refreshes, stale)
+	}, hits, misses, l2Errors, loads, breaker, l1Bytes, l1Items, l1Window, fenced, staleSkips, flushes, refreshes, stale)
 	if err != nil {
 		return nil, err
 	}

@@ -894,7 +894,7 @@ func (c *Cache[V]) Stats() Stats {
 		L2Hits: c.counters.l2Hits.Load(), L2Misses: c.counters.l2Misses.Load(),
 		L2Errors: c.counters.l2Errors.Load(), DecodeErrors: c.counters.decodeErrs.Load(),
 		Loads: c.counters.loads.Load(), SharedLoads: c.counters.shared.Load(), LoadErrors: c.counters.loadEr.Load(),
-		L1Items: c.l1.items.Load(), L1Bytes: c.l1.cost.Load(),
+		L1Items: c.l1.items.Load(), L1Bytes: c.l1.cost.Load(), L1WindowBytes: c.l1.windowBytes(),
 		LeaseWaits: c.counters.leaseWaits.Load(),
 		Refreshes:  c.counters.refreshes.Load(), StaleServed: c.counters.staleServed.Load(), StaleOnError: c.counters.staleOnError.Load(),
 		FencedFills: c.counters.fenced.Load(), LeasesLost: c.counters.leaseLost.Load(),

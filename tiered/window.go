@@ -167,6 +167,20 @@ func (w *window[V]) climb(items, cost int64) bool {
 	return true
 }
 
+// live reports whether n's value may still be served. The coarse clock
+// answers for values far from their deadline, which is the common case;
+// near it (within the clock's worst lag, with room to spare) the exact
+// time does, so that a window value expires when a ristretto one would.
+func (n *node[V]) live(k *clock) bool {
+	if n.deadline == 0 {
+		return true
+	}
+	if n.deadline-k.now() > int64(time.Second) {
+		return true
+	}
+	return time.Now().UnixNano() < n.deadline
+}
+
 // ttl reports how long n's value has left, and whether it has any.
 func (n *node[V]) ttl(now int64) (time.Duration, bool) {
 	if n.deadline == 0 {
