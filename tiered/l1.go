@@ -1,6 +1,7 @@
 package tiered
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,10 @@ type entry[V any] struct {
 	// deleted, replaced or rejected); an entry rejected before the writer
 	// counted it goes straight to entryGone and is never counted.
 	state atomic.Int32
+	// dead marks a value that a later write or delete of its key replaced
+	// while ristretto still had it queued: ristretto may store it before
+	// the Del queued after it removes it, and reads must not see it then.
+	dead atomic.Bool
 }
 
 const (
@@ -97,11 +102,13 @@ func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64
 	c := &l1[V]{clk: clk}
 	// NumCounters should be about ten times the number of items the cache
 	// holds when full (ristretto's README). Entries cost at least
-	// entryOverhead (200) bytes plus their key and value, so maxCost/32
-	// gives six counters or more per entry, for a sketch of about a tenth of
-	// the budget. A small cache gets at least 100k: the longer the sketch's
-	// memory, the better it tells frequent keys from the rest.
-	counters := max(maxCost/32, 100_000)
+	// entryOverhead (200) bytes plus their key and value, so maxCost/64
+	// gives three counters or more per entry, for a sketch of about 5 % of
+	// the budget: twice that bought no hit ratio worth having and slowed
+	// hits (the policy goroutine's cache misses). A small cache gets at
+	// least 100k: the longer the sketch's memory, the better it tells
+	// frequent keys from the rest.
+	counters := max(maxCost/64, 100_000)
 	r, err := ristretto.NewCache(&ristretto.Config[string, *entry[V]]{
 		NumCounters: counters,
 		MaxCost:     maxCost,
@@ -124,16 +131,23 @@ func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64
 // allocate. Ristretto comes first, also for keys in the window: its Get
 // records every access in the sketch that later decides admission.
 func (c *l1[V]) get(key string) (*entry[V], bool) {
-	if e, ok := c.r.Get(key); ok {
+	if e, ok := c.r.Get(key); ok && !e.dead.Load() {
 		return e, true
 	}
-	if n, ok := c.win.lookup(key); ok && n.live(c.clk) {
-		if !n.ref.Load() {
-			n.ref.Store(true) // only once: a store per hit would bounce the line between cores
+	n, ok := c.win.lookup(key)
+	switch {
+	case !ok || !n.live(c.clk):
+		return nil, false
+	case n.offered.Load():
+		// On its way into ristretto: serve it until ristretto has it,
+		// unless ristretto refused it.
+		if n.e.state.Load() == entryGone {
+			return nil, false
 		}
-		return n.e, true
+	case !n.ref.Load():
+		n.ref.Store(true) // only once: a store per hit would bounce the line between cores
 	}
-	return nil, false
+	return n.e, true
 }
 
 // set stores e under key for ttl (0: no expiry) and reports whether L1 holds
@@ -152,12 +166,16 @@ func (c *l1[V]) set(key string, e *entry[V], ttl time.Duration) bool {
 		inWindow, queued = c.put(key, e, ttl)
 	}
 	c.r.Wait() // for the Del that put queued: see the type comment
-	if inWindow {
+	if !inWindow && !queued {
+		return false
+	}
+	// The window may have passed it on to ristretto meanwhile, which may
+	// have refused it.
+	if n, ok := c.win.lookup(key); ok && n.e == e && !n.offered.Load() {
 		return true
 	}
-	// Ristretto's policy may have refused it.
 	got, ok := c.r.Get(key)
-	return queued && ok && got == e
+	return ok && got == e
 }
 
 // fill stores e, read from L2 or loaded, without waiting for ristretto's
@@ -178,22 +196,25 @@ func (c *l1[V]) fill(key string, e *entry[V], ttl time.Duration) {
 func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queued bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if n, ok := c.win.lookup(key); ok {
-		c.remove(n)
-	}
+	c.remove(key)
 	c.r.Del(key)
+	c.win.settle(c.r)
 	if c.win.climb(c.items.Load(), c.cost.Load()) {
 		c.r.UpdateMaxCost(c.win.total - c.win.max)
 	}
 	now := time.Now().UnixNano()
-	if e.cost > c.win.max {
-		c.evict(now)
-		return false, c.add(key, e, ttl)
-	}
 	var deadline int64
 	if ttl > 0 {
 		c.clk.ensure()
-		deadline = now + int64(ttl)
+		deadline = now + int64(min(ttl, time.Duration(math.MaxInt64-now)))
+	}
+	if e.cost > c.win.max {
+		c.evict(now)
+		if !c.add(key, e, ttl) {
+			return false, false
+		}
+		c.win.offer(&node[V]{key: key, e: e, deadline: deadline})
+		return false, true
 	}
 	c.win.push(key, e, deadline)
 	c.items.Add(1)
@@ -207,17 +228,30 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 func (c *l1[V]) evict(now int64) {
 	for c.win.used > c.win.max {
 		n := c.win.victim()
-		c.remove(n)
-		if ttl, live := n.ttl(now); live {
-			c.add(n.key, n.e, ttl)
+		c.win.unlink(n)
+		c.uncount(n.e)
+		if ttl, live := n.ttl(now); live && c.add(n.key, n.e, ttl) {
+			c.win.offer(n)
+		} else {
+			c.win.forget(n)
 		}
 	}
 }
 
-// remove takes n out of the window and uncounts it. c.mu is held.
-func (c *l1[V]) remove(n *node[V]) {
-	c.win.remove(n)
-	c.uncount(n.e)
+// remove takes key out of the window, and out of reads if ristretto has
+// it queued. c.mu is held.
+func (c *l1[V]) remove(key string) {
+	n, ok := c.win.lookup(key)
+	switch {
+	case !ok:
+	case n.offered.Load():
+		n.e.dead.Store(true)
+		c.win.forget(n)
+	default:
+		c.win.unlink(n)
+		c.win.forget(n)
+		c.uncount(n.e)
+	}
 }
 
 func (c *l1[V]) uncount(e *entry[V]) {
@@ -245,9 +279,7 @@ func (c *l1[V]) del(key string) {
 		return
 	}
 	c.mu.Lock()
-	if n, ok := c.win.lookup(key); ok {
-		c.remove(n)
-	}
+	c.remove(key)
 	c.r.Del(key)
 	c.mu.Unlock()
 }
@@ -283,8 +315,9 @@ func (c *l1[V]) clearWindow() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for n := c.win.oldest(); n != nil; n = c.win.oldest() {
-		c.remove(n)
+		c.remove(n.key)
 	}
+	c.win.forgetOffered()
 }
 
 // onExit runs when ristretto lets go of an entry for any reason.

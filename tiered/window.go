@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
 )
 
 // window is L1's admission window: the newest values, in a share of the
@@ -18,11 +20,16 @@ import (
 // instead of evicting them. The map is a sync.Map, so a hit in the window
 // takes no lock either. Everything else happens under l1.mu.
 type window[V any] struct {
-	nodes      sync.Map // string → *node[V]
+	nodes      sync.Map // string → *node[V], in the window or offered
 	head, tail *node[V] // oldest, newest
+	count      int      // nodes in the list
 	used       int64    // the cost of the values held
-	max        int64    // the window's budget
-	total      int64    // the whole L1 budget
+	// offered lists, oldest first, the nodes whose values ristretto has
+	// queued but maybe not applied yet; reads find them in nodes
+	// meanwhile, so that a value is never in neither place.
+	offered []*node[V]
+	max     int64 // the window's budget
+	total   int64 // the whole L1 budget
 
 	// The climber. requests reads the cache's L1 hit and miss counters,
 	// which the cache keeps anyway.
@@ -41,6 +48,8 @@ type node[V any] struct {
 	e          *entry[V]
 	deadline   int64 // Unix ns; 0: none
 	ref        atomic.Bool
+	offered    atomic.Bool // its value is in ristretto's queue; it is not in the list
+	gone       bool        // out of nodes
 	prev, next *node[V]
 }
 
@@ -49,6 +58,9 @@ const (
 	climbStepShare     = 0.0625 // of the budget
 	climbDecay         = 0.98
 	climbRestart       = 0.05 // a change of the hit ratio that restarts big steps
+	// windowRistrettoShare keeps 1/10 of the budget for ristretto: with
+	// none, it refuses every offer and so never evicts what it holds.
+	windowRistrettoShare = 10
 )
 
 func (w *window[V]) init(total int64, requests func() (hits, misses int64)) {
@@ -73,8 +85,49 @@ func (w *window[V]) oldest() *node[V] { return w.head }
 func (w *window[V]) push(key string, e *entry[V], deadline int64) {
 	n := &node[V]{key: key, e: e, deadline: deadline}
 	w.link(n)
-	w.nodes.Store(key, n)
+	w.count++
 	w.used += e.cost
+	w.nodes.Store(key, n)
+}
+
+// offer keeps n, which is not in the list, readable until ristretto has
+// applied its value (settle).
+func (w *window[V]) offer(n *node[V]) {
+	n.offered.Store(true)
+	w.nodes.Store(n.key, n)
+	w.offered = append(w.offered, n)
+}
+
+// settle forgets the offered nodes, oldest first, whose values ristretto
+// has stored or refused by now. GetTTL does not count as a read.
+func (w *window[V]) settle(r *ristretto.Cache[string, *entry[V]]) {
+	i := 0
+	for ; i < len(w.offered); i++ {
+		n := w.offered[i]
+		if !n.gone {
+			if _, stored := r.GetTTL(n.key); !stored && n.e.state.Load() != entryGone {
+				break // still queued
+			}
+			w.forget(n)
+		}
+	}
+	clear(w.offered[:i])
+	w.offered = w.offered[i:]
+}
+
+// forget takes n out of nodes.
+func (w *window[V]) forget(n *node[V]) {
+	n.gone = true
+	w.nodes.CompareAndDelete(n.key, n)
+}
+
+// forgetOffered forgets every offered node: ristretto is being cleared.
+func (w *window[V]) forgetOffered() {
+	for _, n := range w.offered {
+		w.forget(n)
+	}
+	clear(w.offered)
+	w.offered = w.offered[:0]
 }
 
 func (w *window[V]) link(n *node[V]) {
@@ -87,7 +140,10 @@ func (w *window[V]) link(n *node[V]) {
 	w.tail = n
 }
 
+// unlink takes n out of the list; the caller forgets or offers it.
 func (w *window[V]) unlink(n *node[V]) {
+	w.count--
+	w.used -= n.e.cost
 	if n.prev != nil {
 		n.prev.next = n.next
 	} else {
@@ -101,24 +157,20 @@ func (w *window[V]) unlink(n *node[V]) {
 	n.prev, n.next = nil, nil
 }
 
-func (w *window[V]) remove(n *node[V]) {
-	w.unlink(n)
-	w.nodes.CompareAndDelete(n.key, n)
-	w.used -= n.e.cost
-}
-
 // victim returns the node to evict next: the oldest one not read since it
 // was last passed over. Nodes read meanwhile move to the back, once.
 func (w *window[V]) victim() *node[V] {
-	for {
+	for range w.count { // one pass at most: readers may set bits meanwhile
 		n := w.head
-		if n == nil || !n.ref.Load() || n == w.tail {
+		if !n.ref.Load() || n == w.tail {
 			return n
 		}
 		n.ref.Store(false)
-		w.unlink(n)
-		w.link(n)
+		w.head, n.next.prev = n.next, nil
+		n.next, n.prev = nil, w.tail
+		w.tail.next, w.tail = n, n
 	}
+	return w.head
 }
 
 // climb ends a sample if enough requests were seen since the last one,
@@ -159,7 +211,7 @@ func (w *window[V]) climb(items, cost int64) bool {
 	} else {
 		w.step = climbDecay * amount
 	}
-	next := min(max(w.max+int64(amount), 0), w.total)
+	next := min(max(w.max+int64(amount), 0), w.total-w.total/windowRistrettoShare)
 	if next == w.max {
 		return false
 	}
