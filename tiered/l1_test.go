@@ -12,9 +12,12 @@ import (
 // TestL1ReadYourWriteAcrossTheWindow: values are written into a window
 // of two entries, so that other writers' values soon push them into
 // ristretto, and overwritten; every Get after a Set returns must see that
-// Set's value, whichever of the two places held the older one. Without
-// the Del that every write queues ahead of its value, the older value
-// stays in ristretto, which reads look at first.
+// Set's value, whichever of the two places held the older one or holds the
+// new one. Without the Del that every write queues ahead of its value, the
+// older value stays in ristretto, which reads look at first; without the
+// offered values that the window keeps readable until ristretto has them,
+// a Get finds neither copy when other writers pushed the value out of the
+// window meanwhile.
 func TestL1ReadYourWriteAcrossTheWindow(t *testing.T) {
 	c, err := New[int](Config{L1MaxBytes: 200 * 300})
 	if err != nil {
@@ -22,7 +25,7 @@ func TestL1ReadYourWriteAcrossTheWindow(t *testing.T) {
 	}
 	defer c.Close()
 	ctx := context.Background()
-	const writers, keysEach, rounds = 4, 50, 200
+	const writers, keysEach, rounds = 4, 50, 2000
 	stop := make(chan struct{})
 	var readers sync.WaitGroup
 	for r := range 2 {
@@ -48,8 +51,8 @@ func TestL1ReadYourWriteAcrossTheWindow(t *testing.T) {
 					return
 				}
 				for range 3 {
-					if v, err := c.Get(ctx, k); err == nil && v != i {
-						t.Errorf("Get(%s) = %d after Set(%d)", k, v, i)
+					if v, err := c.Get(ctx, k); err != nil || v != i {
+						t.Errorf("Get(%s) = %d, %v after Set(%d)", k, v, err, i)
 						return
 					}
 				}
@@ -133,7 +136,7 @@ func TestWindowClimbs(t *testing.T) {
 		ratio func(share float64) float64
 		want  float64
 	}{
-		{"recency", func(s float64) float64 { return 0.2 + 0.5*s }, 0.9},
+		{"recency", func(s float64) float64 { return 0.2 + 0.5*s }, 0.95},
 		{"frequency", func(s float64) float64 { return 0.7 - 0.5*s }, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -184,38 +187,6 @@ func TestL1WindowAdapts(t *testing.T) {
 	}
 	t.Logf("window %d → %d bytes of %d; hit ratio %.1f %%", start, s.L1WindowBytes, int64(entries*(entryOverhead+16)),
 		100*float64(s.L1Hits)/float64(s.L1Hits+s.L1Misses))
-}
-
-// TestL1NoGapAfterSet: a value the window passes on to ristretto stays
-// readable while ristretto's queue holds it. Without that, a Get just after
-// a Set found neither copy when other writers pushed the value out of the
-// window meanwhile (and, joining an older read's flight, an older value).
-func TestL1NoGapAfterSet(t *testing.T) {
-	c, err := New[int](Config{L1MaxBytes: 200 * 300})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ctx := context.Background()
-	const writers, keysEach, rounds = 4, 50, 2000
-	var missed sync.Map
-	var wg sync.WaitGroup
-	for w := range writers {
-		wg.Go(func() {
-			for i := range rounds {
-				k := fmt.Sprintf("w%d-%d", w, i%keysEach)
-				if err := c.Set(ctx, k, i); err != nil {
-					t.Error(err)
-					return
-				}
-				if v, err := c.Get(ctx, k); err != nil || v != i {
-					missed.Store(k, fmt.Sprintf("Get = %d, %v after Set(%d)", v, err, i))
-				}
-			}
-		})
-	}
-	wg.Wait()
-	missed.Range(func(k, v any) bool { t.Errorf("%s: %s", k, v); return true })
 }
 
 // TestL1DeleteBeatsAQueuedValue: a value that the window has passed on to
