@@ -196,8 +196,11 @@ func (c *l1[V]) fill(key string, e *entry[V], ttl time.Duration) {
 func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queued bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.remove(key)
-	c.r.Del(key)
+	// The new node replaces the old one in the map before the Del removes
+	// ristretto's copy: a concurrent read finds the old value or the new
+	// one, never neither (a hot key refreshed in the background must not
+	// send its readers to the loader).
+	c.detach(key)
 	c.win.settle(c.r)
 	if c.win.climb(c.items.Load(), c.cost.Load()) {
 		c.r.UpdateMaxCost(c.win.total - c.win.max)
@@ -209,14 +212,18 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 		deadline = now + int64(min(ttl, time.Duration(math.MaxInt64-now)))
 	}
 	if e.cost > c.win.max {
+		n := &node[V]{key: key, e: e, deadline: deadline}
+		c.win.offer(n)
+		c.r.Del(key)
 		c.evict(now)
 		if !c.add(key, e, ttl) {
+			c.win.forget(n)
 			return false, false
 		}
-		c.win.offer(&node[V]{key: key, e: e, deadline: deadline})
 		return false, true
 	}
 	c.win.push(key, e, deadline)
+	c.r.Del(key)
 	c.items.Add(1)
 	c.cost.Add(e.cost)
 	c.evict(now)
@@ -241,17 +248,28 @@ func (c *l1[V]) evict(now int64) {
 // remove takes key out of the window, and out of reads if ristretto has
 // it queued. c.mu is held.
 func (c *l1[V]) remove(key string) {
+	if n := c.detach(key); n != nil {
+		c.win.forget(n)
+	}
+}
+
+// detach takes key's node out of the window's list and bookkeeping but
+// leaves it readable, for put to replace. An offered value is marked dead,
+// for the case that ristretto stores it before the Del queued after it.
+// c.mu is held.
+func (c *l1[V]) detach(key string) *node[V] {
 	n, ok := c.win.lookup(key)
 	switch {
 	case !ok:
+		return nil
 	case n.offered.Load():
 		n.e.dead.Store(true)
-		c.win.forget(n)
+		n.gone = true // settle skips it
 	default:
 		c.win.unlink(n)
-		c.win.forget(n)
 		c.uncount(n.e)
 	}
+	return n
 }
 
 func (c *l1[V]) uncount(e *entry[V]) {
