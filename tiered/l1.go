@@ -74,8 +74,9 @@ func entryCost(key string, n int) int64 { return int64(len(key)+n) + entryOverhe
 // policy goroutine admits it) and may be dropped or rejected. Worse, a second
 // Set of a key whose first Set is still queued is refused by the policy
 // ("already present"), so the older value is the one that lands. Every
-// write therefore queues a Del of the key before anything else (ristretto
-// applies its queue in order), and l1.set waits for the queue, so that
+// write therefore queues a Del of the key before ristretto can see the new
+// value (ristretto applies its queue in order), and l1.set waits for the
+// queue, so that
 // after set returns L1 holds the new value or nothing, never an older one.
 // l1.fill, on the read path, does not wait.
 //
