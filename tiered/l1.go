@@ -76,9 +76,8 @@ func entryCost(key string, n int) int64 { return int64(len(key)+n) + entryOverhe
 // ("already present"), so the older value is the one that lands. Every
 // write therefore queues a Del of the key before ristretto can see the new
 // value (ristretto applies its queue in order), and l1.set waits for the
-// queue, so that
-// after set returns L1 holds the new value or nothing, never an older one.
-// l1.fill, on the read path, does not wait.
+// queue, so that after set returns L1 holds the new value or nothing, never
+// an older one. l1.fill, on the read path, does not wait.
 //
 // It is safe for concurrent use.
 type l1[V any] struct {
@@ -190,7 +189,7 @@ func (c *l1[V]) fill(key string, e *entry[V], ttl time.Duration) {
 	}
 }
 
-// put removes key from both places and puts e into the window, evicting
+// put replaces key's value in both places with e, in the window, evicting
 // the oldest values into ristretto as needed. A value larger than the
 // window goes to ristretto directly; queued reports whether ristretto took
 // it into its queue (a full queue drops it).
@@ -225,8 +224,7 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 	}
 	c.win.push(key, e, deadline)
 	c.r.Del(key)
-	c.items.Add(1)
-	c.cost.Add(e.cost)
+	c.count(e)
 	c.evict(now)
 	return true, false
 }
@@ -273,6 +271,12 @@ func (c *l1[V]) detach(key string) *node[V] {
 	return n
 }
 
+// count and uncount keep the items and bytes that Stats reports.
+func (c *l1[V]) count(e *entry[V]) {
+	c.items.Add(1)
+	c.cost.Add(e.cost)
+}
+
 func (c *l1[V]) uncount(e *entry[V]) {
 	c.items.Add(-1)
 	c.cost.Add(-e.cost)
@@ -285,8 +289,7 @@ func (c *l1[V]) add(key string, e *entry[V], ttl time.Duration) bool {
 		return false
 	}
 	if e.state.CompareAndSwap(entryPending, entryCounted) {
-		c.items.Add(1)
-		c.cost.Add(e.cost)
+		c.count(e)
 	}
 	return true
 }
@@ -345,8 +348,7 @@ func (c *l1[V]) onExit(e *entry[V]) {
 		return
 	}
 	if e.state.Swap(entryGone) == entryCounted {
-		c.items.Add(-1)
-		c.cost.Add(-e.cost)
+		c.uncount(e)
 	}
 }
 

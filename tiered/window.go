@@ -183,15 +183,15 @@ func (w *window[V]) climb(items, cost int64) bool {
 	if w.requests == nil {
 		return false
 	}
-	hits, misses := w.requests()
 	if !w.warm {
 		if cost < w.total-w.total/16 {
 			return false
 		}
 		w.warm = true
-		w.sampleHits, w.sampleMisses = hits, misses
+		w.sampleHits, w.sampleMisses = w.requests()
 		return false
 	}
+	hits, misses := w.requests()
 	h, m := hits-w.sampleHits, misses-w.sampleMisses
 	if h+m < max(w.sampleSizeMin, 10*items) {
 		return false
