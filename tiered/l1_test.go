@@ -9,6 +9,17 @@ import (
 	"testing"
 )
 
+// newL1TestCache returns an L1-only Cache of ints that t closes.
+func newL1TestCache(t *testing.T, cfg Config) *Cache[int] {
+	t.Helper()
+	c, err := New[int](cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // TestL1ReadYourWriteAcrossTheWindow: values are written into a window
 // of two entries, so that other writers' values soon push them into
 // ristretto, and overwritten; every Get after a Set returns must see that
@@ -19,11 +30,7 @@ import (
 // a Get finds neither copy when other writers pushed the value out of the
 // window meanwhile.
 func TestL1ReadYourWriteAcrossTheWindow(t *testing.T) {
-	c, err := New[int](Config{L1MaxBytes: 200 * 300})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newL1TestCache(t, Config{L1MaxBytes: 200 * 300})
 	ctx := context.Background()
 	const writers, keysEach, rounds = 4, 50, 2000
 	stop := make(chan struct{})
@@ -67,11 +74,7 @@ func TestL1ReadYourWriteAcrossTheWindow(t *testing.T) {
 // TestL1WindowEvictsIntoRistretto: new values enter the window; those it
 // evicts are offered to ristretto, which admits them while it has room.
 func TestL1WindowEvictsIntoRistretto(t *testing.T) {
-	c, err := New[int](Config{L1MaxBytes: 1000 * (entryOverhead + 64)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newL1TestCache(t, Config{L1MaxBytes: 1000 * (entryOverhead + 64)})
 	ctx := context.Background()
 	if err := c.Set(ctx, "k", 1); err != nil {
 		t.Fatal(err)
@@ -100,11 +103,7 @@ func TestL1WindowEvictsIntoRistretto(t *testing.T) {
 // places, and L1 keeps to its budget.
 func TestL1Accounting(t *testing.T) {
 	const budget = 100 * (entryOverhead + 64)
-	c, err := New[int](Config{L1MaxBytes: budget})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newL1TestCache(t, Config{L1MaxBytes: budget})
 	ctx := context.Background()
 	var keys []string
 	for i := range 1000 {
@@ -164,11 +163,7 @@ func TestWindowClimbs(t *testing.T) {
 // because TinyLFU refuses the new keys that the reads go to; Stats reports it.
 func TestL1WindowAdapts(t *testing.T) {
 	const entries = 500
-	c, err := New[int](Config{L1MaxBytes: entries * (entryOverhead + 16)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newL1TestCache(t, Config{L1MaxBytes: entries * (entryOverhead + 16)})
 	ctx := context.Background()
 	start := c.Stats().L1WindowBytes
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -236,11 +231,7 @@ func TestL1DeleteBeatsAQueuedValue(t *testing.T) {
 // TestL1HugeTTL: a TTL that overflows the window's deadline means no
 // expiry, not an expired value.
 func TestL1HugeTTL(t *testing.T) {
-	c, err := New[int](Config{TTL: math.MaxInt64, L1TTL: math.MaxInt64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := newL1TestCache(t, Config{TTL: math.MaxInt64, L1TTL: math.MaxInt64})
 	ctx := context.Background()
 	if err := c.Set(ctx, "k", 1); err != nil {
 		t.Fatal(err)
