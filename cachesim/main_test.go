@@ -11,18 +11,26 @@ import (
 	"github.com/tiercache/tiercache/cachesim/internal/trace"
 )
 
+// requireTraces returns the path of the OLTP trace, standing for the shared
+// traces. Without them it skips t, except in CI, where a skip would let the
+// suite pass without its data.
+func requireTraces(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(trace.Dir(), "oltp.arc.gz")
+	if _, err := os.Stat(path); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("traces missing in CI (set %s): %v", trace.DirEnv, err)
+		}
+		t.Skipf("traces not available (set %s): %v", trace.DirEnv, err)
+	}
+	return path
+}
+
 // TestSelfCheck replays OLTP through LRU and OPT and requires the published
 // hit ratios to two decimals. Without the trace files it skips, except in
 // CI, where a skip would let the suite pass without its data.
 func TestSelfCheck(t *testing.T) {
-	path := filepath.Join(trace.Dir(), "oltp.arc.gz")
-	if _, err := os.Stat(path); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("OLTP trace missing in CI (set %s): %v", trace.DirEnv, err)
-		}
-		t.Skipf("OLTP trace not available (set %s): %v", trace.DirEnv, err)
-	}
-	keys, err := trace.Load(path)
+	keys, err := trace.Load(requireTraces(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,11 +3,8 @@ package main
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/tiercache/tiercache/cachesim/internal/trace"
 )
 
 // TestDefaultL1Thresholds holds tiered's default L1 to issue 9's bar on
@@ -38,12 +35,7 @@ func TestDefaultL1Thresholds(t *testing.T) {
 		}
 		return
 	}
-	if _, err := os.Stat(filepath.Join(trace.Dir(), "oltp.arc.gz")); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("traces missing in CI (set %s): %v", trace.DirEnv, err)
-		}
-		t.Skipf("traces not available (set %s): %v", trace.DirEnv, err)
-	}
+	requireTraces(t)
 	for _, tc := range []struct {
 		trace  string
 		sizes  []int
@@ -67,13 +59,7 @@ func TestDefaultL1Thresholds(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			mean := func(p string) float64 {
-				var sum float64
-				for _, s := range tc.sizes {
-					sum += got[cell{p, s}]
-				}
-				return sum / float64(len(tc.sizes))
-			}
+			mean := (&table{sizes: tc.sizes, ratio: got}).mean
 			l1 := mean("tiercache")
 			for _, p := range peers {
 				switch {
