@@ -88,9 +88,10 @@ type Config struct {
 	L1TTL time.Duration
 
 	// L1MaxBytes is the L1 budget, counted as the encoded size of values plus
-	// their keys plus 200 bytes per entry (what an entry takes besides
+	// their keys plus 256 bytes per entry (what an entry takes besides
 	// them), so that it bounds L1's memory also for small values. L1 also
-	// keeps a frequency sketch of about 5 % of it. Default: 64 MiB.
+	// keeps frequency sketches, ristretto's and its admission gate's, of
+	// about 12 % of it. Default: 64 MiB.
 	L1MaxBytes int64
 
 	// Jitter spreads expiries over ±Jitter of each TTL so that entries

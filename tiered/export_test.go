@@ -10,7 +10,7 @@ func DisableFences[V any](c *Cache[V]) { c.noFence = true }
 // ristretto has applied the stores queued so far.
 func PeekL1[V any](c *Cache[V], key string) (v V, negative, ok bool) {
 	c.l1.wait()
-	e, ok := c.l1.get(key)
+	e, ok := c.l1.lookup(key)
 	if !ok {
 		return v, false, false
 	}

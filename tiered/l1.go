@@ -2,6 +2,8 @@ package tiered
 
 import (
 	"math"
+	"math/bits"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +42,35 @@ type entry[V any] struct {
 	// while ristretto still had it queued: ristretto may store it before
 	// the Del queued after it removes it, and reads must not see it then.
 	dead atomic.Bool
+	// kh is the key's hash in L1's frequency sketch, and hits counts the
+	// reads of this value since it entered L1 (hits in the sketch would
+	// cost every hit a hash and four CASes): the admission gate adds the
+	// two. See touch for the packing. key is what shed deletes when it
+	// evicts the value. put sets kh and key once, before any reader can
+	// see the entry.
+	kh   uint64
+	hits atomic.Uint32
+	key  string
+}
+
+// touch counts a read of e in sketch epoch epoch. hits holds the epoch of
+// its last update above a 4-bit count, which halves once per epoch since,
+// as the sketch's counters do; the count saturates at 15, after which a
+// read in the same epoch only loads it, so that a hot key's readers do not
+// bounce its cache line between cores.
+func (e *entry[V]) touch(epoch uint32) {
+	old := e.hits.Load()
+	if old == epoch<<4|15 {
+		return
+	}
+	e.hits.Store(epoch<<4 | min(e.reads(epoch)+1, 15))
+}
+
+// reads returns e's read count as of epoch.
+func (e *entry[V]) reads(epoch uint32) uint32 {
+	h := e.hits.Load()
+	age := (epoch - h>>4) & (1<<28 - 1)
+	return (h & 15) >> min(age, 4)
 }
 
 const (
@@ -49,11 +80,12 @@ const (
 )
 
 // entryOverhead is what L1 holds for an entry besides its key and value:
-// the entry itself and ristretto's item, map and policy slots, about 200
-// bytes on amd64 as measured with runtime.MemStats over 200,000 small
-// entries. Counting it keeps L1MaxBytes a bound on memory for small
-// values, which otherwise took five times their budget.
-const entryOverhead = 200
+// the entry itself, ristretto's item, map and policy slots, and the
+// admission gate's share of its sketch and resident table: about 256 bytes
+// on amd64 as measured with runtime.MemStats over 200,000 small entries
+// (200 before the gate). Counting it keeps L1MaxBytes a bound on memory for
+// small values, which otherwise took five times their budget.
+const entryOverhead = 256
 
 // entryCost is what an entry for key with an encoded value of n bytes
 // counts against L1MaxBytes.
@@ -66,9 +98,11 @@ func entryCost(key string, n int) int64 { return int64(len(key)+n) + entryOverhe
 // says the key is used more often than the keys it would evict, and a key
 // seen once is not. Where recent keys matter most (most real traffic),
 // that loses many points of hit ratio to plain LRU (docs/hit-ratio.md).
-// New values go into the window, synchronously; those it evicts are
-// offered to ristretto, whose sketch has seen every read of them by then.
-// The window's share of the budget adapts to the traffic (window.go).
+// New values go into the window, synchronously; those it evicts pass an
+// admission gate of our own (admit), which counts misses in a sketch
+// (sketch.go) and reads in the entries, and which picks what ristretto
+// gives up for them. The window's share of the budget adapts to the
+// traffic (window.go).
 //
 // Ristretto's Set is asynchronous (a new key reaches the map only after its
 // policy goroutine admits it) and may be dropped or rejected. Worse, a second
@@ -96,10 +130,28 @@ type l1[V any] struct {
 	// the order the window saw.
 	mu  sync.Mutex
 	win window[V]
+
+	// The admission gate (admit). sk counts misses; epoch advances each
+	// time sk halves, so that the entries' own read counts age with it.
+	// resident holds, per slot of key hashes, a value ristretto stores,
+	// for the gate to sample; onExit clears its slot.
+	sk       *sketch
+	epoch    atomic.Uint32
+	resident []atomic.Pointer[entry[V]]
+	// Under mu: the gate's random state and the request count at the
+	// last halving.
+	rng    uint64
+	agedAt int64
 }
 
 func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64)) (*l1[V], error) {
-	c := &l1[V]{clk: clk}
+	entries := max(maxCost/entryOverhead, 1)
+	c := &l1[V]{
+		clk:      clk,
+		sk:       newSketch(entries),
+		resident: make([]atomic.Pointer[entry[V]], 1<<min(max(bits.Len64(uint64(entries)), 8), 16)),
+		rng:      rand.Uint64() | 1,
+	}
 	// NumCounters should be about ten times the number of items the cache
 	// holds when full (ristretto's README). Entries cost at least
 	// entryOverhead (200) bytes plus their key and value, so maxCost/64
@@ -127,10 +179,24 @@ func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64
 	return c, nil
 }
 
-// get returns the live entry for key. It takes no lock and does not
-// allocate. Ristretto comes first, also for keys in the window: its Get
-// records every access in the sketch that later decides admission.
+// get returns the live entry for key, and counts the read for the
+// admission gate: a miss in the sketch, a hit in the entry. It takes no
+// lock and does not allocate on a hit.
 func (c *l1[V]) get(key string) (*entry[V], bool) {
+	e, ok := c.lookup(key)
+	if !ok {
+		c.sk.add(c.sk.hash(key), 1)
+		return nil, false
+	}
+	e.touch(c.epoch.Load())
+	return e, true
+}
+
+// lookup is get without counting the read, for a second look at a key
+// within one request. Ristretto comes first, also for keys in the window:
+// it holds most of L1, and its Get records the access in the sketch its
+// own admission uses.
+func (c *l1[V]) lookup(key string) (*entry[V], bool) {
 	if e, ok := c.r.Get(key); ok && !e.dead.Load() {
 		return e, true
 	}
@@ -204,6 +270,12 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 	c.win.settle(c.r)
 	if c.win.climb(c.items.Load(), c.cost.Load()) {
 		c.r.UpdateMaxCost(c.win.total - c.win.max)
+		c.shed(c.cost.Load() - c.win.used - (c.win.total - c.win.max))
+	}
+	c.age()
+	if e.kh == 0 { // set once, before any reader can see e
+		e.kh = c.sk.hash(key)
+		e.key = key
 	}
 	now := time.Now().UnixNano()
 	var deadline int64
@@ -216,7 +288,7 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 		c.win.offer(n)
 		c.r.Del(key)
 		c.evict(now)
-		if !c.add(key, e, ttl) {
+		if !c.admit(e) || !c.add(key, e, ttl) {
 			c.win.forget(n)
 			return false, false
 		}
@@ -236,12 +308,131 @@ func (c *l1[V]) evict(now int64) {
 		n := c.win.victim()
 		c.win.unlink(n)
 		c.uncount(n.e)
-		if ttl, live := n.ttl(now); live && c.add(n.key, n.e, ttl) {
+		ttl, live := n.ttl(now)
+		switch {
+		case !live:
+			c.win.forget(n)
+		case !c.admit(n.e):
+			c.win.forget(n)
+			c.fold(n.e)
+		case c.add(n.key, n.e, ttl):
 			c.win.offer(n)
-		} else {
+		default:
 			c.win.forget(n)
 		}
 	}
+}
+
+// admit is L1's admission gate: it reports whether e, leaving the window,
+// should go to ristretto. While ristretto has room, anything goes. When it
+// is full, the gate samples a few values ristretto holds and takes the
+// least read; e goes in only if it was read more often than that, by more
+// than one: e's own miss was counted a moment ago, and letting ties in
+// churns L1 on traffic that cycles through more keys than it holds (4
+// points on the loop trace). Ristretto then evicts by its own sample to
+// make room. (Deleting the gate's victim instead gained a point on the
+// loop trace and half a point on Zipf, but lost one on orm-busy, a real
+// trace that wants recency: docs/hit-ratio.md.)
+//
+// As in Caffeine, a warm candidate still gets in one time in 128, so that
+// an attacker cannot pin residents by inflating their counts. c.mu is held.
+func (c *l1[V]) admit(e *entry[V]) bool {
+	if c.cost.Load()-c.win.used+e.cost <= c.win.total-c.win.max {
+		return true
+	}
+	epoch := c.epoch.Load()
+	v, vfreq := c.victim(epoch)
+	if v == nil {
+		return true // nothing to compare with: ristretto decides
+	}
+	cand := c.sk.estimate(e.kh) + e.reads(epoch)
+	return cand > vfreq+1 || cand >= 6 && c.rand()&127 == 0
+}
+
+// victim returns the least read of a few values ristretto holds, sampled,
+// and how often it was read; nil if it found none.
+func (c *l1[V]) victim(epoch uint32) (*entry[V], uint32) {
+	var v *entry[V]
+	vfreq, vlast, found := uint32(math.MaxUint32), uint32(0), 0
+	for range admitDraws {
+		r := c.resident[c.rand()&uint64(len(c.resident)-1)].Load()
+		if r == nil || r.dead.Load() || r.state.Load() == entryGone {
+			continue
+		}
+		f, last := c.sk.estimate(r.kh)+r.reads(epoch), r.hits.Load()>>4
+		if f < vfreq || f == vfreq && last < vlast {
+			v, vfreq, vlast = r, f, last
+		}
+		if found++; found == admitSamples {
+			break
+		}
+	}
+	return v, vfreq
+}
+
+// shed deletes sampled victims, the least read first, until ristretto
+// has given up over more bytes. Ristretto evicts only to store a value,
+// and the gate may refuse every value for a long time: without shed, a
+// budget that the climber shrank would not take effect meanwhile, and L1
+// would hold more than L1MaxBytes. c.mu is held.
+func (c *l1[V]) shed(over int64) {
+	for range admitDraws {
+		if over <= 0 {
+			return
+		}
+		v, _ := c.victim(c.epoch.Load())
+		if v == nil {
+			return
+		}
+		if c.drop(v) {
+			over -= v.cost
+		}
+	}
+}
+
+// drop deletes v from ristretto, unless a newer value of its key is on
+// its way there. c.mu is held.
+func (c *l1[V]) drop(v *entry[V]) bool {
+	if _, newer := c.win.lookup(v.key); newer {
+		return false
+	}
+	v.dead.Store(true) // out of reads and samples now, whenever ristretto lets go of it
+	c.r.Del(v.key)
+	return true
+}
+
+const (
+	admitSamples = 3  // residents the gate compares a candidate with
+	admitDraws   = 32 // slots it looks at to find them: many are empty
+)
+
+// rand returns the next of a xorshift64* sequence. c.mu is held.
+func (c *l1[V]) rand() uint64 {
+	c.rng ^= c.rng >> 12
+	c.rng ^= c.rng << 25
+	c.rng ^= c.rng >> 27
+	return c.rng * 2685821657736338717
+}
+
+// age halves the sketch and advances the epoch every 20 requests per entry
+// L1 holds, so that the gate weighs recent reads most. c.mu is held.
+func (c *l1[V]) age() {
+	if c.win.requests == nil {
+		return
+	}
+	hits, misses := c.win.requests()
+	if hits+misses-c.agedAt < 20*max(c.items.Load(), 64) {
+		return
+	}
+	c.agedAt = hits + misses
+	c.sk.halve()
+	c.epoch.Add(1)
+}
+
+// fold returns e's reads to the sketch as it leaves L1, so that they
+// still count if its key comes back soon.
+func (c *l1[V]) fold(e *entry[V]) {
+	c.sk.add(e.kh, e.reads(c.epoch.Load()))
 }
 
 // remove takes key out of the window, and out of reads if ristretto has
@@ -291,6 +482,7 @@ func (c *l1[V]) add(key string, e *entry[V], ttl time.Duration) bool {
 	if e.state.CompareAndSwap(entryPending, entryCounted) {
 		c.count(e)
 	}
+	c.resident[e.kh&uint64(len(c.resident)-1)].Store(e)
 	return true
 }
 
@@ -350,6 +542,8 @@ func (c *l1[V]) onExit(e *entry[V]) {
 	if e.state.Swap(entryGone) == entryCounted {
 		c.uncount(e)
 	}
+	c.resident[e.kh&uint64(len(c.resident)-1)].CompareAndSwap(e, nil)
+	c.fold(e)
 }
 
 func (c *l1[V]) close() {

@@ -240,3 +240,120 @@ func TestL1HugeTTL(t *testing.T) {
 		t.Fatalf("Get = %d, %v; want 1", v, err)
 	}
 }
+
+// TestL1GateHoldsALoop: traffic that cycles through half again as many
+// keys as L1 holds is the worst case for LRU (no hits at all) and for a
+// cache that lets every new key in. The admission gate must keep what L1
+// holds and refuse the keys that would only replace it, so that about
+// two reads in three hit. Without the gate ristretto's own admission
+// lets ties in and churns.
+func TestL1GateHoldsALoop(t *testing.T) {
+	const entries = 1000
+	c := newL1TestCache(t, Config{L1MaxBytes: entries * (entryOverhead + 40)})
+	ctx := context.Background()
+	load := func(context.Context, string) (int, error) { return 1, nil }
+	keys := make([]string, entries*3/2)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("loop-%06d", i)
+	}
+	for range 30 {
+		for _, k := range keys {
+			if _, err := c.GetOrLoad(ctx, k, load); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s := c.Stats()
+	ratio := 100 * float64(s.L1Hits) / float64(s.L1Hits+s.L1Misses)
+	t.Logf("hit ratio %.1f %% over 30 cycles of %d keys through %d entries (%d held)", ratio, len(keys), entries, s.L1Items)
+	if ratio < 60 {
+		t.Errorf("hit ratio %.1f %%; want at least 60 %% (at most 66.7 %%)", ratio)
+	}
+}
+
+// TestL1GateAdmitsByFrequency: with ristretto full of values read five
+// times each, the gate refuses a value never read and admits one read
+// more often than they were.
+func TestL1GateAdmitsByFrequency(t *testing.T) {
+	const entries, cost = 200, entryOverhead + 16
+	c, err := newL1[int](entries*cost, &clock{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	var keys []string
+	for i := range 2 * entries {
+		k := fmt.Sprintf("r%04d", i)
+		keys = append(keys, k)
+		c.fill(k, &entry[int]{cost: cost}, 0)
+	}
+	c.wait()
+	if room := c.win.total - c.win.max - (c.cost.Load() - c.win.used); room >= cost {
+		t.Fatalf("ristretto has room for %d more bytes after %d fills; the test needs it full", room, 2*entries)
+	}
+	for _, k := range keys {
+		for range 5 {
+			c.get(k)
+		}
+	}
+	cold := &entry[int]{cost: cost, kh: c.sk.hash("cold")}
+	hot := &entry[int]{cost: cost, kh: c.sk.hash("hot")}
+	c.sk.add(hot.kh, 10)
+	c.mu.Lock()
+	coldIn, hotIn := c.admit(cold), c.admit(hot)
+	c.mu.Unlock()
+	if coldIn {
+		t.Error("the gate admitted a value never read in place of values read five times")
+	}
+	if !hotIn {
+		t.Error("the gate refused a value read ten times in place of values read five times")
+	}
+}
+
+// TestL1ExitClearsResidentAndFolds: when ristretto lets go of a value that
+// readers are still reading, onExit takes it out of the gate's sample of
+// residents and returns its reads to the sketch, so that they count if the
+// key comes back. Run it with -race: the readers count reads in the entry
+// while onExit reads them on ristretto's goroutine.
+func TestL1ExitClearsResidentAndFolds(t *testing.T) {
+	c, err := newL1[int](1<<20, &clock{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	e := &entry[int]{cost: entryOverhead}
+	c.mu.Lock()
+	e.kh = c.sk.hash("k")
+	ok := c.add("k", e, 0) // straight into ristretto, as the window's evictions go
+	c.mu.Unlock()
+	if !ok {
+		t.Fatal("ristretto dropped the value")
+	}
+	c.wait()
+	slot := &c.resident[e.kh&uint64(len(c.resident)-1)]
+	if slot.Load() != e {
+		t.Fatal("a value ristretto stores is not in the gate's sample")
+	}
+	for range 8 {
+		if _, ok := c.get("k"); !ok {
+			t.Fatal("miss on a stored value")
+		}
+	}
+	var readers sync.WaitGroup
+	for range 2 {
+		readers.Go(func() {
+			for range 1000 {
+				c.get("k")
+			}
+		})
+	}
+	c.del("k")
+	readers.Wait()
+	c.wait()
+	if slot.Load() == e {
+		t.Error("a value ristretto let go of is still in the gate's sample")
+	}
+	if got := c.sk.estimate(e.kh); got < 8 {
+		t.Errorf("sketch estimate after 8 reads and the exit = %d; want at least 8", got)
+	}
+}

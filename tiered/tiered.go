@@ -288,7 +288,7 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	// early refresh, stale within StaleTTL (served at once, refreshed in
 	// the background), or kept only for stale-if-error.
 	var fallback *entry[V]
-	if e, ok := c.l1.get(key); ok && c.servable(e) && e.checkAt != 0 {
+	if e, ok := c.l1.lookup(key); ok && c.servable(e) && e.checkAt != 0 {
 		now := c.clock.now()
 		switch {
 		case now < e.fresh:
@@ -378,7 +378,7 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o callOptions) flightResult[V] {
 	t := c.fence.ticket(key)
 	started := time.Now().UnixNano()
-	if e, ok := c.l1.get(key); ok && c.servable(e) && (e.checkAt == 0 || c.clock.now() < e.fresh) {
+	if e, ok := c.l1.lookup(key); ok && c.servable(e) && (e.checkAt == 0 || c.clock.now() < e.fresh) {
 		return flightResult[V]{e: e, tier: "l1"}
 	}
 	var l2err error
