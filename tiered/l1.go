@@ -100,9 +100,8 @@ func entryCost(key string, n int) int64 { return int64(len(key)+n) + entryOverhe
 // that loses many points of hit ratio to plain LRU (docs/hit-ratio.md).
 // New values go into the window, synchronously; those it evicts pass an
 // admission gate of our own (admit), which counts misses in a sketch
-// (sketch.go) and reads in the entries, and which picks what ristretto
-// gives up for them. The window's share of the budget adapts to the
-// traffic (window.go).
+// (sketch.go) and reads in the entries. The window's share of the budget
+// adapts to the traffic (window.go).
 //
 // Ristretto's Set is asynchronous (a new key reaches the map only after its
 // policy goroutine admits it) and may be dropped or rejected. Worse, a second
