@@ -36,6 +36,9 @@ func newSketch(entries int64) *sketch {
 
 func (s *sketch) hash(key string) uint64 { return maphash.String(s.seed, key) }
 
+// words returns the sketch's size in 64-bit words, what halve touches.
+func (s *sketch) words() int64 { return int64(len(s.blocks)) * int64(len(s.blocks[0])) }
+
 // slot returns the word and the bit shift of row i's counter for h: the
 // low bits of h pick the block, the high bits a word of the row's two and
 // a counter of the word's sixteen.
