@@ -63,14 +63,16 @@ func (e *entry[V]) touch(epoch uint32) {
 	if old == epoch<<4|15 {
 		return
 	}
-	e.hits.Store(epoch<<4 | min(e.reads(epoch)+1, 15))
+	e.hits.Store(epoch<<4 | min(readsAt(old, epoch)+1, 15))
 }
 
 // reads returns e's read count as of epoch.
-func (e *entry[V]) reads(epoch uint32) uint32 {
-	h := e.hits.Load()
-	age := (epoch - h>>4) & (1<<28 - 1)
-	return (h & 15) >> min(age, 4)
+func (e *entry[V]) reads(epoch uint32) uint32 { return readsAt(e.hits.Load(), epoch) }
+
+// readsAt returns the read count that hits (see touch) holds as of epoch.
+func readsAt(hits, epoch uint32) uint32 {
+	age := (epoch - hits>>4) & (1<<28 - 1)
+	return (hits & 15) >> min(age, 4)
 }
 
 const (
@@ -153,8 +155,8 @@ func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64
 	}
 	// NumCounters should be about ten times the number of items the cache
 	// holds when full (ristretto's README). Entries cost at least
-	// entryOverhead (200) bytes plus their key and value, so maxCost/64
-	// gives three counters or more per entry, for a sketch of about 5 % of
+	// entryOverhead (256) bytes plus their key and value, so maxCost/64
+	// gives four counters or more per entry, for a sketch of about 5 % of
 	// the budget: twice that bought no hit ratio worth having and slowed
 	// hits (the policy goroutine's cache misses). A small cache gets at
 	// least 100k: the longer the sketch's memory, the better it tells
@@ -269,7 +271,7 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 	c.win.settle(c.r)
 	if c.win.climb(c.items.Load(), c.cost.Load()) {
 		c.r.UpdateMaxCost(c.win.total - c.win.max)
-		c.shed(c.cost.Load() - c.win.used - (c.win.total - c.win.max))
+		c.shed(c.over(0))
 	}
 	c.age()
 	if e.kh == 0 { // set once, before any reader can see e
@@ -336,7 +338,7 @@ func (c *l1[V]) evict(now int64) {
 // As in Caffeine, a warm candidate still gets in one time in 128, so that
 // an attacker cannot pin residents by inflating their counts. c.mu is held.
 func (c *l1[V]) admit(e *entry[V]) bool {
-	if c.cost.Load()-c.win.used+e.cost <= c.win.total-c.win.max {
+	if c.over(e.cost) <= 0 {
 		return true
 	}
 	epoch := c.epoch.Load()
@@ -358,7 +360,8 @@ func (c *l1[V]) victim(epoch uint32) (*entry[V], uint32) {
 		if r == nil || r.dead.Load() || r.state.Load() == entryGone {
 			continue
 		}
-		f, last := c.sk.estimate(r.kh)+r.reads(epoch), r.hits.Load()>>4
+		h := r.hits.Load()
+		f, last := c.sk.estimate(r.kh)+readsAt(h, epoch), h>>4
 		if f < vfreq || f == vfreq && last < vlast {
 			v, vfreq, vlast = r, f, last
 		}
@@ -404,6 +407,18 @@ const (
 	admitSamples = 3  // residents the gate compares a candidate with
 	admitDraws   = 32 // slots it looks at to find them: many are empty
 )
+
+// over returns by how many bytes ristretto would exceed its share of the
+// budget with n more: the values L1 counts, less the window's. c.mu is
+// held.
+func (c *l1[V]) over(n int64) int64 {
+	return c.cost.Load() - c.win.used + n - (c.win.total - c.win.max)
+}
+
+// slot returns e's slot in the table of residents the gate samples.
+func (c *l1[V]) slot(e *entry[V]) *atomic.Pointer[entry[V]] {
+	return &c.resident[e.kh&uint64(len(c.resident)-1)]
+}
 
 // rand returns the next of a xorshift64* sequence. c.mu is held.
 func (c *l1[V]) rand() uint64 {
@@ -487,7 +502,7 @@ func (c *l1[V]) add(key string, e *entry[V], ttl time.Duration) bool {
 	if e.state.CompareAndSwap(entryPending, entryCounted) {
 		c.count(e)
 	}
-	c.resident[e.kh&uint64(len(c.resident)-1)].Store(e)
+	c.slot(e).Store(e)
 	return true
 }
 
@@ -547,7 +562,7 @@ func (c *l1[V]) onExit(e *entry[V]) {
 	if e.state.Swap(entryGone) == entryCounted {
 		c.uncount(e)
 	}
-	c.resident[e.kh&uint64(len(c.resident)-1)].CompareAndSwap(e, nil)
+	c.slot(e).CompareAndSwap(e, nil)
 	c.fold(e)
 }
 

@@ -288,8 +288,8 @@ func TestL1GateAdmitsByFrequency(t *testing.T) {
 		c.fill(k, &entry[int]{cost: cost}, 0)
 	}
 	c.wait()
-	if room := c.win.total - c.win.max - (c.cost.Load() - c.win.used); room >= cost {
-		t.Fatalf("ristretto has room for %d more bytes after %d fills; the test needs it full", room, 2*entries)
+	if over := c.over(cost); over <= 0 {
+		t.Fatalf("ristretto has room for %d more bytes after %d fills; the test needs it full", cost-over, 2*entries)
 	}
 	for _, k := range keys {
 		for range 5 {
@@ -330,7 +330,7 @@ func TestL1ExitClearsResidentAndFolds(t *testing.T) {
 		t.Fatal("ristretto dropped the value")
 	}
 	c.wait()
-	slot := &c.resident[e.kh&uint64(len(c.resident)-1)]
+	slot := c.slot(e)
 	if slot.Load() != e {
 		t.Fatal("a value ristretto stores is not in the gate's sample")
 	}
