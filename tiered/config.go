@@ -88,7 +88,7 @@ type Config struct {
 	L1TTL time.Duration
 
 	// L1MaxBytes is the L1 budget, counted as the encoded size of values plus
-	// their keys plus 256 bytes per entry (what an entry takes besides
+	// their keys plus 272 bytes per entry (what an entry takes besides
 	// them), so that it bounds L1's memory also for small values. L1 also
 	// keeps frequency sketches, ristretto's and its admission gate's, of
 	// about 12 % of it. Default: 64 MiB.

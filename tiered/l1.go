@@ -23,11 +23,14 @@ type entry[V any] struct {
 	// load that produced it took, for early refresh.
 	checkAt  int64
 	negative bool
-	v        V
-	fresh    int64
-	hard     int64
-	delta    int64
-	cost     int64
+	// at is the entry's index in L1's residents while it is one, guarded
+	// by residents.mu; it sits in negative's padding.
+	at    int32
+	v     V
+	fresh int64
+	hard  int64
+	delta int64
+	cost  int64
 	// filled is when the read or load that produced the value started
 	// (Unix ns): a copy can be no staler than its age. Set only when an
 	// invalidation bus may need it.
@@ -49,30 +52,32 @@ type entry[V any] struct {
 	// evicts the value. put sets kh and key once, before any reader can
 	// see the entry.
 	kh   uint64
-	hits atomic.Uint32
+	hits atomic.Uint64
 	key  string
 }
 
-// touch counts a read of e in sketch epoch epoch. hits holds the epoch of
-// its last update above a 4-bit count, which halves once per epoch since,
-// as the sketch's counters do; the count saturates at 15, after which a
-// read in the same epoch only loads it, so that a hot key's readers do not
-// bounce its cache line between cores.
-func (e *entry[V]) touch(epoch uint32) {
+// touch counts a read of e at now, L1's clock (l1.now), whose low 4 bits
+// are 0. hits holds the clock of its last update with a 4-bit count in
+// those bits. The count halves once per sketch epoch since, as the
+// sketch's counters do, and saturates at 15; the tick tells the gate
+// which of two values was read last. A read in the same tick as the last
+// one to a saturated count only loads the word, so that a hot key's
+// readers do not bounce its cache line between cores.
+func (e *entry[V]) touch(now uint64) {
 	old := e.hits.Load()
-	if old == epoch<<4|15 {
+	if old == now|15 {
 		return
 	}
-	e.hits.Store(epoch<<4 | min(readsAt(old, epoch)+1, 15))
+	e.hits.Store(now | uint64(min(readsAt(old, now)+1, 15)))
 }
 
-// reads returns e's read count as of epoch.
-func (e *entry[V]) reads(epoch uint32) uint32 { return readsAt(e.hits.Load(), epoch) }
+// reads returns e's read count as of now.
+func (e *entry[V]) reads(now uint64) uint32 { return readsAt(e.hits.Load(), now) }
 
-// readsAt returns the read count that hits (see touch) holds as of epoch.
-func readsAt(hits, epoch uint32) uint32 {
-	age := (epoch - hits>>4) & (1<<28 - 1)
-	return (hits & 15) >> min(age, 4)
+// readsAt returns the read count that hits (see touch) holds as of now.
+func readsAt(hits, now uint64) uint32 {
+	age := (now>>4 - hits>>4) & (1<<28 - 1) // in epochs: the tick's bits drop out
+	return uint32(hits&15) >> min(age, 4)
 }
 
 const (
@@ -83,11 +88,12 @@ const (
 
 // entryOverhead is what L1 holds for an entry besides its key and value:
 // the entry itself, ristretto's item, map and policy slots, and the
-// admission gate's share of its sketch and resident table: about 256 bytes
-// on amd64 as measured with runtime.MemStats over 200,000 small entries
-// (200 before the gate). Counting it keeps L1MaxBytes a bound on memory for
+// admission gate's share of its sketch, its residents and the window's
+// ghosts: about 272 bytes on amd64 as measured with runtime.MemStats over
+// 200,000 small entries (256 before the residents were a slice and the
+// window had ghosts, 200 before the gate). Counting it keeps L1MaxBytes a bound on memory for
 // small values, which otherwise took five times their budget.
-const entryOverhead = 256
+const entryOverhead = 272
 
 // entryCost is what an entry for key with an encoded value of n bytes
 // counts against L1MaxBytes.
@@ -132,30 +138,32 @@ type l1[V any] struct {
 	mu  sync.Mutex
 	win window[V]
 
-	// The admission gate (admit). sk counts misses; epoch advances each
-	// time sk halves, so that the entries' own read counts age with it.
-	// resident holds, per slot of key hashes, a value ristretto stores,
-	// for the gate to sample; onExit clears its slot.
-	sk       *sketch
-	epoch    atomic.Uint32
-	resident []atomic.Pointer[entry[V]]
-	// Under mu: the gate's random state and the request count at the
-	// last halving.
-	rng    uint64
-	agedAt int64
+	// The admission gate (admit). sk counts misses. now is L1's clock for
+	// the entries' read counts: a tick in the high 32 bits, which advances
+	// every 1/16 of the entries' worth of requests, and an epoch in bits 4
+	// to 31, which advances each time sk halves, so that the entries' own
+	// read counts age with it. res holds the values ristretto stores, for
+	// the gate to sample.
+	sk  *sketch
+	now atomic.Uint64
+	res residents[V]
+	// Under mu: the gate's random state and the request counts at the
+	// last halving and the last tick.
+	rng      uint64
+	agedAt   int64
+	tickedAt int64
 }
 
 func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64)) (*l1[V], error) {
 	entries := max(maxCost/entryOverhead, 1)
 	c := &l1[V]{
-		clk:      clk,
-		sk:       newSketch(entries),
-		resident: make([]atomic.Pointer[entry[V]], 1<<min(max(bits.Len64(uint64(entries)), 8), 16)),
-		rng:      rand.Uint64() | 1,
+		clk: clk,
+		sk:  newSketch(entries),
+		rng: rand.Uint64() | 1,
 	}
 	// NumCounters should be about ten times the number of items the cache
 	// holds when full (ristretto's README). Entries cost at least
-	// entryOverhead (256) bytes plus their key and value, so maxCost/64
+	// entryOverhead (272) bytes plus their key and value, so maxCost/64
 	// gives four counters or more per entry, for a sketch of about 5 % of
 	// the budget: twice that bought no hit ratio worth having and slowed
 	// hits (the policy goroutine's cache misses). A small cache gets at
@@ -175,7 +183,7 @@ func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64
 		return nil, err
 	}
 	c.r = r
-	c.win.init(maxCost, requests)
+	c.win.init(maxCost, entries, requests)
 	c.r.UpdateMaxCost(maxCost - c.win.max)
 	return c, nil
 }
@@ -189,7 +197,7 @@ func (c *l1[V]) get(key string) (*entry[V], bool) {
 		c.sk.add(c.sk.hash(key), 1)
 		return nil, false
 	}
-	e.touch(c.epoch.Load())
+	e.touch(c.now.Load())
 	return e, true
 }
 
@@ -267,7 +275,7 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 	// ristretto's copy: a concurrent read finds the old value or the new
 	// one, never neither (a hot key refreshed in the background must not
 	// send its readers to the loader).
-	c.detach(key)
+	old := c.detach(key)
 	c.win.settle(c.r)
 	if c.win.climb(c.items.Load(), c.cost.Load()) {
 		c.r.UpdateMaxCost(c.win.total - c.win.max)
@@ -277,6 +285,9 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 	if e.kh == 0 { // set once, before any reader can see e
 		e.kh = c.sk.hash(key)
 		e.key = key
+	}
+	if old == nil {
+		c.win.missed(e.kh) // or a write of a key L1 did not hold: rare enough
 	}
 	now := time.Now().UnixNano()
 	var deadline int64
@@ -316,6 +327,7 @@ func (c *l1[V]) evict(now int64) {
 		case !c.admit(n.e):
 			c.win.forget(n)
 			c.fold(n.e)
+			c.win.refused.add(n.e.kh)
 		case c.add(n.key, n.e, ttl):
 			c.win.offer(n)
 		default:
@@ -330,10 +342,11 @@ func (c *l1[V]) evict(now int64) {
 // least read; e goes in only if it was read more often than that, by more
 // than one: e's own miss was counted a moment ago, and letting ties in
 // churns L1 on traffic that cycles through more keys than it holds (4
-// points on the loop trace). Ristretto then evicts by its own sample to
-// make room. (Deleting the gate's victim instead gained a point on the
-// loop trace and half a point on Zipf, but lost one on orm-busy, a real
-// trace that wants recency: docs/hit-ratio.md.)
+// points on the loop trace). The gate then deletes its victim, so that
+// ristretto has room and does not evict by its own sample: ristretto's
+// sketch saturates on anything read 15 times between its resets, so its
+// choice among such values is random, and a hot value goes as readily as
+// a lukewarm one (1.5 points on the loop trace, 1 on Zipf 0.8).
 //
 // As in Caffeine, a warm candidate still gets in one time in 128, so that
 // an attacker cannot pin residents by inflating their counts. c.mu is held.
@@ -341,27 +354,38 @@ func (c *l1[V]) admit(e *entry[V]) bool {
 	if c.over(e.cost) <= 0 {
 		return true
 	}
-	epoch := c.epoch.Load()
-	v, vfreq := c.victim(epoch)
+	now := c.now.Load()
+	v, vfreq := c.victim(now)
 	if v == nil {
 		return true // nothing to compare with: ristretto decides
 	}
-	cand := c.sk.estimate(e.kh) + e.reads(epoch)
-	return cand > vfreq+1 || cand >= 6 && c.rand()&127 == 0
+	cand := c.sk.estimate(e.kh) + e.reads(now)
+	if cand <= vfreq+1 && (cand < 6 || c.rand()&127 != 0) {
+		return false
+	}
+	c.drop(v)
+	return true
 }
 
 // victim returns the least read of a few values ristretto holds, sampled,
-// and how often it was read; nil if it found none.
-func (c *l1[V]) victim(epoch uint32) (*entry[V], uint32) {
+// and how often it was read; nil if it found none. Ties go to the value
+// read longest ago, by the tick of its last read. c.mu is held.
+func (c *l1[V]) victim(now uint64) (*entry[V], uint32) {
+	c.res.mu.Lock()
+	defer c.res.mu.Unlock()
 	var v *entry[V]
 	vfreq, vlast, found := uint32(math.MaxUint32), uint32(0), 0
 	for range admitDraws {
-		r := c.resident[c.rand()&uint64(len(c.resident)-1)].Load()
-		if r == nil || r.dead.Load() || r.state.Load() == entryGone {
-			continue
+		if len(c.res.es) == 0 {
+			break
+		}
+		i, _ := bits.Mul64(c.rand(), uint64(len(c.res.es)))
+		r := c.res.es[i]
+		if r.dead.Load() || r.state.Load() == entryGone {
+			continue // on its way out
 		}
 		h := r.hits.Load()
-		f, last := c.sk.estimate(r.kh)+readsAt(h, epoch), h>>4
+		f, last := c.sk.estimate(r.kh)+readsAt(h, now), uint32(h>>32)
 		if f < vfreq || f == vfreq && last < vlast {
 			v, vfreq, vlast = r, f, last
 		}
@@ -382,7 +406,7 @@ func (c *l1[V]) shed(over int64) {
 		if over <= 0 {
 			return
 		}
-		v, _ := c.victim(c.epoch.Load())
+		v, _ := c.victim(c.now.Load())
 		if v == nil {
 			return
 		}
@@ -393,31 +417,64 @@ func (c *l1[V]) shed(over int64) {
 }
 
 // drop deletes v from ristretto, unless a newer value of its key is on
-// its way there. c.mu is held.
+// its way there. (The window may still list v itself, offered to
+// ristretto and not yet settled.) c.mu is held.
 func (c *l1[V]) drop(v *entry[V]) bool {
-	if _, newer := c.win.lookup(v.key); newer {
+	if n, ok := c.win.lookup(v.key); ok && n.e != v {
 		return false
 	}
 	v.dead.Store(true) // out of reads and samples now, whenever ristretto lets go of it
 	c.r.Del(v.key)
+	c.win.dropped.add(v.kh)
 	return true
 }
 
 const (
-	admitSamples = 3  // residents the gate compares a candidate with
-	admitDraws   = 32 // slots it looks at to find them: many are empty
+	admitSamples = 3 // residents the gate compares a candidate with
+	admitDraws   = 8 // draws to find them: values on their way out do not count
 )
+
+// residents is the set of values ristretto holds or has queued, for the
+// gate to sample: a slice, so that every value can be drawn, each as
+// likely as the others. (A table indexed by key hash, lock-free, hid the
+// values that shared a slot from the gate: they were never its victims,
+// and on the loop trace the gate scored a point less with such a table
+// half full, three with one an eighth full and 32 draws.) Its lock is a
+// leaf: onExit takes it on ristretto's goroutine, and under c.mu through
+// Del.
+type residents[V any] struct {
+	mu sync.Mutex
+	es []*entry[V]
+}
+
+func (r *residents[V]) add(e *entry[V]) {
+	r.mu.Lock()
+	e.at = int32(len(r.es))
+	r.es = append(r.es, e)
+	r.mu.Unlock()
+}
+
+// remove takes e out if it is in: ristretto may let go of a value twice
+// (a Del, then the queued delete behind it).
+func (r *residents[V]) remove(e *entry[V]) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	i := e.at
+	if int(i) >= len(r.es) || r.es[i] != e {
+		return
+	}
+	last := len(r.es) - 1
+	r.es[i] = r.es[last]
+	r.es[i].at = i
+	r.es[last] = nil
+	r.es = r.es[:last]
+}
 
 // over returns by how many bytes ristretto would exceed its share of the
 // budget with n more: the values L1 counts, less the window's. c.mu is
 // held.
 func (c *l1[V]) over(n int64) int64 {
 	return c.cost.Load() - c.win.used + n - (c.win.total - c.win.max)
-}
-
-// slot returns e's slot in the table of residents the gate samples.
-func (c *l1[V]) slot(e *entry[V]) *atomic.Pointer[entry[V]] {
-	return &c.resident[e.kh&uint64(len(c.resident)-1)]
 }
 
 // rand returns the next of a xorshift64* sequence. c.mu is held.
@@ -428,31 +485,41 @@ func (c *l1[V]) rand() uint64 {
 	return c.rng * 2685821657736338717
 }
 
-// age halves the sketch and advances the epoch every 20 requests per entry
-// L1 holds, so that the gate weighs recent reads most; but no more often
-// than once per request per word of the sketch, which is sized for a full
-// L1: a halving touches every word, under c.mu, and an L1 far from full
-// would otherwise halve a large sketch every few thousand requests (that
-// doubled the p99 of the catalog's outage test under -race). A gate that
-// remembers longer there loses nothing: it refuses values only when
-// ristretto is full. c.mu is held.
+// age advances L1's clock (see l1.now). It ticks every 1/16 of the
+// entries' worth of requests. It halves the sketch and advances the epoch
+// every 20 requests per entry L1 holds, so that the gate weighs recent
+// reads most; but no more often than once per request per word of the
+// sketch, which is sized for a full L1: a halving touches every word,
+// under c.mu, and an L1 far from full would otherwise halve a large
+// sketch every few thousand requests (that doubled the p99 of the
+// catalog's outage test under -race). A gate that remembers longer there
+// loses nothing: it refuses values only when ristretto is full. c.mu is
+// held.
 func (c *l1[V]) age() {
 	if c.win.requests == nil {
 		return
 	}
 	hits, misses := c.win.requests()
-	if hits+misses-c.agedAt < max(20*max(c.items.Load(), 64), c.sk.words()) {
-		return
+	n, items := hits+misses, c.items.Load()
+	now := c.now.Load()
+	if n-c.tickedAt >= max(items/16, 1) {
+		c.tickedAt = n
+		now += 1 << 32
 	}
-	c.agedAt = hits + misses
-	c.sk.halve()
-	c.epoch.Add(1)
+	if n-c.agedAt >= max(20*max(items, 64), c.sk.words()) {
+		c.agedAt = n
+		c.sk.halve()
+		now = now&^epochBits | (now+1<<4)&epochBits
+	}
+	c.now.Store(now)
 }
+
+const epochBits = 1<<32 - 1<<4 // of l1.now
 
 // fold returns e's reads to the sketch as it leaves L1, so that they
 // still count if its key comes back soon.
 func (c *l1[V]) fold(e *entry[V]) {
-	c.sk.add(e.kh, e.reads(c.epoch.Load()))
+	c.sk.add(e.kh, e.reads(c.now.Load()))
 }
 
 // remove takes key out of the window, and out of reads if ristretto has
@@ -494,15 +561,20 @@ func (c *l1[V]) uncount(e *entry[V]) {
 }
 
 // add queues e and counts it; onExit uncounts it when ristretto lets go of
-// it, including when the policy rejects it.
+// it, including when the policy rejects it. e joins the residents first:
+// ristretto may let go of it before SetWithTTL returns.
 func (c *l1[V]) add(key string, e *entry[V], ttl time.Duration) bool {
-	if c.closed.Load() || ttl < 0 || !c.r.SetWithTTL(key, e, e.cost, ttl) {
+	if c.closed.Load() || ttl < 0 {
+		return false
+	}
+	c.res.add(e)
+	if !c.r.SetWithTTL(key, e, e.cost, ttl) {
+		c.res.remove(e)
 		return false
 	}
 	if e.state.CompareAndSwap(entryPending, entryCounted) {
 		c.count(e)
 	}
-	c.slot(e).Store(e)
 	return true
 }
 
@@ -562,7 +634,7 @@ func (c *l1[V]) onExit(e *entry[V]) {
 	if e.state.Swap(entryGone) == entryCounted {
 		c.uncount(e)
 	}
-	c.slot(e).CompareAndSwap(e, nil)
+	c.res.remove(e)
 	c.fold(e)
 }
 

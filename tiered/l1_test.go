@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -126,35 +127,71 @@ func TestL1Accounting(t *testing.T) {
 	}
 }
 
-// TestWindowClimbs drives the hill climber with a hit ratio that a
-// larger window raises, then with one it lowers: the window must grow to
-// its cap in the first case and shrink to nothing in the second.
+// TestWindowClimbs: at the end of each sample the window moves a step
+// toward the side that more of the sample's misses would have hit: to its
+// cap when they were on keys the gate refused, to nothing when they were
+// on keys it deleted from ristretto, nowhere when the two are even.
 func TestWindowClimbs(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		ratio func(share float64) float64
-		want  float64
+		name             string
+		refused, dropped int // misses per sample on such keys
+		want             float64
 	}{
-		{"recency", func(s float64) float64 { return 0.2 + 0.5*s }, 0.95},
-		{"frequency", func(s float64) float64 { return 0.7 - 0.5*s }, 0},
+		{"recency", 3, 1, 0.95},
+		{"frequency", 1, 3, 0},
+		{"neither", 0, 0, windowInitialShare},
+		{"even", 2, 2, windowInitialShare},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var hits, misses int64
+			var requests int64
 			var w window[int]
-			w.init(1_000_000, func() (int64, int64) { return hits, misses })
+			w.init(1_000_000, 4000, func() (int64, int64) { return requests, 0 })
 			w.sampleSizeMin = 0
 			w.warm = true
-			for range 200 { // samples
-				share := float64(w.max) / float64(w.total)
-				n := int64(1000 * tc.ratio(share))
-				hits += n
-				misses += 1000 - n
+			kh := uint64(0)
+			for range 100 { // samples; the cap is 30 steps away
+				for range tc.refused {
+					kh++
+					w.refused.add(kh)
+					w.missed(kh)
+				}
+				for range tc.dropped {
+					kh++
+					w.dropped.add(kh)
+					w.missed(kh)
+				}
+				w.missed(kh + 1) // on a key neither remembers
+				requests += 1000
 				w.climb(0, 0)
 			}
-			if got := float64(w.max) / float64(w.total); got < tc.want-0.05 || got > tc.want+0.05 {
-				t.Errorf("window share = %.2f, want %.2f", got, tc.want)
+			if got := float64(w.max) / float64(w.total); got < tc.want-0.01 || got > tc.want+0.01 {
+				t.Errorf("window share = %.3f, want %.3f", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestGhostForgetsTheOldest: a ghost remembers the last n keys added,
+// counting a key added twice until both are gone.
+func TestGhostForgetsTheOldest(t *testing.T) {
+	var g ghost
+	g.init(3)
+	for _, kh := range []uint64{1, 2, 1, 3} {
+		g.add(kh)
+	}
+	// The ring holds 3, 2, 1 (the first 1 was overwritten by 3).
+	for kh, want := range map[uint64]bool{1: true, 2: true, 3: true, 4: false} {
+		if g.has(kh) != want {
+			t.Errorf("has(%d) = %v after 1, 2, 1, 3; want %v", kh, !want, want)
+		}
+	}
+	g.add(4) // overwrites 2
+	if g.has(2) || !g.has(1) {
+		t.Errorf("after 1, 2, 1, 3, 4: has(2) = %v, has(1) = %v; want false, true", g.has(2), g.has(1))
+	}
+	g.add(5) // overwrites the second 1
+	if g.has(1) || len(g.in) != 3 {
+		t.Errorf("after 1, 2, 1, 3, 4, 5: has(1) = %v with %d keys counted; want false, 3", g.has(1), len(g.in))
 	}
 }
 
@@ -310,6 +347,109 @@ func TestL1GateAdmitsByFrequency(t *testing.T) {
 	}
 }
 
+// TestL1GateSamplesEveryResident: the gate draws its victims from every
+// value ristretto holds, each as likely as the others. A resident it
+// could not draw would never be its victim: with the table indexed by key
+// hash that the gate used before, values that shared a slot were hidden,
+// and L1 scored a point less on the loop trace.
+func TestL1GateSamplesEveryResident(t *testing.T) {
+	const n = 1000
+	c, err := newL1[int](4*n*entryOverhead, &clock{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	seen := make(map[*entry[int]]bool, n)
+	c.mu.Lock()
+	for i := range n {
+		k := fmt.Sprintf("r%04d", i)
+		e := &entry[int]{cost: entryOverhead, kh: c.sk.hash(k), key: k}
+		if !c.add(k, e, 0) {
+			c.mu.Unlock()
+			t.Fatalf("ristretto dropped value %d", i)
+		}
+		seen[e] = false
+	}
+	c.mu.Unlock()
+	c.wait()
+	c.mu.Lock()
+	// All are read alike, so a draw returns its first sample: 40 draws
+	// per resident miss one with a chance of e^-40.
+	for range 40 * n {
+		if v, _ := c.victim(c.now.Load()); v != nil {
+			seen[v] = true
+		}
+	}
+	c.mu.Unlock()
+	missed := 0
+	for _, ok := range seen {
+		if !ok {
+			missed++
+		}
+	}
+	if missed > 0 || len(seen) != n {
+		t.Errorf("the gate never drew %d of %d residents (%d values drawn in all)", missed, n, len(seen))
+	}
+}
+
+// TestL1GateDeletesItsVictim: when the gate lets a value into a full
+// ristretto, it deletes the resident it compared the value with, and
+// ristretto evicts nothing of its own choosing: its sketch cannot tell
+// apart values read more than 15 times, and it would evict a hot one as
+// readily as a lukewarm one.
+func TestL1GateDeletesItsVictim(t *testing.T) {
+	const entries, cost, admitted = 200, entryOverhead + 16, 20
+	c, err := newL1[int](entries*cost, &clock{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	for i := range 2 * entries {
+		c.fill(fmt.Sprintf("r%04d", i), &entry[int]{cost: cost}, 0)
+	}
+	c.wait()
+	if over := c.over(cost); over <= 0 {
+		t.Fatalf("ristretto has room for %d more bytes; the test needs it full", cost-over)
+	}
+	c.res.mu.Lock()
+	before := slices.Clone(c.res.es)
+	c.res.mu.Unlock()
+	for _, e := range before {
+		for range 3 {
+			c.get(e.key)
+		}
+	}
+	c.mu.Lock()
+	for i := range admitted {
+		k := fmt.Sprintf("hot%02d", i)
+		e := &entry[int]{cost: cost, kh: c.sk.hash(k), key: k}
+		c.sk.add(e.kh, 15)
+		if !c.admit(e) || !c.add(k, e, 0) {
+			c.mu.Unlock()
+			t.Fatalf("the gate refused %s, read 15 times, or ristretto dropped it", k)
+		}
+	}
+	c.mu.Unlock()
+	c.wait()
+	left, chosen := 0, 0
+	for _, e := range before {
+		gone := e.state.Load() == entryGone
+		if gone {
+			left++
+		}
+		if e.dead.Load() {
+			chosen++
+		}
+		if gone != e.dead.Load() {
+			t.Errorf("%s: left ristretto %v, chosen by the gate %v", e.key, gone, e.dead.Load())
+		}
+	}
+	if chosen != admitted {
+		t.Errorf("the gate chose %d victims for %d values; want one each", chosen, admitted)
+	}
+	t.Logf("%d residents, %d left", len(before), left)
+}
+
 // TestL1ExitClearsResidentAndFolds: when ristretto lets go of a value that
 // readers are still reading, onExit takes it out of the gate's sample of
 // residents and returns its reads to the sketch, so that they count if the
@@ -330,8 +470,12 @@ func TestL1ExitClearsResidentAndFolds(t *testing.T) {
 		t.Fatal("ristretto dropped the value")
 	}
 	c.wait()
-	slot := c.slot(e)
-	if slot.Load() != e {
+	resident := func() bool {
+		c.res.mu.Lock()
+		defer c.res.mu.Unlock()
+		return int(e.at) < len(c.res.es) && c.res.es[e.at] == e
+	}
+	if !resident() {
 		t.Fatal("a value ristretto stores is not in the gate's sample")
 	}
 	for range 8 {
@@ -350,7 +494,7 @@ func TestL1ExitClearsResidentAndFolds(t *testing.T) {
 	c.del("k")
 	readers.Wait()
 	c.wait()
-	if slot.Load() == e {
+	if resident() {
 		t.Error("a value ristretto let go of is still in the gate's sample")
 	}
 	if got := c.sk.estimate(e.kh); got < 8 {

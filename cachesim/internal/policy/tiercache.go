@@ -19,8 +19,8 @@ type Tiercache struct {
 
 // tiercacheEntryCost is what L1 charges for one simulated entry: the
 // envelope header and freshness extension (28 bytes), the JSON of
-// struct{}{} (2), the 16-byte key and tiered's per-entry overhead (256).
-const tiercacheEntryCost = 28 + 2 + 16 + 256
+// struct{}{} (2), the 16-byte key and tiered's per-entry overhead (272).
+const tiercacheEntryCost = 28 + 2 + 16 + 272
 
 func registerTiercache() { Register("tiercache", NewTiercache) }
 
