@@ -346,7 +346,7 @@ func (c *l1[V]) evict(now int64) {
 // ristretto has room and does not evict by its own sample: ristretto's
 // sketch saturates on anything read 15 times between its resets, so its
 // choice among such values is random, and a hot value goes as readily as
-// a lukewarm one (1.5 points on the loop trace, 1 on Zipf 0.8).
+// a lukewarm one (about a point on the loop trace and on Zipf 0.8).
 //
 // As in Caffeine, a warm candidate still gets in one time in 128, so that
 // an attacker cannot pin residents by inflating their counts. c.mu is held.
@@ -502,16 +502,19 @@ func (c *l1[V]) age() {
 	hits, misses := c.win.requests()
 	n, items := hits+misses, c.items.Load()
 	now := c.now.Load()
+	next := now
 	if n-c.tickedAt >= max(items/16, 1) {
 		c.tickedAt = n
-		now += 1 << 32
+		next += 1 << 32
 	}
 	if n-c.agedAt >= max(20*max(items, 64), c.sk.words()) {
 		c.agedAt = n
 		c.sk.halve()
-		now = now&^epochBits | (now+1<<4)&epochBits
+		next = next&^epochBits | (next+1<<4)&epochBits
 	}
-	c.now.Store(now)
+	if next != now { // every hit loads it: a store would take its line from their cores
+		c.now.Store(next)
+	}
 }
 
 const epochBits = 1<<32 - 1<<4 // of l1.now
