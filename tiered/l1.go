@@ -91,8 +91,9 @@ const (
 // admission gate's share of its sketch, its residents and the window's
 // ghosts: about 272 bytes on amd64 as measured with runtime.MemStats over
 // 200,000 small entries (256 before the residents were a slice and the
-// window had ghosts, 200 before the gate). Counting it keeps L1MaxBytes a bound on memory for
-// small values, which otherwise took five times their budget.
+// window had ghosts, 200 before the gate). Counting it keeps L1MaxBytes a
+// bound on memory for small values, which otherwise took five times their
+// budget.
 const entryOverhead = 272
 
 // entryCost is what an entry for key with an encoded value of n bytes
@@ -147,8 +148,11 @@ type l1[V any] struct {
 	sk  *sketch
 	now atomic.Uint64
 	res residents[V]
-	// Under mu: the gate's random state and the request counts at the
-	// last halving and the last tick.
+	// requests reads the cache's L1 hit and miss counters, which the
+	// cache keeps anyway, for the climber and the clock; nil in tests
+	// that drive neither. Under mu: the gate's random state and the
+	// request counts at the last halving and the last tick.
+	requests func() (hits, misses int64)
 	rng      uint64
 	agedAt   int64
 	tickedAt int64
@@ -183,7 +187,8 @@ func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64
 		return nil, err
 	}
 	c.r = r
-	c.win.init(maxCost, entries, requests)
+	c.requests = requests
+	c.win.init(maxCost, entries)
 	c.r.UpdateMaxCost(maxCost - c.win.max)
 	return c, nil
 }
@@ -277,11 +282,17 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 	// send its readers to the loader).
 	old := c.detach(key)
 	c.win.settle(c.r)
-	if c.win.climb(c.items.Load(), c.cost.Load()) {
-		c.r.UpdateMaxCost(c.win.total - c.win.max)
-		c.shed(c.over(0))
+	if c.requests != nil {
+		// Read once: the counters are striped over 16 cache lines that
+		// every hit writes.
+		hits, misses := c.requests()
+		n := hits + misses
+		if c.win.climb(n, c.items.Load(), c.cost.Load()) {
+			c.r.UpdateMaxCost(c.win.total - c.win.max)
+			c.shed(c.over(0))
+		}
+		c.age(n)
 	}
-	c.age()
 	if e.kh == 0 { // set once, before any reader can see e
 		e.kh = c.sk.hash(key)
 		e.key = key
@@ -493,14 +504,10 @@ func (c *l1[V]) rand() uint64 {
 // under c.mu, and an L1 far from full would otherwise halve a large
 // sketch every few thousand requests (that doubled the p99 of the
 // catalog's outage test under -race). A gate that remembers longer there
-// loses nothing: it refuses values only when ristretto is full. c.mu is
-// held.
-func (c *l1[V]) age() {
-	if c.win.requests == nil {
-		return
-	}
-	hits, misses := c.win.requests()
-	n, items := hits+misses, c.items.Load()
+// loses nothing: it refuses values only when ristretto is full. n is the
+// requests L1 has seen. c.mu is held.
+func (c *l1[V]) age(n int64) {
+	items := c.items.Load()
 	now := c.now.Load()
 	next := now
 	if n-c.tickedAt >= max(items/16, 1) {

@@ -145,7 +145,7 @@ func TestWindowClimbs(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var requests int64
 			var w window[int]
-			w.init(1_000_000, 4000, func() (int64, int64) { return requests, 0 })
+			w.init(1_000_000, 4000)
 			w.sampleSizeMin = 0
 			w.warm = true
 			kh := uint64(0)
@@ -162,7 +162,7 @@ func TestWindowClimbs(t *testing.T) {
 				}
 				w.missed(kh + 1) // on a key neither remembers
 				requests += 1000
-				w.climb(0, 0)
+				w.climb(requests, 0, 0)
 			}
 			if got := float64(w.max) / float64(w.total); got < tc.want-0.01 || got > tc.want+0.01 {
 				t.Errorf("window share = %.3f, want %.3f", got, tc.want)

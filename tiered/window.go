@@ -31,12 +31,10 @@ type window[V any] struct {
 	max     int64 // the window's budget
 	total   int64 // the whole L1 budget
 
-	// The climber. requests reads the cache's L1 hit and miss counters,
-	// which the cache keeps anyway. refused and dropped remember the keys
-	// that the gate kept out of ristretto and those it deleted from
-	// ristretto, a step's worth of each; wantWindow and wantMain count the
-	// misses since the sample started on keys that they remember.
-	requests             func() (hits, misses int64)
+	// The climber. refused and dropped remember the keys that the gate
+	// kept out of ristretto and those it deleted from ristretto, a step's
+	// worth of each; wantWindow and wantMain count the misses since the
+	// sample started on keys that they remember.
 	warm                 bool  // L1 has been full: before, nothing is refused or dropped
 	sampleAt             int64 // requests when the sample started
 	sampleSizeMin        int64
@@ -71,10 +69,9 @@ const (
 
 // init sizes the window for an L1 of total bytes that holds about entries
 // values when full.
-func (w *window[V]) init(total, entries int64, requests func() (hits, misses int64)) {
+func (w *window[V]) init(total, entries int64) {
 	w.total = total
 	w.max = int64(float64(total) * windowInitialShare)
-	w.requests = requests
 	w.sampleSizeMin = 1000
 	n := int(max(int64(float64(entries)*climbStepShare), 16))
 	w.refused.init(n)
@@ -201,27 +198,23 @@ func (w *window[V]) victim() *node[V] {
 // holds, refused keys come back only after many refusals, and the window
 // stays small, as it should (docs/hit-ratio.md).
 //
-// L1 holds items entries of cost bytes: a sample is ten times the
-// entries, as Caffeine's, and the first starts when L1 is full. It
-// reports whether the budget changed.
-func (w *window[V]) climb(items, cost int64) bool {
-	if w.requests == nil {
-		return false
-	}
-	hits, misses := w.requests()
+// L1 has seen n requests and holds items entries of cost bytes: a sample
+// is ten times the entries, as Caffeine's, and the first starts when L1
+// is full. It reports whether the budget changed.
+func (w *window[V]) climb(n, items, cost int64) bool {
 	if !w.warm {
 		if cost < w.total-w.total/16 {
 			return false
 		}
 		w.warm = true
-		w.sampleAt = hits + misses
+		w.sampleAt = n
 		w.wantWindow, w.wantMain = 0, 0
 		return false
 	}
-	if hits+misses-w.sampleAt < max(w.sampleSizeMin, 10*items) {
+	if n-w.sampleAt < max(w.sampleSizeMin, 10*items) {
 		return false
 	}
-	w.sampleAt = hits + misses
+	w.sampleAt = n
 	step := int64(climbStepShare * float64(w.total))
 	switch {
 	case w.wantWindow < w.wantMain:
