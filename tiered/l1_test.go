@@ -308,16 +308,15 @@ func TestL1GateHoldsALoop(t *testing.T) {
 	}
 }
 
-// TestL1GateAdmitsByFrequency: with ristretto full of values read five
-// times each, the gate refuses a value never read and admits one read
-// more often than they were.
-func TestL1GateAdmitsByFrequency(t *testing.T) {
-	const entries, cost = 200, entryOverhead + 16
+// fullL1 returns an L1 with room for entries values of cost bytes, after
+// twice as many fills, with ristretto full; and the keys it filled.
+func fullL1(t *testing.T, entries, cost int64) (*l1[int], []string) {
+	t.Helper()
 	c, err := newL1[int](entries*cost, &clock{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.close()
+	t.Cleanup(c.close)
 	var keys []string
 	for i := range 2 * entries {
 		k := fmt.Sprintf("r%04d", i)
@@ -328,6 +327,15 @@ func TestL1GateAdmitsByFrequency(t *testing.T) {
 	if over := c.over(cost); over <= 0 {
 		t.Fatalf("ristretto has room for %d more bytes after %d fills; the test needs it full", cost-over, 2*entries)
 	}
+	return c, keys
+}
+
+// TestL1GateAdmitsByFrequency: with ristretto full of values read five
+// times each, the gate refuses a value never read and admits one read
+// more often than they were.
+func TestL1GateAdmitsByFrequency(t *testing.T) {
+	const entries, cost = 200, entryOverhead + 16
+	c, keys := fullL1(t, entries, cost)
 	for _, k := range keys {
 		for range 5 {
 			c.get(k)
@@ -399,18 +407,7 @@ func TestL1GateSamplesEveryResident(t *testing.T) {
 // readily as a lukewarm one.
 func TestL1GateDeletesItsVictim(t *testing.T) {
 	const entries, cost, admitted = 200, entryOverhead + 16, 20
-	c, err := newL1[int](entries*cost, &clock{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
-	for i := range 2 * entries {
-		c.fill(fmt.Sprintf("r%04d", i), &entry[int]{cost: cost}, 0)
-	}
-	c.wait()
-	if over := c.over(cost); over <= 0 {
-		t.Fatalf("ristretto has room for %d more bytes; the test needs it full", cost-over)
-	}
+	c, _ := fullL1(t, entries, cost)
 	c.res.mu.Lock()
 	before := slices.Clone(c.res.es)
 	c.res.mu.Unlock()
