@@ -39,8 +39,13 @@ type Config struct {
 
 	// Flush removes every local copy. The bus calls it when it may have
 	// missed messages; reason says why ("resubscribe", "gap", "epoch",
-	// "malformed", "fresh").
+	// "malformed", "fresh", "tags").
 	Flush func(reason string)
+
+	// EvictTags removes the local copies that carry any of tags (see
+	// PublishTags). It runs as Evict does. Default: nil, and a tags
+	// message flushes every local copy ("tags").
+	EvictTags func(tags []string)
 
 	// StalenessBound is the longest that an invalidation may go unapplied
 	// before Fresh reports false. Default: 2 seconds.
@@ -161,8 +166,14 @@ type Bus struct {
 
 	// failing makes publishes fail at once after a failed PUBLISH, until a
 	// heartbeat gets through: when Redis hangs, a write should not wait
-	// PublishTimeout to learn what the last one learnt.
+	// PublishTimeout to learn what the last one learnt. While it is set,
+	// heartbeats go out every tick, so that it clears soon after Redis does.
 	failing atomic.Bool
+
+	// lost counts messages given up before send saw them (their caller's
+	// context ended first). send adds it to the sequence, so that the other
+	// processes see a gap, as for a failed PUBLISH.
+	lost atomic.Uint64
 
 	mu sync.Mutex // guards ps, which Close must reach
 	ps *redis.PubSub
@@ -173,8 +184,9 @@ type Bus struct {
 }
 
 type publishReq struct {
-	keys []string
-	done chan error
+	kind  byte // kindKeys or kindTags
+	names []string
+	done  chan error
 }
 
 // New starts a Bus on rdb: it subscribes to cfg.Channel and starts
@@ -239,11 +251,26 @@ func (b *Bus) WaitFresh(ctx context.Context) bool {
 // Publish sends keys to every other process on the channel and returns once
 // Redis has accepted the message (or failed to). Keys published at about
 // the same time by other goroutines travel in the same message.
+//
+// A publish that fails, or that ctx gives up on, still uses its sequence
+// number: every other process sees the gap at this process's next
+// heartbeat and flushes. A nil error means Redis accepted the message.
 func (b *Bus) Publish(ctx context.Context, keys ...string) error {
-	if len(keys) == 0 {
+	return b.enqueue(ctx, kindKeys, keys)
+}
+
+// PublishTags sends tags to every other process on the channel, whose
+// Config.EvictTags removes their copies that carry them, as Publish does
+// for keys.
+func (b *Bus) PublishTags(ctx context.Context, tags ...string) error {
+	return b.enqueue(ctx, kindTags, tags)
+}
+
+func (b *Bus) enqueue(ctx context.Context, kind byte, names []string) error {
+	if len(names) == 0 {
 		return nil
 	}
-	for _, k := range keys {
+	for _, k := range names {
 		if k == "" || len(k) > b.cfg.MaxKeyBytes {
 			return fmt.Errorf("%w: %d bytes (limit %d)", ErrInvalidKey, len(k), b.cfg.MaxKeyBytes)
 		}
@@ -251,13 +278,25 @@ func (b *Bus) Publish(ctx context.Context, keys ...string) error {
 	if b.closed.Load() {
 		return ErrClosed
 	}
-	req := publishReq{keys: keys, done: make(chan error, 1)}
+	req := publishReq{kind: kind, names: names, done: make(chan error, 1)}
 	select {
 	case b.reqs <- req:
 	case <-b.stop:
 		return ErrClosed
-	case <-ctx.Done():
-		return ctx.Err()
+	default:
+		select {
+		case b.reqs <- req:
+		case <-b.stop:
+			return ErrClosed
+		case <-ctx.Done():
+			b.lost.Add(1)
+			b.stats.publishErrors.Add(1)
+			select { // a heartbeat now shows the gap
+			case b.kick <- struct{}{}:
+			default:
+			}
+			return fmt.Errorf("invalidation: publish not sent: %w", ctx.Err())
+		}
 	}
 	select {
 	case err := <-req.done:
@@ -271,8 +310,9 @@ func (b *Bus) Publish(ctx context.Context, keys ...string) error {
 			return ErrClosed
 		}
 	case <-ctx.Done():
-		// The keys still go out; only this caller stops waiting.
-		return ctx.Err()
+		// The keys still go out, or their sequence number shows a gap;
+		// only this caller stops waiting.
+		return fmt.Errorf("invalidation: publish not confirmed: %w", ctx.Err())
 	}
 }
 
@@ -298,20 +338,41 @@ func (b *Bus) Close() error {
 // and heartbeats reach Redis in sequence order.
 func (b *Bus) send() {
 	defer b.wg.Done()
-	hb := time.NewTicker(b.cfg.Heartbeat)
+	hb := time.NewTimer(b.cfg.Heartbeat)
 	defer hb.Stop()
+	next := time.Now().Add(b.cfg.Heartbeat) // when hb fires
+	// soon brings the next heartbeat forward to a tick from now: after a
+	// failed PUBLISH it is the probe that clears failing.
+	soon := func() {
+		if at := time.Now().Add(b.tick); at.Before(next) {
+			next = at
+			hb.Reset(b.tick)
+		}
+	}
 	var seq uint64
+	beat := func() {
+		seq += b.lost.Swap(0)
+		b.heartbeat(seq)
+		next = time.Now().Add(b.cfg.Heartbeat)
+		hb.Reset(b.cfg.Heartbeat)
+		if b.failing.Load() {
+			soon()
+		}
+	}
 	publish := func(req publishReq) {
 		batch := b.collect(req)
 		var err error
-		for _, keys := range b.split(batch) {
-			seq++
-			if e := b.publish(kindKeys, seq, keys); e != nil && err == nil {
+		for _, m := range b.split(batch) {
+			seq += 1 + b.lost.Swap(0)
+			if e := b.publish(m.kind, seq, m.names); e != nil && err == nil {
 				err = e
 			}
 		}
 		for _, r := range batch {
 			r.done <- err
+		}
+		if b.failing.Load() || b.lost.Load() > 0 {
+			soon()
 		}
 	}
 	for {
@@ -328,9 +389,9 @@ func (b *Bus) send() {
 			b.failQueued()
 			return
 		case <-hb.C:
-			b.heartbeat(seq)
+			beat()
 		case <-b.kick:
-			b.heartbeat(seq)
+			beat()
 		case req := <-b.reqs:
 			publish(req)
 		}
@@ -347,11 +408,11 @@ func (b *Bus) collect(req publishReq) []publishReq {
 		defer t.Stop()
 		window = t.C
 	}
-	for n := len(req.keys); n < 64*b.cfg.MaxKeysPerMessage; {
+	for n := len(req.names); n < 64*b.cfg.MaxKeysPerMessage; {
 		select {
 		case r := <-b.reqs:
 			batch = append(batch, r)
-			n += len(r.keys)
+			n += len(r.names)
 			continue
 		default:
 		}
@@ -361,7 +422,7 @@ func (b *Bus) collect(req publishReq) []publishReq {
 		select {
 		case r := <-b.reqs:
 			batch = append(batch, r)
-			n += len(r.keys)
+			n += len(r.names)
 		case <-window:
 			return batch
 		case <-b.stop:
@@ -371,30 +432,41 @@ func (b *Bus) collect(req publishReq) []publishReq {
 	return batch
 }
 
-// split dedupes the batch's keys and cuts them into messages within the
-// size limits.
-func (b *Bus) split(batch []publishReq) [][]string {
-	seen := make(map[string]struct{})
-	var out [][]string
-	var cur []string
-	size := fixedSize + len(b.cfg.InstanceID) + 4 + binaryUvarintMax
-	for _, r := range batch {
-		for _, k := range r.keys {
-			if _, dup := seen[k]; dup {
+// outMsg is one message that split cut from a batch.
+type outMsg struct {
+	kind  byte
+	names []string
+}
+
+// split dedupes the batch's keys and tags and cuts them into messages
+// within the size limits: the keys first, then the tags.
+func (b *Bus) split(batch []publishReq) []outMsg {
+	var out []outMsg
+	for _, kind := range []byte{kindKeys, kindTags} {
+		seen := make(map[string]struct{})
+		var cur []string
+		size := fixedSize + len(b.cfg.InstanceID) + 4 + binaryUvarintMax
+		for _, r := range batch {
+			if r.kind != kind {
 				continue
 			}
-			seen[k] = struct{}{}
-			ks := keySize(k)
-			if len(cur) > 0 && (len(cur) == b.cfg.MaxKeysPerMessage || size+ks > b.cfg.MaxMessageBytes) {
-				out = append(out, cur)
-				cur, size = nil, fixedSize+len(b.cfg.InstanceID)+4+binaryUvarintMax
+			for _, k := range r.names {
+				if _, dup := seen[k]; dup {
+					continue
+				}
+				seen[k] = struct{}{}
+				ks := keySize(k)
+				if len(cur) > 0 && (len(cur) == b.cfg.MaxKeysPerMessage || size+ks > b.cfg.MaxMessageBytes) {
+					out = append(out, outMsg{kind, cur})
+					cur, size = nil, fixedSize+len(b.cfg.InstanceID)+4+binaryUvarintMax
+				}
+				cur = append(cur, k)
+				size += ks
 			}
-			cur = append(cur, k)
-			size += ks
 		}
-	}
-	if len(cur) > 0 {
-		out = append(out, cur)
+		if len(cur) > 0 {
+			out = append(out, outMsg{kind, cur})
+		}
 	}
 	return out
 }
@@ -407,12 +479,12 @@ func (b *Bus) heartbeat(seq uint64) {
 	}
 }
 
-// publish sends one message. A keys message that fails still used its
-// sequence number, so the other processes see the gap at the next
+// publish sends one message. A keys or tags message that fails still used
+// its sequence number, so the other processes see the gap at the next
 // heartbeat and flush: a lost invalidation costs them a flush, never a
 // stale read past the bound.
 func (b *Bus) publish(kind byte, seq uint64, keys []string) error {
-	if kind == kindKeys && b.failing.Load() {
+	if kind != kindHeartbeat && b.failing.Load() {
 		b.stats.publishErrors.Add(1)
 		return fmt.Errorf("invalidation: publish skipped: the last one failed and no heartbeat has got through since")
 	}
@@ -429,9 +501,13 @@ func (b *Bus) publish(kind byte, seq uint64, keys []string) error {
 		})
 		return fmt.Errorf("invalidation: publish: %w", err)
 	}
-	if kind == kindKeys {
+	switch kind {
+	case kindKeys:
 		b.stats.sentMessages.Add(1)
 		b.stats.sentKeys.Add(int64(len(keys)))
+	case kindTags:
+		b.stats.sentMessages.Add(1)
+		b.stats.sentTags.Add(int64(len(keys)))
 	}
 	return nil
 }
@@ -624,13 +700,22 @@ func (b *Bus) apply(payload string, peers map[string]*peer, since time.Time) {
 			b.flush("gap")
 			p.seq = m.seq
 		}
-	case kindKeys:
+	case kindKeys, kindTags:
 		if m.seq > p.seq+1 {
 			b.flush("gap")
 		}
 		p.seq = max(p.seq, m.seq)
-		b.stats.receivedKeys.Add(int64(len(m.keys)))
-		b.cfg.Evict(m.keys)
+		if m.kind == kindKeys {
+			b.stats.receivedKeys.Add(int64(len(m.keys)))
+			b.cfg.Evict(m.keys)
+			return
+		}
+		b.stats.receivedTags.Add(int64(len(m.keys)))
+		if b.cfg.EvictTags == nil {
+			b.flush("tags")
+			return
+		}
+		b.cfg.EvictTags(m.keys)
 	}
 }
 

@@ -702,3 +702,51 @@ func TestLatePeerPastItsFirstMessageFlushes(t *testing.T) {
 		}
 	}
 }
+
+// TestPublishTagsReachEvictTags: a tags message reaches EvictTags, and a
+// bus without EvictTags, which cannot tell which copies carry the tags,
+// flushes instead.
+func TestPublishTagsReachEvictTags(t *testing.T) {
+	addr, ch := redistest.Addr(t), newChannel(t)
+	ra, rb, rc := newRecorder(), newRecorder(), newRecorder()
+	tags := make(chan []string, 16)
+	bc := rb.config(ch)
+	bc.EvictTags = func(t []string) { tags <- slices.Clone(t) }
+	a := newBus(t, newClient(t, addr), ra.config(ch))
+	b := newBus(t, newClient(t, addr), bc)
+	c := newBus(t, newClient(t, addr), rc.config(ch))
+	for _, x := range []*Bus{a, b, c} {
+		waitFresh(t, x)
+	}
+	rc.drainFlushes()
+	ctx := ctxTimeout(t, 5*time.Second)
+	if err := a.PublishTags(ctx, "category:7", "url:/p/1"); err != nil {
+		t.Fatalf("PublishTags: %v", err)
+	}
+	select {
+	case got := <-tags:
+		if want := []string{"category:7", "url:/p/1"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("EvictTags(%q), want %q", got, want)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no EvictTags within 2s")
+	}
+	rc.waitFlush(t, "tags", 2*time.Second)
+	// Keys and tags share one sequence: a keys message after the tags
+	// message is no gap.
+	if err := a.Publish(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if got := rb.nextEvict(t, 2*time.Second); !reflect.DeepEqual(got, []string{"k"}) {
+		t.Errorf("Evict(%q), want [k]", got)
+	}
+	if got := rb.drainFlushes(); len(got) > 0 {
+		t.Errorf("b flushed %q, want no flush", got)
+	}
+	if s := a.Stats(); s.SentTags != 2 || s.SentKeys != 1 {
+		t.Errorf("a.Stats() = %+v, want 2 tags and 1 key sent", s)
+	}
+	if s := b.Stats(); s.ReceivedTags != 2 {
+		t.Errorf("b.Stats() = %+v, want 2 tags received", s)
+	}
+}

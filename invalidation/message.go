@@ -12,15 +12,17 @@ import (
 //	magic 0xC8 | version 1 | kind | len(instance) | instance
 //	| epoch u64 | seq u64 | sentAt i64 (unix ns) | uvarint count | count × (uvarint len | key)
 //
-// A keys message carries the publisher's sequence number for it; a heartbeat
-// carries the last sequence number the publisher used, which is how a
-// receiver notices a keys message it never got.
+// A keys or tags message carries the publisher's sequence number for it; a
+// heartbeat carries the last sequence number the publisher used, which is
+// how a receiver notices a message it never got. A tags message has the
+// frame of a keys message, its entries naming tags rather than keys.
 const (
 	msgMagic   = 0xC8
 	msgVersion = 1
 
 	kindKeys      = 1
 	kindHeartbeat = 2
+	kindTags      = 3
 
 	maxInstanceID = 64
 	// fixedSize is the frame without the instance id, keys and their lengths.
@@ -68,7 +70,7 @@ func decodeMessage(b []byte, maxKeys, maxKeyBytes int) (message, error) {
 		return m, fmt.Errorf("%w: magic %#x version %d", errMalformed, b[0], b[1])
 	}
 	m.kind = b[2]
-	if m.kind != kindKeys && m.kind != kindHeartbeat {
+	if m.kind != kindKeys && m.kind != kindHeartbeat && m.kind != kindTags {
 		return m, fmt.Errorf("%w: kind %d", errMalformed, m.kind)
 	}
 	n := int(b[3])
@@ -80,8 +82,8 @@ func decodeMessage(b []byte, maxKeys, maxKeyBytes int) (message, error) {
 	m.epoch = binary.BigEndian.Uint64(b)
 	m.seq = binary.BigEndian.Uint64(b[8:])
 	m.sentAt = int64(binary.BigEndian.Uint64(b[16:]))
-	if m.kind == kindKeys && m.seq == 0 {
-		return m, fmt.Errorf("%w: keys message with sequence number 0", errMalformed) // they count from 1
+	if m.kind != kindHeartbeat && m.seq == 0 {
+		return m, fmt.Errorf("%w: keys or tags message with sequence number 0", errMalformed) // they count from 1
 	}
 	b = b[24:]
 	count, w := binary.Uvarint(b)

@@ -11,11 +11,12 @@ import (
 
 // Stats is a snapshot of a Bus's counters since New.
 type Stats struct {
-	// SentMessages and SentKeys count keys messages this process
-	// published; ReceivedMessages and ReceivedKeys count other processes'
-	// messages it applied (heartbeats included in ReceivedMessages).
-	SentMessages, SentKeys         int64
-	ReceivedMessages, ReceivedKeys int64
+	// SentMessages, SentKeys and SentTags count the keys and tags messages
+	// this process published, and what they carried; ReceivedMessages,
+	// ReceivedKeys and ReceivedTags count other processes' messages it
+	// applied (heartbeats included in ReceivedMessages).
+	SentMessages, SentKeys, SentTags             int64
+	ReceivedMessages, ReceivedKeys, ReceivedTags int64
 	// Flushes counts flushes of the local copies, for any reason.
 	Flushes int64
 	// PublishErrors, ReceiveErrors and Malformed count failures.
@@ -27,19 +28,19 @@ type Stats struct {
 }
 
 type stats struct {
-	sentMessages, sentKeys         atomic.Int64
-	receivedMessages, receivedKeys atomic.Int64
-	flushes                        atomic.Int64
-	publishErrors, receiveErrors   atomic.Int64
-	malformed, staleSpells         atomic.Int64
+	sentMessages, sentKeys, sentTags             atomic.Int64
+	receivedMessages, receivedKeys, receivedTags atomic.Int64
+	flushes                                      atomic.Int64
+	publishErrors, receiveErrors                 atomic.Int64
+	malformed, staleSpells                       atomic.Int64
 }
 
 // Stats returns a snapshot of the bus's counters.
 func (b *Bus) Stats() Stats {
 	s := &b.stats
 	return Stats{
-		SentMessages: s.sentMessages.Load(), SentKeys: s.sentKeys.Load(),
-		ReceivedMessages: s.receivedMessages.Load(), ReceivedKeys: s.receivedKeys.Load(),
+		SentMessages: s.sentMessages.Load(), SentKeys: s.sentKeys.Load(), SentTags: s.sentTags.Load(),
+		ReceivedMessages: s.receivedMessages.Load(), ReceivedKeys: s.receivedKeys.Load(), ReceivedTags: s.receivedTags.Load(),
 		Flushes:       s.flushes.Load(),
 		PublishErrors: s.publishErrors.Load(), ReceiveErrors: s.receiveErrors.Load(), Malformed: s.malformed.Load(),
 		StaleSpells: s.staleSpells.Load(),
