@@ -4,7 +4,7 @@
 // set, else 127.0.0.1:6379 if it answers, else a redis-server started once
 // for the test binary (stopped by [Main]); REDIS_ADDR=own forces the last. Tests that share it must use a
 // unique namespace ([Namespace]) and never flush it. [Start] gives a test a
-// private redis-server to stop, restart or break.
+// private redis-server to stop, restart, freeze or break.
 //
 // Outside CI a test skips when no redis-server can be had; with CI=true it
 // fails, so CI can never pass without having run it.
@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -146,7 +147,8 @@ func (s *Server) Restart() error {
 }
 
 // Stop kills the server (SIGKILL: an abrupt failure, not a shutdown) and
-// waits for it to exit. It is safe to call more than once.
+// waits for it to exit. It is safe to call more than once, and on a frozen
+// server: SIGKILL ends a stopped process too.
 func (s *Server) Stop() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -156,6 +158,33 @@ func (s *Server) Stop() {
 	_ = s.cmd.Process.Kill()
 	_ = s.cmd.Wait()
 	s.cmd = nil
+}
+
+// Freeze stops the server with SIGSTOP: it keeps its port and the kernel
+// still accepts connections, but it answers nothing until Thaw. It is a
+// no-op if the server is not running.
+func (s *Server) Freeze() { s.signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen server with SIGCONT; it is a no-op if the server is
+// not running.
+func (s *Server) Thaw() { s.signal(syscall.SIGCONT) }
+
+// PID returns the server's process ID, or 0 if it is not running.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+func (s *Server) signal(sig os.Signal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		_ = s.cmd.Process.Signal(sig)
+	}
 }
 
 // ping speaks just enough RESP to know a Redis answers at addr.
