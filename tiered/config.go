@@ -59,7 +59,10 @@ type Config struct {
 
 	// LeaseTTL is how long a load may hold its key's L2 lease. A load that
 	// outlives it still answers its callers, but its value is not written
-	// to L2. Default: 10 seconds.
+	// to L2. A lease found to end more than LeaseTTL (plus a second for
+	// clocks) from now, or never, is garbage that a miss replaces, so every
+	// process of a namespace should use the same LeaseTTL. Default: 10
+	// seconds.
 	LeaseTTL time.Duration
 
 	// TTL is how long an entry is fresh. Default: 1 hour.
@@ -114,6 +117,19 @@ type Config struct {
 	// L2Timeout bounds every L2 call. Default: 100 ms.
 	L2Timeout time.Duration
 
+	// WriteTimeout bounds the L2 steps of a write (Set, Delete,
+	// InvalidateTags, WriteThrough, WriteAround, WriteBehind.Set): its L2
+	// change and its invalidation of the other processes are retried, from
+	// 5 ms apart, until they succeed or WriteTimeout has passed, whether or
+	// not the caller's context is done by then (a write whose caller went
+	// away must still finish). A change that still fails is kept in this
+	// process's outbox and made as soon as Redis answers, and the write
+	// returns an error for which errors.Is(err, ErrL2Unavailable) holds.
+	// While Redis is known to be down (the outbox's last replay failed),
+	// writes fail at once. See docs/consistency.md. Default: 1 second;
+	// negative: one attempt, no retries.
+	WriteTimeout time.Duration
+
 	// BreakerFailures is how many consecutive L2 failures open the circuit
 	// breaker, after which L2 is skipped for BreakerCooldown and then probed
 	// with one call. Defaults: 5 failures, 1 second.
@@ -126,8 +142,9 @@ type Config struct {
 	// deadline). Default: no bound but the loader's own.
 	LoadTimeout time.Duration
 
-	// Strict makes L2 failures visible to callers (wrapped in the returned
-	// error) instead of only counted and logged.
+	// Strict makes the L2 failures of reads visible to callers (wrapped in
+	// the returned error) instead of only counted and logged. Writes always
+	// return theirs.
 	Strict bool
 
 	// Logger receives structured logs. Default: slog.Default().
@@ -177,6 +194,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.L2Timeout == 0 {
 		cfg.L2Timeout = 100 * time.Millisecond
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = time.Second
 	}
 	if cfg.BreakerFailures == 0 {
 		cfg.BreakerFailures = 5

@@ -22,3 +22,11 @@ func PeekL1[V any](c *Cache[V], key string) (v V, negative, ok bool) {
 func NewWriteBehindUnlocked[V any](c *Cache[V], cfg WriteBehindConfig[V]) (*WriteBehind[V], error) {
 	return newWriteBehind(c, cfg, true)
 }
+
+// SetOutboxLimit changes how many invalidations c's outbox holds; 0 makes
+// it keep none, so that a test can show what the outbox prevents.
+func SetOutboxLimit[V any](c *Cache[V], n int) {
+	c.outbox.mu.Lock()
+	c.outbox.limit = n
+	c.outbox.mu.Unlock()
+}

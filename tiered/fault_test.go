@@ -92,9 +92,10 @@ func TestRedisOutage(t *testing.T) {
 	}
 }
 
-// TestStrictModeReturnsL2Errors checks that Strict surfaces what fail-open
-// hides.
-func TestStrictModeReturnsL2Errors(t *testing.T) {
+// TestWritesReturnL2Errors: with Redis down, a write says so in both modes
+// (the writer's L1 still gets the value), while a read fails only in
+// strict mode.
+func TestWritesReturnL2Errors(t *testing.T) {
 	srv := redistest.Start(t)
 	client, err := tiered.NewRedisClient("redis://" + srv.Addr)
 	if err != nil {
@@ -102,21 +103,26 @@ func TestStrictModeReturnsL2Errors(t *testing.T) {
 	}
 	defer client.Close()
 	ns := redistest.Namespace(t)
-	strict := newCache(t, tiered.Config{Redis: client, Namespace: ns, Strict: true})
-	open := newCache(t, tiered.Config{Redis: client, Namespace: ns})
+	strict := newCache(t, tiered.Config{Redis: client, Namespace: ns, Strict: true, WriteTimeout: 50 * time.Millisecond})
+	open := newCache(t, tiered.Config{Redis: client, Namespace: ns, WriteTimeout: 50 * time.Millisecond})
 	srv.Stop()
 	ctx := context.Background()
-	if err := strict.Set(ctx, "k", product{ID: 1}); err == nil {
-		t.Error("strict Set with Redis down: want an error")
+	for _, c := range []*tiered.Cache[product]{strict, open} {
+		if err := c.Set(ctx, "k", product{ID: 1}); !errors.Is(err, tiered.ErrL2Unavailable) {
+			t.Errorf("Set with Redis down error = %v, want ErrL2Unavailable", err)
+		}
+		if v, err := c.Get(ctx, "k"); err != nil || v.ID != 1 {
+			t.Errorf("Get after a failed Set = %+v, %v; want the writer's L1 copy", v, err)
+		}
+		if err := c.Delete(ctx, "k"); !errors.Is(err, tiered.ErrL2Unavailable) {
+			t.Errorf("Delete with Redis down error = %v, want ErrL2Unavailable", err)
+		}
 	}
-	if _, err := strict.Get(ctx, "k"); err == nil || errors.Is(err, tiered.ErrNotFound) {
+	if _, err := strict.Get(ctx, "other"); err == nil || errors.Is(err, tiered.ErrNotFound) {
 		t.Errorf("strict Get with Redis down error = %v, want the L2 failure", err)
 	}
-	if err := open.Set(ctx, "k", product{ID: 1}); err != nil {
-		t.Errorf("fail-open Set with Redis down error = %v, want nil", err)
-	}
-	if v, err := open.Get(ctx, "k"); err != nil || v.ID != 1 {
-		t.Errorf("fail-open Get after Set = %+v, %v; want the L1 copy", v, err)
+	if _, err := open.Get(ctx, "other"); !errors.Is(err, tiered.ErrNotFound) {
+		t.Errorf("fail-open Get with Redis down error = %v, want ErrNotFound", err)
 	}
 }
 

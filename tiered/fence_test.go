@@ -169,26 +169,68 @@ func TestOptions(t *testing.T) {
 	}
 }
 
-// TestInvalidateTagsFailureFlushesL1: with the tag set unreadable (Redis
-// gone), InvalidateTags says so and drops this process's L1.
-func TestInvalidateTagsFailureFlushesL1(t *testing.T) {
+// TestInvalidateTagsWithoutRedisEndsTaggedCopies: with the tag set out of
+// reach (Redis gone), InvalidateTags says so, and still ends this
+// process's copies that carry the tag, and no others.
+func TestInvalidateTagsWithoutRedisEndsTaggedCopies(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
 	client := redis.NewClient(&redis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true, MaxRetries: -1})
 	defer client.Close()
-	c := newCache(t, tiered.Config{Redis: client, Namespace: redistest.Namespace(t)})
+	c := newCache(t, tiered.Config{Redis: client, Namespace: redistest.Namespace(t), WriteTimeout: 50 * time.Millisecond})
 	if err := c.Set(ctx, "k", product{ID: 1}, tiered.WithTags("t")); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.Set(ctx, "other", product{ID: 2}, tiered.WithTags("u")); err != nil {
+		t.Fatal(err)
+	}
 	srv.Stop()
-	if err := c.InvalidateTags(ctx, "t"); err == nil {
-		t.Fatal("InvalidateTags with Redis down: no error")
+	if err := c.InvalidateTags(ctx, "t"); !errors.Is(err, tiered.ErrL2Unavailable) {
+		t.Fatalf("InvalidateTags with Redis down error = %v, want ErrL2Unavailable", err)
 	}
-	if _, _, ok := tiered.PeekL1(c, "k"); ok {
-		t.Errorf("k still in L1 after a failed InvalidateTags")
+	if v, err := c.Get(ctx, "k"); !errors.Is(err, tiered.ErrNotFound) {
+		t.Errorf("Get(k) after InvalidateTags(t) = %+v, %v; want a miss", v, err)
 	}
-	if _, err := c.Get(ctx, "k"); !errors.Is(err, tiered.ErrNotFound) {
-		t.Errorf("Get after a failed InvalidateTags = %v, want a miss", err)
+	if v, err := c.Get(ctx, "other"); err != nil || v.ID != 2 {
+		t.Errorf("Get(other) after InvalidateTags(t) = %+v, %v; want its L1 copy (no flush)", v, err)
+	}
+	if s := c.Stats(); s.Flushes != 1 || s.OutboxHeld != 1 || s.FailedWrites != 1 {
+		t.Errorf("Stats = %+v, want only the first flush, the tag held in the outbox, one failed write", s)
+	}
+}
+
+// TestL1OnlyInvalidateTags: without L2, InvalidateTags ends the copies
+// that carry the tags, and keeps the others.
+func TestL1OnlyInvalidateTags(t *testing.T) {
+	ctx := context.Background()
+	c := newCache(t, tiered.Config{})
+	src := &countingLoader{}
+	if _, err := c.GetOrLoad(ctx, "a", src.load, tiered.WithTags("t")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(ctx, "b", product{ID: 2}, tiered.WithTags("t", "u")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(ctx, "c", product{ID: 3}, tiered.WithTags("u")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.InvalidateTags(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"a", "b"} {
+		if _, err := c.Get(ctx, k); !errors.Is(err, tiered.ErrNotFound) {
+			t.Errorf("Get(%s) after InvalidateTags(t) error = %v, want ErrNotFound", k, err)
+		}
+	}
+	if v, err := c.Get(ctx, "c"); err != nil || v.ID != 3 {
+		t.Errorf("Get(c) = %+v, %v; want it kept", v, err)
+	}
+	// A load after the invalidation fills again, and is served.
+	if _, err := c.GetOrLoad(ctx, "a", src.load, tiered.WithTags("t")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx, "a"); err != nil {
+		t.Errorf("Get(a) after its reload error = %v", err)
 	}
 }
 

@@ -54,6 +54,9 @@ type entry[V any] struct {
 	kh   uint64
 	hits atomic.Uint64
 	key  string
+	// tags holds the generations of the tags the value was filled with
+	// (nil: none known), which it is not served past; see fence.
+	tags *[]tagTicket
 }
 
 // touch counts a read of e at now, L1's clock (l1.now), whose low 4 bits

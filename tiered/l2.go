@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/eko/gocache/lib/v4/store"
@@ -15,9 +16,22 @@ import (
 // store.NotFound (and so from redis.Nil) at this boundary.
 var errL2Miss = errors.New("tiered: not in L2")
 
-// ErrL2Unavailable is returned in strict mode when the circuit breaker in
-// front of L2 is open; in the default fail-open mode it is only counted.
-var ErrL2Unavailable = errors.New("tiered: L2 unavailable (circuit open)")
+// errL2WrongType is a key that holds another Redis type than a string:
+// garbage that a load replaces (see leaseOrGet), never an L2 failure.
+var errL2WrongType = errors.New("tiered: L2 key of the wrong Redis type")
+
+// ErrL2Unavailable reports that L2 could not be used. Writes (Set, Delete,
+// InvalidateTags, the write strategies) return it whenever they could not
+// make their L2 change or their invalidation within Config.WriteTimeout;
+// reads return it only in strict mode: while the circuit breaker is open,
+// or while this process holds invalidations that Redis has not had yet (it
+// reads nothing from L2 then). Errors that wrap it also wrap the cause.
+var ErrL2Unavailable = errors.New("tiered: L2 unavailable")
+
+var (
+	errBreakerOpen = fmt.Errorf("%w: circuit open", ErrL2Unavailable)
+	errUntrusted   = fmt.Errorf("%w: not read while this process holds invalidations Redis has not had", ErrL2Unavailable)
+)
 
 // l2 is the shared tier: a gocache store behind a per-call timeout and a
 // circuit breaker, so that a dead or hung Redis costs a reader microseconds
@@ -31,21 +45,28 @@ type l2 struct {
 	rdb     redis.UniversalClient
 	timeout time.Duration
 	breaker *gobreaker.TwoStepCircuitBreaker[struct{}]
+	// held is the outbox's count of invalidations not made yet: while it is
+	// nonzero, reads do not trust L2.
+	held *atomic.Int64
 }
 
-// call runs op under the breaker and the timeout. A failure caused by the
-// caller's own context (cancelled, or its deadline passed) says nothing about
-// Redis, so it is not counted against the breaker.
+// call runs a read (or a fill) under the breaker and the timeout. A
+// failure caused by the caller's own context (cancelled, or its deadline
+// passed) says nothing about Redis, so it is not counted against the
+// breaker; nor is a key of the wrong type.
 func (l *l2) call(ctx context.Context, op func(ctx context.Context) error) error {
+	if l.held.Load() > 0 {
+		return errUntrusted
+	}
 	done, err := l.breaker.Allow()
 	if err != nil {
-		return ErrL2Unavailable
+		return errBreakerOpen
 	}
 	tctx, cancel := context.WithTimeout(ctx, l.timeout)
 	err = op(tctx)
 	cancel()
 	switch {
-	case err == nil, errors.Is(err, errL2Miss), errors.Is(err, errLeaseLost):
+	case err == nil, errors.Is(err, errL2Miss), errors.Is(err, errLeaseLost), errors.Is(err, errL2WrongType):
 		done(nil)
 	case ctx.Err() != nil:
 		done(errExcluded)
@@ -55,16 +76,31 @@ func (l *l2) call(ctx context.Context, op func(ctx context.Context) error) error
 	return err
 }
 
+// must runs one attempt at a write's L2 change under the timeout, but not
+// the breaker: a write is retried, and then reports what it could not do,
+// rather than skipped the way a read is.
+func (l *l2) must(ctx context.Context, op func(ctx context.Context) error) error {
+	tctx, cancel := context.WithTimeout(ctx, l.timeout)
+	defer cancel()
+	return op(tctx)
+}
+
 // errExcluded marks a breaker outcome that is neither success nor failure.
 var errExcluded = errors.New("excluded")
+
+// isWrongType reports Redis's WRONGTYPE error.
+func isWrongType(err error) bool { return err != nil && redis.HasErrorPrefix(err, "WRONGTYPE") }
 
 func (l *l2) get(ctx context.Context, key string) ([]byte, error) {
 	var b []byte
 	err := l.call(ctx, func(ctx context.Context) error {
 		v, err := l.store.Get(ctx, key)
 		if err != nil {
-			if errors.Is(err, store.NotFound{}) {
+			switch {
+			case errors.Is(err, store.NotFound{}):
 				return errL2Miss
+			case isWrongType(err):
+				return errL2WrongType
 			}
 			return err
 		}
@@ -81,14 +117,31 @@ func (l *l2) get(ctx context.Context, key string) ([]byte, error) {
 	return b, err
 }
 
+// set stores a fill (under the breaker: see call).
 func (l *l2) set(ctx context.Context, key string, b []byte, ttl time.Duration) error {
-	return l.call(ctx, func(ctx context.Context) error {
-		return l.store.Set(ctx, key, b, store.WithExpiration(ttl))
-	})
+	return l.call(ctx, func(ctx context.Context) error { return l.put(ctx, key, b, ttl) })
 }
 
-func (l *l2) del(ctx context.Context, key string) error {
-	return l.call(ctx, func(ctx context.Context) error {
-		return l.store.Delete(ctx, key)
+// put is one SET, for call or must.
+func (l *l2) put(ctx context.Context, key string, b []byte, ttl time.Duration) error {
+	return l.store.Set(ctx, key, b, store.WithExpiration(ttl))
+}
+
+// delMany deletes keys: one DEL per key, pipelined, since a multi-key DEL
+// fails on Redis Cluster when the keys hash to different slots.
+func (l *l2) delMany(ctx context.Context, keys []string) error {
+	if l.rdb == nil {
+		var errs []error
+		for _, k := range keys {
+			errs = append(errs, l.store.Delete(ctx, k))
+		}
+		return errors.Join(errs...)
+	}
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Del(ctx, k)
+		}
+		return nil
 	})
+	return err
 }

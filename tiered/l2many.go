@@ -39,14 +39,15 @@ func (l *l2) getMany(ctx context.Context, keys []string) ([][]byte, error) {
 }
 
 // leaseMany is acquireLease for many keys: for each, held reports a lease
-// taken (its bytes in leases), else cur holds what the key holds.
-func (l *l2) leaseMany(ctx context.Context, keys []string, ttl time.Duration) (leases [][]byte, held []bool, cur [][]byte, err error) {
+// taken (its bytes in leases), else cur holds what the key holds. junk[i],
+// if not nil, is what keys[i] held that its reader judged junk.
+func (l *l2) leaseMany(ctx context.Context, keys []string, junk [][]byte, ttl time.Duration) (leases [][]byte, held []bool, cur [][]byte, err error) {
 	leases, held, cur = make([][]byte, len(keys)), make([]bool, len(keys)), make([][]byte, len(keys))
 	for i := range keys {
 		leases[i] = newLease(ttl)
 	}
 	ms := max(ttl.Milliseconds(), 1)
-	err = l.pipelineScript(ctx, leaseOrGet, keys, func(i int) []any { return []any{"", leases[i], ms} }, func(i int, v any) error {
+	err = l.pipelineScript(ctx, leaseOrGet, keys, func(i int) []any { return []any{junk[i], leases[i], ms} }, func(i int, v any) error {
 		switch v := v.(type) {
 		case int64:
 			held[i] = v == 1

@@ -29,11 +29,16 @@ end
 return false`)
 
 // leaseOrGet puts the lease ARGV[2] on KEYS[1] for ARGV[3] ms if the key
-// is absent or still holds ARGV[1] (bytes the reader judged junk: corrupt,
-// foreign or expired; "" for none), and returns 1; otherwise it returns
-// what the key holds (a value, or another process's lease). One round
-// trip, so a waiting process polls with one command.
+// is absent, holds another Redis type than a string (garbage: no writer
+// of ours makes one), or still holds ARGV[1] (bytes the reader judged
+// junk: corrupt, foreign or expired; "" for none), and returns 1;
+// otherwise it returns what the key holds (a value, or another process's
+// lease). One round trip, so a waiting process polls with one command.
 var leaseOrGet = redis.NewScript(`
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'string' and t ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
 local v = redis.call('GET', KEYS[1])
 if v == false or v == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -49,13 +54,35 @@ end
 return 0`)
 
 // tagAdd adds ARGV[1] to the tag set KEYS[1] and makes the set live at
-// least ARGV[2] ms, as long as the longest-lived value it lists.
+// least ARGV[2] ms, as long as the longest-lived value it lists. A key of
+// another type in its place is garbage, which it replaces.
 var tagAdd = redis.NewScript(`
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'set' and t ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
 redis.call('SADD', KEYS[1], ARGV[1])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 1`)
+
+// dropUnlessType deletes KEYS[1] if it holds another Redis type than
+// ARGV[1]: garbage in the place of a key of ours, which a write must not
+// trip over forever.
+var dropUnlessType = redis.NewScript(`
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= ARGV[1] and t ~= 'none' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0`)
+
+// leaseSkew is how much later than LeaseTTL from now a lease may end
+// before it is taken for garbage: clocks of the processes may differ.
+const leaseSkew = time.Second
+
+// errBadLease is a lease that ends later than any lease can.
+var errBadLease = errors.New("lease without an end in reach: garbage")
 
 // errLeaseLost reports a fill refused because its lease was gone.
 var errLeaseLost = errors.New("tiered: lease lost to a write, delete or expiry")
@@ -111,22 +138,20 @@ func (l *l2) releaseLease(ctx context.Context, key string, lease []byte) error {
 	})
 }
 
-// addTags records each key in the set of each tag. One round trip: the
-// scripts are pipelined, and on Redis Cluster go-redis splits the pipeline
-// by node.
+// addTags records each key in the set of each tag, for call or must. One
+// round trip: the scripts are pipelined, and on Redis Cluster go-redis
+// splits the pipeline by node.
 func (l *l2) addTags(ctx context.Context, ns string, keys, tags []string, ttl time.Duration) error {
-	return l.call(ctx, func(ctx context.Context) error {
-		_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, k := range keys {
-				for _, t := range tags {
-					// Eval, not Run: a pipeline cannot fall back from EVALSHA.
-					tagAdd.Eval(ctx, p, []string{tagKey(ns, t)}, k, max(ttl.Milliseconds(), 1))
-				}
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			for _, t := range tags {
+				// Eval, not Run: a pipeline cannot fall back from EVALSHA.
+				tagAdd.Eval(ctx, p, []string{tagKey(ns, t)}, k, max(ttl.Milliseconds(), 1))
 			}
-			return nil
-		})
-		return err
+		}
+		return nil
 	})
+	return err
 }
 
 func tagKey(ns, tag string) string { return ns + "#tag:" + tag }

@@ -173,7 +173,7 @@ func (c *Cache[V]) readMany(ctx context.Context, keys []string, o callOptions) (
 	}
 	tickets := make([]ticket, len(keys))
 	for i, k := range keys {
-		tickets[i] = c.fence.ticket(k)
+		tickets[i] = c.fence.ticket(k, o.tags)
 	}
 	started := time.Now().UnixNano()
 	var raw [][]byte
@@ -240,7 +240,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 	}()
 	tickets := make(map[string]ticket, len(keys))
 	for _, k := range keys {
-		tickets[k] = c.fence.ticket(k)
+		tickets[k] = c.fence.ticket(k, o.tags)
 	}
 	started := time.Now().UnixNano()
 	install := func(k string, e *entry[V], ttl time.Duration, tier string) {
@@ -392,12 +392,14 @@ func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases ma
 	refresh func(string, int64), install func(string, *entry[V], time.Duration, string)) (toLoad []string, err error) {
 	wait := c.leaseWait()
 	pending := keys
+	junk := make(map[string][]byte) // what a key held that we judged junk, for the next round to replace
 	for round := 0; len(pending) > 0; round++ {
 		l2keys := make([]string, len(pending))
+		junks := make([][]byte, len(pending))
 		for i, k := range pending {
-			l2keys[i] = c.l2Key(k)
+			l2keys[i], junks[i] = c.l2Key(k), junk[k]
 		}
-		ls, held, cur, err := c.l2.leaseMany(ctx, l2keys, c.cfg.LeaseTTL)
+		ls, held, cur, err := c.l2.leaseMany(ctx, l2keys, junks, c.cfg.LeaseTTL)
 		if err != nil {
 			// Some leases may have been taken (on Cluster, a pipeline
 			// can fail on one node only): give back every one we made.
@@ -429,10 +431,19 @@ func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases ma
 				}
 				install(k, e, c.l1TTL(ttl), "l2")
 			case l2Junk:
-				// Corrupt or foreign bytes: load, and leave L2 to a
-				// single GetOrLoad, which replaces them under a lease.
-				c.counters.l2Misses.Add(1)
-				toLoad = append(toLoad, k)
+				// Corrupt, foreign or expired bytes, or a lease that never
+				// ends: the next round leases the key in their place, if
+				// they are still there. Without a next round (the bytes
+				// came back again), load without writing L2.
+				if round == 0 {
+					c.counters.l2Misses.Add(1)
+				}
+				if _, again := junk[k]; again {
+					toLoad = append(toLoad, k)
+					continue
+				}
+				junk[k] = cur[i]
+				waiting = append(waiting, k)
 			case l2Lease:
 				if round == 0 {
 					c.counters.l2Misses.Add(1)
@@ -510,7 +521,7 @@ func (c *Cache[V]) releaseMany(ctx context.Context, keys []string, leases map[st
 
 // tagMany adds every key to every tag.
 func (c *Cache[V]) tagMany(ctx context.Context, keys, tags []string, ttl time.Duration) error {
-	if err := c.l2.addTags(ctx, c.cfg.Namespace, keys, tags, ttl); err != nil {
+	if err := c.l2.call(ctx, func(ctx context.Context) error { return c.l2.addTags(ctx, c.cfg.Namespace, keys, tags, ttl) }); err != nil {
 		c.l2Failed(ctx, "tag", keys[0], err)
 		return err
 	}

@@ -152,9 +152,9 @@ func (c *Cache[V]) refreshAsync(ctx context.Context, key string, load LoadFunc[V
 // refresh reloads key ahead of or past its fresh-until, for refreshAsync.
 func (c *Cache[V]) refresh(ctx context.Context, key string, load LoadFunc[V], o callOptions, than int64) flightResult[V] {
 	if c.l2 == nil || c.l2.rdb == nil || c.noFence {
-		return c.reload(ctx, key, load, o, c.fence.ticket(key), time.Now().UnixNano(), nil, nil)
+		return c.reload(ctx, key, load, o, c.fence.ticket(key, o.tags), time.Now().UnixNano(), nil, nil)
 	}
-	t := c.fence.ticket(key)
+	t := c.fence.ticket(key, o.tags)
 	started := time.Now().UnixNano()
 	b, err := c.l2.get(ctx, c.l2Key(key))
 	switch {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -21,11 +20,13 @@ const tagBatch = 512
 // A tag set is read with SPOP, which takes members atomically, and every
 // tagged write adds its key to its tags after writing its value: a write
 // racing with InvalidateTags is either removed by it or keeps its tag.
+// Every process also ends the L1 copies it knows to carry the tags (those
+// it filled or set with them), so that a copy whose tag never reached
+// Redis's tag set goes too.
 //
-// Unlike Set and Delete, InvalidateTags returns L2 failures even when not
-// Strict: without L2 it cannot know which keys to remove. It then clears
-// this process's L1, so that this process at least serves nothing stale.
-// On an L1-only cache it clears L1.
+// L2 failures are handled as in Set: what Redis did not get is kept in the
+// outbox, and the error wraps ErrL2Unavailable. On an L1-only cache it
+// ends the L1 copies that carry the tags.
 func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) (err error) {
 	for _, t := range tags {
 		if err := c.checkKey(t); err != nil {
@@ -40,42 +41,60 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) (err erro
 	defer endSpan(span, &err)
 
 	if c.l2 == nil {
-		c.flush("tags")
+		c.invalidateLocalTags(tags)
 		return nil
 	}
 	if c.l2.rdb == nil {
 		return errors.New("tiered: InvalidateTags needs Config.Redis")
 	}
-	var removed int
+	wctx, cancel := c.writeContext(ctx)
+	defer cancel()
+	var removed []string
+	var errs []error
 	for _, t := range tags {
-		n, err := c.invalidateTag(ctx, t)
-		removed += n
+		err := c.change(wctx, func(ctx context.Context) error {
+			keys, err := c.purgeTag(ctx, t)
+			removed = append(removed, keys...)
+			return err
+		}, nil, []string{t}, nil)
 		if err != nil {
 			c.l2Failed(ctx, "invalidate-tags", t, err)
-			c.flush("tags")
-			return fmt.Errorf("tiered: invalidate tag %q: %w", t, err)
+			errs = append(errs, fmt.Errorf("tiered: invalidate tag %q: %w", t, err))
 		}
 	}
-	span.SetAttributes(attribute.Int("tiercache.keys", removed))
-	return nil
+	// After L2, as for keys: a fill that read L2 before the purge holds an
+	// older tag generation and will not install.
+	c.invalidateLocalTags(tags)
+	span.SetAttributes(attribute.Int("tiercache.keys", len(removed)))
+	return errors.Join(errors.Join(errs...), c.announce(wctx, len(errs) == 0, removed, tags))
 }
 
-// invalidateTag empties one tag set, a batch at a time.
-func (c *Cache[V]) invalidateTag(ctx context.Context, tag string) (int, error) {
+// purgeTag empties the tag set of tag, a batch at a time: it deletes the
+// members from L2 and from this process's L1, and returns them for the
+// caller to publish. A batch that L2 refuses to delete goes back into the
+// set, so that a retry finds it, or, failing that, into the outbox. A tag
+// key of another Redis type is garbage, and is deleted.
+func (c *Cache[V]) purgeTag(ctx context.Context, tag string) ([]string, error) {
 	tk := tagKey(c.cfg.Namespace, tag)
 	var n int64
-	if err := c.l2.call(ctx, func(ctx context.Context) (err error) {
+	err := c.l2.must(ctx, func(ctx context.Context) (err error) {
 		n, err = c.l2.rdb.SCard(ctx, tk).Result()
 		return err
-	}); err != nil {
-		return 0, err
+	})
+	if isWrongType(err) {
+		return nil, c.l2.must(ctx, func(ctx context.Context) error {
+			return dropUnlessType.Run(ctx, c.l2.rdb, []string{tk}, "set").Err()
+		})
+	}
+	if err != nil {
+		return nil, err
 	}
 	// Members added while we pop are newer than this call; stop once the
 	// members present at the start could all have been taken.
-	var removed int
+	var removed []string
 	for i := int64(0); i <= n/tagBatch; i++ {
 		var keys []string
-		if err := c.l2.call(ctx, func(ctx context.Context) (err error) {
+		if err := c.l2.must(ctx, func(ctx context.Context) (err error) {
 			keys, err = c.l2.rdb.SPopN(ctx, tk, tagBatch).Result()
 			return err
 		}); err != nil {
@@ -84,43 +103,28 @@ func (c *Cache[V]) invalidateTag(ctx context.Context, tag string) (int, error) {
 		if len(keys) == 0 {
 			break
 		}
-		if err := c.deleteTagged(ctx, tk, keys); err != nil {
+		err := c.l2.must(ctx, func(ctx context.Context) error { return c.l2.delMany(ctx, c.l2Keys(keys)) })
+		// Some keys may be gone even if the pipeline failed: evict them
+		// all here (an extra eviction is harmless).
+		c.invalidateLocal(keys...)
+		if err != nil {
+			members := make([]any, len(keys))
+			for i, k := range keys {
+				members[i] = k
+			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.L2Timeout)
+			if aerr := c.l2.rdb.SAdd(rctx, tk, members...).Err(); aerr != nil {
+				_ = c.hold(aerr, keys, nil, nil)
+			}
+			cancel()
 			return removed, err
 		}
-		removed += len(keys)
+		removed = append(removed, keys...)
 		if len(keys) < tagBatch {
 			break
 		}
 	}
 	return removed, nil
-}
-
-// deleteTagged deletes keys popped from the tag set tk from both tiers and
-// tells the other processes. If L2 refuses, the keys go back into the set,
-// so that a retry finds them.
-func (c *Cache[V]) deleteTagged(ctx context.Context, tk string, keys []string) error {
-	err := c.l2.call(ctx, func(ctx context.Context) error {
-		_, err := c.l2.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, k := range keys {
-				p.Del(ctx, c.l2Key(k)) // one key per DEL: cluster-safe
-			}
-			return nil
-		})
-		return err
-	})
-	// Some keys may be gone even if the pipeline failed: evict them all,
-	// here and everywhere (an extra eviction is harmless).
-	c.invalidateLocal(keys...)
-	perr := c.publish(ctx, keys...)
-	if err != nil {
-		members := make([]any, len(keys))
-		for i, k := range keys {
-			members[i] = k
-		}
-		_ = c.l2.rdb.SAdd(context.WithoutCancel(ctx), tk, members...).Err()
-		return err
-	}
-	return c.strict(perr)
 }
 
 // TaggedKeys returns the keys tagged with tag (see WithTags), for callers

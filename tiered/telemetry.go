@@ -45,6 +45,13 @@ type Stats struct {
 	// counts clears of L1 (bus resubscriptions, gaps, InvalidateTags
 	// without L2).
 	StaleSkips, Flushes int64
+	// FailedWrites counts writes that returned ErrL2Unavailable, and
+	// WriteRetries the L2 attempts they and the others retried. OutboxHeld
+	// is how many invalidations (keys, tags, write-behind values) wait in
+	// the outbox for Redis now, OutboxDropped how many did not fit in it,
+	// and OutboxReplays counts the attempts to make them.
+	FailedWrites, WriteRetries               int64
+	OutboxHeld, OutboxDropped, OutboxReplays int64
 	// Breaker is the L2 circuit breaker's state: "closed", "half-open" or
 	// "open" ("none" without an L2).
 	Breaker string
@@ -65,6 +72,8 @@ type counters struct {
 	staleServed           atomic.Int64
 	staleOnError          atomic.Int64
 	staleSkips, flushes   atomic.Int64
+	failedWrites          atomic.Int64
+	writeRetries          atomic.Int64
 	breaker               atomic.Int32 // gobreaker.State
 }
 

@@ -45,6 +45,7 @@ type Cache[V any] struct {
 	l1       *l1[V]
 	l2       *l2 // nil: L1 only
 	fence    *fence
+	outbox   *outbox
 	bus      *invalidation.Bus // nil: no Redis, or DisableInvalidation
 	flights  flights[V]
 	counters counters
@@ -80,7 +81,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache[V]{cfg: cfg, fence: newFence(), logL2: rate.Sometimes{Interval: time.Second}, beta: max(cfg.EarlyRefresh, 0)}
+	c := &Cache[V]{cfg: cfg, fence: newFence(), outbox: newOutbox(), logL2: rate.Sometimes{Interval: time.Second}, beta: max(cfg.EarlyRefresh, 0)}
 	c.closing, c.closeAll = context.WithCancel(context.Background())
 	if c.l1, err = newL1[V](cfg.L1MaxBytes, &c.clock, c.l1Requests); err != nil {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
@@ -97,6 +98,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 			store:   st,
 			rdb:     cfg.Redis,
 			timeout: cfg.L2Timeout,
+			held:    &c.outbox.held,
 			breaker: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 				Name:        cfg.Namespace,
 				Timeout:     cfg.BreakerCooldown,
@@ -128,6 +130,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 		c.bus, err = invalidation.New(cfg.Redis, invalidation.Config{
 			Channel:         "tiercache:inv:" + cfg.Namespace,
 			Evict:           c.invalidateLocalKeys,
+			EvictTags:       c.invalidateLocalTags,
 			Flush:           c.flush,
 			StalenessBound:  cfg.StalenessBound,
 			PublishTimeout:  cfg.L2Timeout,
@@ -217,8 +220,9 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], op
 // servable reports whether an L1 copy may be served: always while the bus
 // is fresh (or there is no bus); otherwise only a copy younger than the
 // staleness bound, which no write older than the bound can have outdated.
+// Either way, none of its tags may have been invalidated since its fill.
 func (c *Cache[V]) servable(e *entry[V]) bool {
-	return c.bus == nil || c.bus.Fresh() || c.young(e)
+	return (c.bus == nil || c.bus.Fresh() || c.young(e)) && (e.tags == nil || c.fence.tagsValid(*e.tags))
 }
 
 func (c *Cache[V]) young(e *entry[V]) bool {
@@ -376,7 +380,7 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 // arrives while the read or the load is in flight keeps its result out of
 // L1 (the callers still get it).
 func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o callOptions) flightResult[V] {
-	t := c.fence.ticket(key)
+	t := c.fence.ticket(key, o.tags)
 	started := time.Now().UnixNano()
 	if e, ok := c.l1.lookup(key); ok && c.servable(e) && (e.checkAt == 0 || c.clock.now() < e.fresh) {
 		return flightResult[V]{e: e, tier: "l1"}
@@ -386,6 +390,9 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 	if c.l2 != nil {
 		b, err := c.l2.get(ctx, c.l2Key(key))
 		switch {
+		case errors.Is(err, errL2WrongType):
+			// Garbage of another type: a miss, which the lease replaces.
+			c.counters.l2Misses.Add(1)
 		case err == nil:
 			e, ttl, state := c.decodeL2(ctx, key, b)
 			if state == l2Junk {
@@ -441,7 +448,9 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 		if len(o.tags) > 0 {
 			// The key joins its tags before its lease is taken, so that an
 			// InvalidateTags during the load finds it and deletes the lease.
-			l2err = c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, o.tags, o.ttl+c.cfg.LeaseTTL)
+			l2err = c.l2.call(ctx, func(ctx context.Context) error {
+				return c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, o.tags, o.ttl+c.cfg.LeaseTTL)
+			})
 		}
 		if l2err == nil {
 			var e *entry[V]
@@ -533,6 +542,9 @@ func (c *Cache[V]) install(key string, e *entry[V], ttl time.Duration, t ticket,
 		c.counters.fenced.Add(1)
 		return
 	}
+	if len(t.tags) > 0 {
+		e.tags = &t.tags
+	}
 	if wait {
 		c.l1.set(key, e, ttl)
 	} else {
@@ -548,15 +560,17 @@ func (c *Cache[V]) install(key string, e *entry[V], ttl time.Duration, t ticket,
 // removed from L2 again: a tagged value that its tags do not list would
 // escape InvalidateTags.
 func (c *Cache[V]) tagWritten(ctx context.Context, key string, tags []string, ttl time.Duration) error {
-	err := c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, tags, ttl)
-	if err != nil {
-		c.l2Failed(ctx, "tag", key, err)
-		if derr := c.l2.del(ctx, c.l2Key(key)); derr != nil {
-			c.l2Failed(ctx, "delete", key, derr)
-		}
-		return fmt.Errorf("tiered: tag %q: %w", key, err)
+	err := c.l2.call(ctx, func(ctx context.Context) error { return c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, tags, ttl) })
+	if err == nil {
+		return nil
 	}
-	return nil
+	c.l2Failed(ctx, "tag", key, err)
+	wctx, cancel := c.writeContext(ctx)
+	defer cancel()
+	if derr := c.change(wctx, func(ctx context.Context) error { return c.l2.must(ctx, c.delOp(key)) }, []string{key}, nil, nil); derr != nil {
+		c.l2Failed(ctx, "delete", key, derr)
+	}
+	return fmt.Errorf("tiered: tag %q: %w", key, err)
 }
 
 // runLoad calls load for key (see guardLoad).
@@ -624,9 +638,16 @@ func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V
 		c.decodeFailed(ctx, key, err)
 		return nil, 0, l2Junk
 	}
-	ttl, live := env.remaining(time.Unix(0, c.clock.now()))
+	now := time.Unix(0, c.clock.now())
+	ttl, live := env.remaining(now)
 	switch {
 	case !live:
+		return nil, 0, l2Junk
+	case env.lease && (env.expiry == 0 || ttl > c.cfg.LeaseTTL+leaseSkew):
+		// A lease that never ends, or ends later than any lease of ours
+		// can: garbage (or a clock far off), which a miss must not wait
+		// on. It is replaced like junk.
+		c.decodeFailed(ctx, key, errBadLease)
 		return nil, 0, l2Junk
 	case env.lease:
 		return nil, 0, l2Lease
@@ -704,7 +725,8 @@ func (w *pollWait) next(ctx context.Context) bool {
 	return true
 }
 
-// writeL2 stores the envelope b for ttl; without an L2 it does nothing.
+// writeL2 stores the filled envelope b for ttl; without an L2 it does
+// nothing.
 func (c *Cache[V]) writeL2(ctx context.Context, key string, b []byte, ttl time.Duration) error {
 	if c.l2 == nil {
 		return nil
@@ -759,9 +781,12 @@ func (c *Cache[V]) marshal(key string, v V) ([]byte, error) {
 // returns (see docs/consistency.md). A load of key in flight anywhere when
 // Set writes loses its lease and does not overwrite v.
 //
-// A failed L2 write is counted and logged and, in the default fail-open
-// mode, Set still stores v in this process's L1 and returns nil; in strict
-// mode it removes the key from L1 and returns the error.
+// Set finishes its L2 write and its invalidation even if ctx is done,
+// retrying them for up to Config.WriteTimeout. If it cannot, it still
+// stores v in this process's L1, keeps the invalidation in its outbox to
+// make when Redis answers, and returns an error for which
+// errors.Is(err, ErrL2Unavailable) holds: other processes may serve the old
+// value until then (see docs/consistency.md).
 func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (err error) {
 	if err := c.checkKey(key); err != nil {
 		return err
@@ -775,30 +800,48 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 	}
 	ctx, span := c.tracer.Start(ctx, "tiered.Set", trace.WithAttributes(attribute.String("tiercache.namespace", c.cfg.Namespace)))
 	defer endSpan(span, &err)
+	wctx, cancel := c.writeContext(ctx)
+	defer cancel()
 
+	t := c.fence.ticket(key, o.tags) // for its tags: an InvalidateTags during Set ends the L1 copy
 	e := &entry[V]{v: v, filled: time.Now().UnixNano()}
 	b, ttl, err := c.encode(key, e, c.jitter(o.ttl), o)
 	if err != nil {
 		return err // bad input: nothing was written anywhere
 	}
-	l2err := c.writeL2(ctx, key, b, ttl)
-	if l2err == nil && len(o.tags) > 0 && c.l2 != nil {
-		// After the value: see InvalidateTags.
-		l2err = c.tagWritten(ctx, key, o.tags, ttl)
+	var l2err error
+	if c.l2 != nil {
+		l2key := c.l2Key(key)
+		l2err = c.change(wctx, func(ctx context.Context) error {
+			if err := c.l2.must(ctx, func(ctx context.Context) error { return c.l2.put(ctx, l2key, b, ttl) }); err != nil {
+				return fmt.Errorf("set: %w", err)
+			}
+			if len(o.tags) > 0 && c.l2.rdb != nil {
+				// After the value: see InvalidateTags.
+				return c.l2.must(ctx, func(ctx context.Context) error { return c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, o.tags, ttl) })
+			}
+			return nil
+		}, []string{key}, nil, nil)
+		if l2err != nil {
+			c.l2Failed(ctx, "set", key, l2err)
+			l2err = fmt.Errorf("tiered: set %q: %w", key, l2err)
+		}
 	}
 	// The fence moves after the L2 write: a fill that read L2 before it
 	// holds an older ticket and will not install over v.
 	c.fence.invalidate(key)
-	if l2err != nil && c.cfg.Strict {
-		c.l1.del(key)
-		return errors.Join(l2err, c.publish(ctx, key))
+	if len(t.tags) > 0 {
+		e.tags = &t.tags
 	}
 	c.l1.set(key, e, c.l1TTL(ttl))
-	return c.strict(errors.Join(l2err, c.publish(ctx, key)))
+	return errors.Join(l2err, c.announce(wctx, l2err == nil, []string{key}, nil))
 }
 
-// Delete removes keys from L2 and then from L1. All keys are checked before
-// anything is removed. L2 failures are handled as in Set.
+// Delete removes keys from L2 and then from L1, and invalidates them in
+// every other process's L1 before it returns. All keys are checked before
+// anything is removed. L2 failures are handled as in Set: the keys leave
+// this process's L1 whatever happens, and what Redis did not get is kept in
+// the outbox.
 func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
 	for _, k := range keys {
 		if err := c.checkKey(k); err != nil {
@@ -811,24 +854,31 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
 	ctx, span := c.tracer.Start(ctx, "tiered.Delete", trace.WithAttributes(
 		attribute.String("tiercache.namespace", c.cfg.Namespace), attribute.Int("tiercache.keys", len(keys))))
 	defer endSpan(span, &err)
+	wctx, cancel := c.writeContext(ctx)
+	defer cancel()
 
-	var errs []error
-	for _, k := range keys {
-		// One DEL per key: a multi-key DEL fails on Redis Cluster when the
-		// keys hash to different slots. The DEL also removes a lease, so a
-		// load in flight cannot write its older value back.
-		if c.l2 != nil {
-			if err := c.l2.del(ctx, c.l2Key(k)); err != nil {
-				c.l2Failed(ctx, "delete", k, err)
-				errs = append(errs, fmt.Errorf("tiered: L2 delete %q: %w", k, err))
-			}
+	var l2err error
+	if c.l2 != nil && len(keys) > 0 {
+		// The DEL also removes a lease, so a load in flight cannot write
+		// its older value back.
+		l2keys := c.l2Keys(keys)
+		l2err = c.change(wctx, func(ctx context.Context) error {
+			return c.l2.must(ctx, func(ctx context.Context) error { return c.l2.delMany(ctx, l2keys) })
+		}, keys, nil, nil)
+		if l2err != nil {
+			c.l2Failed(ctx, "delete", keys[0], l2err)
+			l2err = fmt.Errorf("tiered: delete %d keys: %w", len(keys), l2err)
 		}
-		// L1 goes last, and the fence with it: a fill that read the L2
-		// entry before the DEL cannot install it afterwards.
-		c.invalidateLocal(k)
 	}
-	errs = append(errs, c.publish(ctx, keys...))
-	return c.strict(errors.Join(errs...))
+	// L1 goes last, and the fence with it: a fill that read the L2 entry
+	// before the DEL cannot install it afterwards.
+	c.invalidateLocal(keys...)
+	return errors.Join(l2err, c.announce(wctx, l2err == nil, keys, nil))
+}
+
+// delOp is the L2 deletion of key, for must.
+func (c *Cache[V]) delOp(key string) func(ctx context.Context) error {
+	return func(ctx context.Context) error { return c.l2.delMany(ctx, []string{c.l2Key(key)}) }
 }
 
 // invalidateLocal removes keys from this process's L1 and fences the fills
@@ -844,22 +894,44 @@ func (c *Cache[V]) invalidateLocal(keys ...string) {
 // slice.
 func (c *Cache[V]) invalidateLocalKeys(keys []string) { c.invalidateLocal(keys...) }
 
+// invalidateLocalTags ends this process's L1 copies that carry any of tags
+// (see fence) and fences the fills in flight that are to carry them.
+func (c *Cache[V]) invalidateLocalTags(tags []string) {
+	for _, t := range tags {
+		c.fence.invalidateTag(t)
+	}
+}
+
 // flush empties this process's L1 and fences every fill in flight.
-func (c *Cache[V]) flush(reason string) {
+func (c *Cache[V]) flush(string) {
 	c.fence.invalidateAll()
 	c.l1.clear()
 	c.counters.flushes.Add(1)
 }
 
-// publish sends keys to the other processes' L1s, if there is a bus. A
-// failure is counted and logged by the bus; the other processes notice the
-// missing message at this process's next heartbeat and flush.
-func (c *Cache[V]) publish(ctx context.Context, keys ...string) error {
-	if c.bus == nil || len(keys) == 0 {
+// announce sends keys and tags to the other processes' L1s, if there is a
+// bus, retried within ctx when again is set (the write's L2 change went
+// through, so Redis answers). An error wraps ErrL2Unavailable: the others
+// then notice the missing message at this process's next heartbeat that
+// reaches Redis, and flush.
+func (c *Cache[V]) announce(ctx context.Context, again bool, keys, tags []string) error {
+	if c.bus == nil || len(keys)+len(tags) == 0 {
 		return nil
 	}
-	if err := c.bus.Publish(ctx, keys...); err != nil {
-		return fmt.Errorf("tiered: invalidation: %w", err)
+	send := func(ctx context.Context) error {
+		if err := c.bus.Publish(ctx, keys...); err != nil {
+			return err
+		}
+		return c.bus.PublishTags(ctx, tags...)
+	}
+	var err error
+	if again {
+		err = c.retry(ctx, send)
+	} else {
+		err = send(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("tiered: invalidation: %w: %w", ErrL2Unavailable, err)
 	}
 	return nil
 }
@@ -872,6 +944,9 @@ func (c *Cache[V]) Close() error {
 		c.bgMu.Lock()
 		c.closed.Store(true)
 		c.bgMu.Unlock()
+		if c.l2 != nil {
+			err = c.closeOutbox() // before the bus closes: a replay publishes
+		}
 		c.closeAll() // loads and polls in flight end with their contexts
 		if c.bus != nil {
 			_ = c.bus.Close() // first: its flushes must not meet a closed L1
@@ -882,7 +957,7 @@ func (c *Cache[V]) Close() error {
 		}
 		c.l1.close()
 		c.clock.close()
-		err = c.metrics.reg.Unregister()
+		err = errors.Join(err, c.metrics.reg.Unregister())
 	})
 	return err
 }
@@ -899,6 +974,8 @@ func (c *Cache[V]) Stats() Stats {
 		Refreshes:  c.counters.refreshes.Load(), StaleServed: c.counters.staleServed.Load(), StaleOnError: c.counters.staleOnError.Load(),
 		FencedFills: c.counters.fenced.Load(), LeasesLost: c.counters.leaseLost.Load(),
 		StaleSkips: c.counters.staleSkips.Load(), Flushes: c.counters.flushes.Load(),
+		FailedWrites: c.counters.failedWrites.Load(), WriteRetries: c.counters.writeRetries.Load(),
+		OutboxHeld: c.outbox.held.Load(), OutboxDropped: c.outbox.dropped.Load(), OutboxReplays: c.outbox.replays.Load(),
 		Breaker: "none",
 	}
 	if c.bus != nil {
@@ -931,6 +1008,14 @@ func (c *Cache[V]) checkKey(key string) error {
 func (c *Cache[V]) isClosed() bool { return c.closed.Load() }
 
 func (c *Cache[V]) l2Key(key string) string { return c.cfg.Namespace + ":" + key }
+
+func (c *Cache[V]) l2Keys(keys []string) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = c.l2Key(k)
+	}
+	return out
+}
 
 // l1TTL bounds an L1 copy by the L1 TTL and by what is left of its L2 entry
 // (0: the L2 entry does not expire).

@@ -50,6 +50,10 @@ import (
 // is not made pending again. It returns 1 if it wrote, 0 if not. The ID
 // is read from the envelope's write ID extension (see envelope.go).
 var wbPut = redis.NewScript(`
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'string' and t ~= 'none' then
+  redis.call('DEL', KEYS[1])
+end
 local cur = redis.call('GET', KEYS[1])
 if cur and #cur >= 32 and string.byte(cur, 1) == 199 and bit.band(string.byte(cur, 4), 16) ~= 0 then
   local ms, seq = struct.unpack('>I8>I8', cur, 17)
@@ -80,6 +84,10 @@ var wbAck = redis.NewScript(`
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
 redis.call('XACK', KEYS[1], ARGV[2], unpack(ARGV, 3))
 return redis.call('XDEL', KEYS[1], unpack(ARGV, 3))`)
+
+// ErrNotQueued reports a WriteBehind.Set that Redis did not acknowledge:
+// the write is not queued for the source, and the cache is unchanged.
+var ErrNotQueued = errors.New("tiered: write-behind write not queued")
 
 // errLockLost reports a shard whose lock another process holds now.
 var errLockLost = errors.New("tiered: write-behind shard lock lost")
@@ -312,12 +320,15 @@ func (cfg WriteBehindConfig[V]) withDefaults() (WriteBehindConfig[V], error) {
 // tag purge would drop the pending value, and readers would load the
 // source's older one).
 //
-// An error means the write was not acknowledged and the cache is
-// unchanged; as with any database call, a timeout may hide an append that
-// Redis did make, which is then flushed. Once the write is in the stream,
-// Set returns nil: a failure to update L2 or to invalidate the other
-// processes after that is counted and logged; the flush then writes v to
-// L2.
+// Its Redis steps run to the end even if ctx is done, retried for up to
+// Config.WriteTimeout. A nil error means all of the above happened. An
+// error for which errors.Is(err, ErrNotQueued) holds means the write was
+// not acknowledged and the cache is unchanged (as with any database call,
+// a timeout may hide an append that Redis did make, which is then
+// flushed). Any other error means the write is acknowledged and will reach
+// the source, but L2 or the other processes' L1s could not be updated:
+// they may serve the older value until Redis answers again, when this
+// process's outbox puts v into L2. Both wrap ErrL2Unavailable.
 func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Option) (err error) {
 	c := w.c
 	if err := c.checkKey(key); err != nil {
@@ -342,17 +353,24 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	}
 	ttl := c.jitter(o.ttl)
 	keep := ttl + max(o.staleTTL, o.maxStale)
+	wctx, cancel := c.writeContext(ctx)
+	defer cancel()
 	var sid string
-	err = c.l2.call(ctx, func(ctx context.Context) error {
-		sid, err = w.rdb.XAdd(ctx, &redis.XAddArgs{
-			Stream: w.streamKey(w.shard(key)),
-			Values: []any{"k", key, "v", payload, "ttl", ttl.Milliseconds(), "keep", keep.Milliseconds()},
-		}).Result()
-		return err
+	// Retried like a write's other steps: a retry after a lost reply
+	// appends the same value twice, which the flush applies once.
+	err = c.retry(wctx, func(ctx context.Context) error {
+		return c.l2.must(ctx, func(ctx context.Context) (err error) {
+			sid, err = w.rdb.XAdd(ctx, &redis.XAddArgs{
+				Stream: w.streamKey(w.shard(key)),
+				Values: []any{"k", key, "v", payload, "ttl", ttl.Milliseconds(), "keep", keep.Milliseconds()},
+			}).Result()
+			return err
+		})
 	})
 	if err != nil {
 		c.l2Failed(ctx, "write-behind append", key, err)
-		return fmt.Errorf("tiered: write-behind append %q: %w", key, err)
+		c.counters.failedWrites.Add(1)
+		return fmt.Errorf("%w: %q: %w: %w", ErrNotQueued, key, ErrL2Unavailable, err)
 	}
 	w.stats.appended.Add(1)
 	id, err := parseEntryID(sid)
@@ -361,24 +379,31 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 		return nil // acknowledged; Redis made the ID, so this cannot be, but the flush settles L2 anyway
 	}
 	b := appendWriteEnvelope(make([]byte, 0, headerSize+writeIDExt+len(payload)), c.cfg.Codec.ID(), id, time.Time{}, time.Time{}, payload)
-	var wrote bool
-	l2err := c.l2.call(ctx, func(ctx context.Context) error {
-		n, err := wbPut.Run(ctx, w.rdb, []string{c.l2Key(key)}, b, id.ms, id.seq, 0, "put").Int()
-		wrote = n == 1
-		return err
-	})
+	wrote := true
+	l2key := c.l2Key(key)
+	l2err := c.change(wctx, func(ctx context.Context) error {
+		return c.l2.must(ctx, func(ctx context.Context) error {
+			n, err := wbPut.Run(ctx, w.rdb, []string{l2key}, b, id.ms, id.seq, 0, "put").Int()
+			wrote = n == 1
+			return err
+		})
+	}, nil, nil, map[string]heldPut{key: {b: b, id: id}})
 	c.fence.invalidate(key)
-	if l2err != nil || !wrote {
-		// L2 holds an older value (failure) or a newer one (a concurrent
-		// Set): this process must read it, not v.
+	if l2err == nil && !wrote {
+		// L2 holds a newer write (a concurrent Set), or this one already
+		// (a retry after a lost reply): this process must read it there.
 		c.l1.del(key)
 	} else {
+		// On a failure too: v is the newest write this process knows of,
+		// and the outbox puts it into L2 once Redis answers.
 		c.l1.set(key, &entry[V]{v: v, filled: time.Now().UnixNano(), cost: entryCost(key, len(b))}, c.l1TTL(0))
 	}
 	if l2err != nil {
 		c.l2Failed(ctx, "write-behind set", key, l2err)
 	}
-	_ = c.publish(ctx, key) // the bus counts and logs its failures
+	if err := errors.Join(l2err, c.announce(wctx, l2err == nil, []string{key}, nil)); err != nil {
+		return fmt.Errorf("tiered: write-behind %q acknowledged (the source will get it), but other processes may read the older value until Redis answers: %w", key, err)
+	}
 	return nil
 }
 
@@ -937,7 +962,7 @@ func (w *WriteBehind[V]) deadLetter(ctx context.Context, shard int, it *wbItem[V
 		}
 		if n == 1 && !c.isClosed() {
 			c.invalidateLocal(m.key)
-			_ = c.publish(rctx, m.key)
+			_ = c.announce(rctx, true, []string{m.key}, nil)
 		}
 	}
 	ids := make([]string, 0, len(it.msgs))
