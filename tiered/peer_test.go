@@ -42,8 +42,14 @@ type peerConfig struct {
 	// <unix ns>" for every key either delivers.
 	Bus bool
 	// WriteBehind makes the peer a write-behind process (see
-	// runWriteBehindPeer): "write" or "drain".
+	// runWriteBehindPeer): "write" or "drain"; "flush" makes it a flusher
+	// and nothing else (see runFlusherPeer).
 	WriteBehind string
+	// URL, if set, is the cache's Redis, through tiered.NewRedisClient
+	// (the library's client options); DBAddr, if set, is where the
+	// "database" lives, if not in the cache's Redis.
+	URL    string
+	DBAddr string
 }
 
 // dbKey is where the "database" of the multi-process tests keeps key's
@@ -60,6 +66,10 @@ func runPeer() {
 	rdb := redis.NewClient(&redis.Options{Addr: pc.Addr, ContextTimeoutEnabled: true, ClientName: "peer"})
 	if pc.Bus {
 		runBusPeer(rdb, pc)
+		return
+	}
+	if pc.WriteBehind == "flush" {
+		runFlusherPeer(pc)
 		return
 	}
 	if pc.WriteBehind != "" {
@@ -280,9 +290,14 @@ func startPeer(t testing.TB, pc peerConfig) *peer {
 		t.Fatal(err)
 	}
 	p := &peer{t: t, cmd: cmd, in: in, wait: make(map[string]chan string)}
-	if pc.Bus {
+	if pc.Bus || pc.WriteBehind == "flush" {
 		// Registered before the peer can print them.
 		p.wait["ready"] = make(chan string, 1)
+	}
+	if pc.WriteBehind == "flush" {
+		p.wait["stats"] = make(chan string, 1<<12)
+	}
+	if pc.Bus {
 		p.wait["applied"] = make(chan string, 1<<16)
 	}
 	for _, w := range []string{"acked", "drained"} {

@@ -184,6 +184,7 @@ type WriteBehind[V any] struct {
 	calls, okStart atomic.Int64
 	stats          struct {
 		appended, flushed, retried, dead, failures atomic.Int64
+		reread                                     atomic.Int64
 		queue, lagMs                               atomic.Int64
 	}
 	reg      metric.Registration
@@ -409,9 +410,10 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 
 // Close stops accepting writes and lets this process's flushers empty
 // their shards until ctx ends; what is left stays in the streams for
-// another process (or the next start) to flush. It returns ctx's error if
-// writes held by this process were left unflushed. Close the WriteBehind
-// before its Cache.
+// another process (or the next start) to flush. It returns an error if
+// writes this process was handed are left unflushed (ctx ended, or Redis
+// or the source failed): they are flushed by the next owner of their
+// shard, within LockTTL. Close the WriteBehind before its Cache.
 func (w *WriteBehind[V]) Close(ctx context.Context) error {
 	if !w.closed.CompareAndSwap(false, true) {
 		return nil
@@ -425,10 +427,56 @@ func (w *WriteBehind[V]) Close(ctx context.Context) error {
 	case <-ctx.Done():
 		w.cancel()
 		<-done
-		err = fmt.Errorf("tiered: write-behind closed before flushing everything; the rest stays queued for another process: %w", ctx.Err())
+		err = fmt.Errorf("tiered: write-behind closed before flushing everything: %w", ctx.Err())
 	}
 	w.cancel()
+	if !w.cfg.NoFlusher {
+		if n, perr := w.leftPending(); perr != nil {
+			err = errors.Join(err, fmt.Errorf("%w: could not count what is left: %w", ErrNotFlushed, perr))
+		} else if n > 0 {
+			err = errors.Join(err, fmt.Errorf("%w: %d left on this process; the next owner of their shards flushes them", ErrNotFlushed, n))
+		}
+	}
 	return errors.Join(err, w.reg.Unregister())
+}
+
+// ErrNotFlushed reports writes that a closing WriteBehind leaves in the
+// streams for another process to flush.
+var ErrNotFlushed = errors.New("tiered: write-behind writes not flushed")
+
+// leftPending counts the writes handed to this process's consumer and not
+// acknowledged, over every shard.
+func (w *WriteBehind[V]) leftPending() (int64, error) {
+	ctx, cancel := w.bound(context.Background())
+	defer cancel()
+	cmds := make([]*redis.XInfoConsumersCmd, w.cfg.Shards)
+	// Each command's error is judged below: a shard never written has no
+	// stream (or no group), which is no failure.
+	_, _ = w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for s := range cmds {
+			cmds[s] = p.XInfoConsumers(ctx, w.streamKey(s), w.group)
+		}
+		return nil
+	})
+	var n int64
+	var errs []error
+	for _, cmd := range cmds {
+		cs, err := cmd.Result()
+		switch {
+		case err != nil && (strings.HasPrefix(err.Error(), "ERR no such key") || strings.HasPrefix(err.Error(), "NOGROUP")):
+		case err != nil:
+			errs = append(errs, err)
+		}
+		for _, c := range cs {
+			if c.Name == w.cfg.Consumer {
+				n += c.Pending
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return n, fmt.Errorf("count pending writes: %w", errors.Join(errs...))
+	}
+	return n, nil
 }
 
 // WriteBehindStats is a snapshot of a WriteBehind's counters.
@@ -437,8 +485,10 @@ type WriteBehindStats struct {
 	// counts writes its flushers applied to the source (superseded writes
 	// of a key included), Retried those they wrote again after a failure,
 	// DeadLettered those they moved to the dead-letter stream, and
-	// FlushErrors the failed Flush calls.
-	Appended, Flushed, Retried, DeadLettered, FlushErrors int64
+	// FlushErrors the failed Flush calls. Reread counts writes its
+	// flushers found pending on them that a read whose reply was lost had
+	// handed over.
+	Appended, Flushed, Retried, DeadLettered, FlushErrors, Reread int64
 	// QueueLength is how many writes wait in the streams, cluster-wide,
 	// and Lag how long the oldest of them has waited: sampled by every
 	// process about every PollInterval × 20 (at most a second).
@@ -452,7 +502,7 @@ type WriteBehindStats struct {
 func (w *WriteBehind[V]) Stats() WriteBehindStats {
 	s := WriteBehindStats{
 		Appended: w.stats.appended.Load(), Flushed: w.stats.flushed.Load(), Retried: w.stats.retried.Load(),
-		DeadLettered: w.stats.dead.Load(), FlushErrors: w.stats.failures.Load(),
+		DeadLettered: w.stats.dead.Load(), FlushErrors: w.stats.failures.Load(), Reread: w.stats.reread.Load(),
 		QueueLength: w.stats.queue.Load(), Lag: time.Duration(w.stats.lagMs.Load()) * time.Millisecond,
 	}
 	for i := range w.owned {
@@ -626,13 +676,16 @@ func (w *WriteBehind[V]) work(shard int) {
 		}
 		newest := uint64(0)
 		if room := w.cfg.BatchSize - len(held); room > 0 {
-			more, err := w.read(ctx, shard, room)
+			more, err := w.read(ctx, shard, room, held)
 			if err != nil {
 				w.logFails.Do(func() { log.WarnContext(ctx, "tiercache: write-behind read failed", "err", err) })
 			}
-			held = append(held, more...)
+			for _, m := range more {
+				newest = max(newest, m.id.ms)
+			}
 			if len(more) > 0 {
-				newest = more[len(more)-1].id.ms
+				held = append(held, more...)
+				sortMsgs(held) // writes a lost reply handed over may be older than some held
 			}
 		}
 		if len(held) == 0 {
@@ -700,25 +753,55 @@ func (w *WriteBehind[V]) takeOver(ctx context.Context, shard int) ([]*wbMsg, err
 	return held, nil
 }
 
-// read returns up to n writes not yet handed to any consumer.
-func (w *WriteBehind[V]) read(ctx context.Context, shard, n int) ([]*wbMsg, error) {
+// read returns up to n writes for this flusher that it does not hold yet:
+// first those pending on it that held lacks, then new ones.
+//
+// A read whose reply is lost (a timeout after Redis ran it, or one that
+// go-redis retried, which succeeds with later entries) has still handed
+// its entries to this consumer: they wait in its pending list, and reading
+// only new ones would flush later writes of their keys before them. So
+// every read also reads the pending list from the start ("0"), in the same
+// round trip, and takes the new entries only if that list ended within
+// what it read: anything it did not reach is older than them.
+func (w *WriteBehind[V]) read(ctx context.Context, shard, n int, held []*wbMsg) ([]*wbMsg, error) {
 	rctx, cancel := w.bound(ctx)
 	defer cancel()
-	streams, err := w.rdb.XReadGroup(rctx, &redis.XReadGroupArgs{
-		Group: w.group, Consumer: w.cfg.Consumer, Streams: []string{w.streamKey(shard), ">"},
-		Count: int64(n), Block: -1,
-	}).Result()
+	stream := w.streamKey(shard)
+	span := int64(len(held) + n)
+	var pending, fresh *redis.XStreamSliceCmd
+	_, err := w.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
+		pending = p.XReadGroup(rctx, &redis.XReadGroupArgs{Group: w.group, Consumer: w.cfg.Consumer, Streams: []string{stream, "0"}, Count: span, Block: -1})
+		fresh = p.XReadGroup(rctx, &redis.XReadGroupArgs{Group: w.group, Consumer: w.cfg.Consumer, Streams: []string{stream, ">"}, Count: int64(n), Block: -1})
+		return nil
+	})
 	switch {
-	case errors.Is(err, redis.Nil):
-		return nil, nil
 	case err != nil && strings.HasPrefix(err.Error(), "NOGROUP"):
 		// The stream was deleted under us: recreate the group.
-		return nil, w.rdb.XGroupCreateMkStream(ctx, w.streamKey(shard), w.group, "0").Err()
-	case err != nil:
+		return nil, w.rdb.XGroupCreateMkStream(ctx, stream, w.group, "0").Err()
+	case err != nil && !errors.Is(err, redis.Nil):
 		return nil, err
 	}
+	have := make(map[string]bool, len(held))
+	for _, m := range held {
+		have[m.sid] = true
+	}
 	var out []*wbMsg
-	for _, s := range streams {
+	var listed int64
+	for _, s := range pending.Val() {
+		for _, m := range s.Messages {
+			listed++
+			if !have[m.ID] {
+				w.stats.reread.Add(1)
+				out = append(out, parseWBMsg(m))
+			}
+		}
+	}
+	if listed == span {
+		// The pending list may go on past what we read; the new entries
+		// are pending now too, and come back in order through "0".
+		return out, nil
+	}
+	for _, s := range fresh.Val() {
 		for _, m := range s.Messages {
 			out = append(out, parseWBMsg(m))
 		}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tiercache/tiercache/internal/faultproxy"
 	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/tiered"
 	"go.opentelemetry.io/otel/attribute"
@@ -660,4 +661,187 @@ func runWriteBehindPeer(rdb *redis.Client, pc peerConfig) {
 	b, _ := json.Marshal(acked)
 	fmt.Println("acked " + string(b))
 	select {}
+}
+
+// TestWriteBehindSurvivesKillsAndLostReplies: three flusher processes, one
+// SIGKILLed and replaced every 2 s, read their shards through a proxy that
+// delays the reply to every fourth XREADGROUP past their read timeout
+// (Redis has run it: its entries are handed over, its reply lost or the
+// read retried). This process acknowledges 3,000 writes
+// over 200 keys meanwhile. The source, which records any write applied
+// after a newer one of its key, must end with every key's last
+// acknowledged value, and no older write may ever be applied after a
+// newer one.
+func TestWriteBehindSurvivesKillsAndLostReplies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("20 s of crashes")
+	}
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	p := faultproxy.Start(t, srv.Addr)
+	raw := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { raw.Close() })
+	ns := redistest.Namespace(t)
+	pc := peerConfig{
+		URL: "redis://" + p.Addr() + "?read_timeout=100ms&write_timeout=100ms", DBAddr: srv.Addr,
+		Namespace: ns, WriteBehind: "flush",
+	}
+	start := func() *peer {
+		f := startPeer(t, pc)
+		select {
+		case <-f.lines("ready"):
+		case <-time.After(30 * time.Second):
+			t.Error("flusher did not start")
+		}
+		return f
+	}
+	flushers := []*peer{start(), start(), start()}
+
+	c := newIntCache(t, tiered.Config{Redis: raw, Namespace: ns, L2Timeout: time.Second})
+	w := newWriteBehind(t, c, tiered.WriteBehindConfig[int64]{NoFlusher: true})
+	stop := make(chan struct{})
+	var faults sync.WaitGroup
+	// Every fourth read's reply comes after the flusher's read timeout:
+	// go-redis retries the read, or the flusher's next read comes first.
+	p.DelayReplies([]byte("xreadgroup"), 4, 200*time.Millisecond) // go-redis sends it in lower case
+	var kills int
+	var reread atomic.Int64 // writes the flushers found pending on them after a lost reply
+	faults.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Second):
+			}
+			i := kills % len(flushers)
+			if err := flushers[i].cmd.Process.Kill(); err != nil { // SIGKILL
+				t.Error(err)
+			}
+			reread.Add(flushers[i].rereads())
+			kills++
+			flushers[i] = start()
+		}
+	})
+
+	var mu sync.Mutex
+	acked := make(map[string]int64)
+	var writers sync.WaitGroup
+	for g := range 4 {
+		writers.Go(func() {
+			// Keys ≡ g mod 4: one writer per key, so its values rise.
+			for i := range 750 {
+				key := "k" + strconv.Itoa(g+4*(i%50))
+				v := int64(1 + i*4 + g)
+				if err := w.Set(ctx, key, v); err != nil {
+					t.Errorf("Set(%s): %v", key, err)
+					continue
+				}
+				mu.Lock()
+				acked[key] = v
+				mu.Unlock()
+				time.Sleep(12 * time.Millisecond) // spread the writes over the kills
+			}
+		})
+	}
+	writers.Wait()
+	close(stop)
+	faults.Wait()
+	p.DelayReplies(nil, 0, 0)
+
+	// The flushers alive drain what is left, with no more faults. A write
+	// stuck on a live flusher would never be flushed.
+	queued := func() (n int64) {
+		for s := range 8 {
+			n += raw.XLen(ctx, "{"+ns+"#wb:"+strconv.Itoa(s)+"}").Val()
+		}
+		return n
+	}
+	for deadline := time.Now().Add(30 * time.Second); queued() > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("%d writes still queued 30 s after the last fault", queued())
+			break
+		}
+	}
+	for _, f := range flushers {
+		reread.Add(f.rereads())
+	}
+	t.Logf("3000 writes acknowledged over %d keys; %d flushers killed; %d writes re-read from a flusher's own pending list", len(acked), kills, reread.Load())
+	if v := raw.LRange(ctx, ns+"#reordered", 0, 20).Val(); len(v) > 0 {
+		t.Errorf("%d writes applied after a newer one of their key, e.g. %q", raw.LLen(ctx, ns+"#reordered").Val(), v)
+	}
+	got := raw.HGetAll(ctx, ns+"#source").Val()
+	wrong := 0
+	for k, v := range acked {
+		if got[k] != strconv.FormatInt(v, 10) {
+			if wrong++; wrong <= 5 {
+				t.Errorf("source %s = %q, want its last acknowledged write %d", k, got[k], v)
+			}
+		}
+	}
+	if wrong > 0 || len(got) != len(acked) {
+		t.Errorf("%d of %d keys wrong; the source has %d keys", wrong, len(acked), len(got))
+	}
+}
+
+// applyRising is the source of TestWriteBehindSurvivesKillsAndLostReplies:
+// it sets KEYS[1][ARGV[1]] to ARGV[2], recording in the list KEYS[2] a
+// value lower than the one it replaces (a write applied after a newer one).
+var applyRising = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur and tonumber(cur) > tonumber(ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[1] .. ': ' .. ARGV[2] .. ' after ' .. cur)
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1`)
+
+// runFlusherPeer is a write-behind flusher over pc.URL, applying to the
+// source "<ns>#source" in the Redis at pc.DBAddr, until killed.
+func runFlusherPeer(pc peerConfig) {
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	rdb, err := tiered.NewRedisClient(pc.URL)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peer client:", err)
+		os.Exit(2)
+	}
+	db := redis.NewClient(&redis.Options{Addr: pc.DBAddr})
+	c, err := tiered.New[int64](tiered.Config{Redis: rdb, Namespace: pc.Namespace, Logger: log, DisableInvalidation: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peer New:", err)
+		os.Exit(2)
+	}
+	flush := func(ctx context.Context, ws []tiered.PendingWrite[int64]) error {
+		_, err := db.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, w := range ws {
+				applyRising.Eval(ctx, p, []string{pc.Namespace + "#source", pc.Namespace + "#reordered"}, w.Key, w.Value)
+			}
+			return nil
+		})
+		return err
+	}
+	w, err := tiered.NewWriteBehind(c, tiered.WriteBehindConfig[int64]{Flush: flush, LockTTL: time.Second,
+		FlushTimeout: 300 * time.Millisecond, PollInterval: 5 * time.Millisecond, MaxRetryBackoff: 200 * time.Millisecond})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "peer NewWriteBehind:", err)
+		os.Exit(2)
+	}
+	fmt.Println("ready")
+	for range time.Tick(50 * time.Millisecond) {
+		fmt.Println("stats", w.Stats().Reread)
+	}
+}
+
+// rereads returns the last count of re-read writes a flusher peer printed.
+func (p *peer) rereads() int64 {
+	var n int64
+	for {
+		select {
+		case line, ok := <-p.lines("stats"):
+			if !ok {
+				return n
+			}
+			n, _ = strconv.ParseInt(line, 10, 64)
+		default:
+			return n
+		}
+	}
 }

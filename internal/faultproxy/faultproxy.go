@@ -21,9 +21,11 @@
 package faultproxy
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -45,6 +47,10 @@ type Proxy struct {
 	mu      sync.Mutex // protects the fields below
 	mode    mode
 	delay   time.Duration
+	match   []byte // DelayReplies: requests whose reply to delay
+	every   int
+	matched int
+	late    time.Duration
 	ln      net.Listener // nil while refusing and once closed
 	conns   map[*conn]struct{}
 	changed chan struct{} // closed and replaced when mode changes, waking stalled writers
@@ -118,6 +124,18 @@ func (p *Proxy) Delay(d time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.delay = d
+}
+
+// DelayReplies delays by d the reply to every n-th request (1: each) that
+// contains match, on whichever connection it comes: "XREADGROUP", say, to
+// lose the replies of some reads and not of the commands around them. A
+// request is one chunk read from the client, and its reply the next chunk
+// from the server, which holds for a client that waits for each reply
+// (a pipeline is one request). A nil match ends it.
+func (p *Proxy) DelayReplies(match []byte, n int, d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.match, p.every, p.matched, p.late = bytes.Clone(match), max(n, 1), 0, d
 }
 
 // Cut closes every open connection, both sides, at once. The proxy keeps
@@ -234,18 +252,33 @@ func (p *Proxy) serve(ln net.Listener, client net.Conn) {
 	// up is delivered in order, after the replies before it.
 	p.wg.Go(func() { c.read(client, &c.up, false); c.close() })
 	p.wg.Go(func() { c.write(server, &c.up) })
-	p.wg.Go(func() { c.read(server, &c.down, true); c.down.push(chunk{at: p.deadline()}) })
+	p.wg.Go(func() { c.read(server, &c.down, true); c.down.push(chunk{at: c.deadline()}) })
 	p.wg.Go(func() { c.write(client, &c.down) })
 }
 
-// deadline returns when a reply read now is to be delivered.
-func (p *Proxy) deadline() time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.delay <= 0 {
+// deadline returns when a reply read now on c is to be delivered.
+func (c *conn) deadline() time.Time {
+	d := time.Duration(c.late.Swap(0))
+	c.p.mu.Lock()
+	d = max(d, c.p.delay)
+	c.p.mu.Unlock()
+	if d <= 0 {
 		return time.Time{}
 	}
-	return time.Now().Add(p.delay)
+	return time.Now().Add(d)
+}
+
+// request notes a request read from the client, which DelayReplies may
+// pick for a late reply.
+func (c *conn) request(b []byte) {
+	c.p.mu.Lock()
+	defer c.p.mu.Unlock()
+	if c.p.match == nil || !bytes.Contains(b, c.p.match) {
+		return
+	}
+	if c.p.matched++; c.p.matched%c.p.every == 0 {
+		c.late.Store(int64(c.p.late))
+	}
 }
 
 // conn is one proxied connection: a client and the server dialed for it.
@@ -255,6 +288,7 @@ type conn struct {
 	done   chan struct{} // closed when the connection is
 	up     queue         // client to server
 	down   queue         // server to client
+	late   atomic.Int64  // the delay of the next reply, from DelayReplies
 
 	// Guarded by p.mu.
 	server net.Conn // nil until dialed
@@ -289,7 +323,9 @@ func (c *conn) read(r net.Conn, q *queue, delayed bool) {
 		if n > 0 {
 			ch := chunk{b: append([]byte(nil), buf[:n]...)}
 			if delayed {
-				ch.at = c.p.deadline()
+				ch.at = c.deadline()
+			} else {
+				c.request(ch.b)
 			}
 			q.push(ch)
 		}

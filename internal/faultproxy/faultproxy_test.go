@@ -341,6 +341,37 @@ func TestDelay(t *testing.T) {
 	}
 }
 
+// TestDelayReplies: only the reply to every second request that matches
+// is late.
+func TestDelayReplies(t *testing.T) {
+	p := Start(t, startTarget(t, true).addr)
+	c := dial(t, p.Addr())
+	const d = 500 * time.Millisecond
+	p.DelayReplies([]byte("slow"), 2, d)
+	for _, tt := range []struct {
+		msg  string
+		late bool
+	}{{"slow1", false}, {"fast1", false}, {"slow2", true}, {"fast2", false}, {"slow3", false}, {"slow4", true}} {
+		start := time.Now()
+		write(t, c, []byte(tt.msg))
+		if got := string(read(t, c, len(tt.msg))); got != tt.msg {
+			t.Fatalf("read %q, want %q", got, tt.msg)
+		}
+		// Only a lower bound for the late ones; the others must not be
+		// held d, which a loaded machine cannot add by itself.
+		if took := time.Since(start); tt.late != (took >= d) {
+			t.Errorf("%s took %v; late %v, want late %v", tt.msg, took, took >= d, tt.late)
+		}
+	}
+	p.DelayReplies(nil, 0, 0)
+	start := time.Now()
+	write(t, c, []byte("slow5"))
+	read(t, c, 5)
+	if took := time.Since(start); took >= d {
+		t.Errorf("after DelayReplies(nil): took %v", took)
+	}
+}
+
 func TestDelayLeavesRequests(t *testing.T) {
 	tg := startTarget(t, true)
 	p := Start(t, tg.addr)
