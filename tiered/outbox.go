@@ -197,7 +197,6 @@ var errRedisDown = errors.New("Redis is down: the last replay of the outbox fail
 func (c *Cache[V]) change(ctx context.Context, op func(ctx context.Context) error, keys, tags []string, puts map[string]heldPut) error {
 	var err error
 	if c.outbox.held.Load() > 0 && c.outbox.down.Load() {
-		c.outbox.wake()
 		err = errRedisDown
 	} else {
 		err = c.retry(ctx, op)

@@ -59,7 +59,8 @@ func dbKey(ns, key string) string { return "db:" + ns + ":" + key }
 // runPeer is the peer process's main.
 func runPeer() {
 	var pc peerConfig
-	if err := json.Unmarshal([]byte(os.Getenv(peerEnv)), &pc); err != nil {
+	var err error
+	if err = json.Unmarshal([]byte(os.Getenv(peerEnv)), &pc); err != nil {
 		fmt.Fprintln(os.Stderr, "peer config:", err)
 		os.Exit(2)
 	}
@@ -76,9 +77,24 @@ func runPeer() {
 		runWriteBehindPeer(rdb, pc)
 		return
 	}
+	var cache redis.UniversalClient = rdb
+	db := rdb
+	if pc.URL != "" {
+		if cache, err = tiered.NewRedisClient(pc.URL); err != nil {
+			fmt.Fprintln(os.Stderr, "peer client:", err)
+			os.Exit(2)
+		}
+	}
+	if pc.DBAddr != "" {
+		db = redis.NewClient(&redis.Options{Addr: pc.DBAddr, ContextTimeoutEnabled: true, ClientName: "peer-db"})
+	}
+	logLevel := slog.LevelWarn
+	if pc.URL != "" {
+		logLevel = slog.LevelError // a fault test: the warnings are the faults
+	}
 	c, err := tiered.New[int64](tiered.Config{
-		Redis: rdb, Namespace: pc.Namespace, StalenessBound: pc.Bound, LeaseTTL: pc.LeaseTTL,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Redis: cache, Namespace: pc.Namespace, StalenessBound: pc.Bound, LeaseTTL: pc.LeaseTTL,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: logLevel})),
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "peer New:", err)
@@ -87,7 +103,7 @@ func runPeer() {
 	if pc.NoFence {
 		tiered.DisableFences(c)
 	}
-	p := &peerProc{c: c, rdb: rdb, ns: pc.Namespace, out: bufio.NewWriter(os.Stdout), release: make(chan struct{})}
+	p := &peerProc{c: c, rdb: db, ns: pc.Namespace, out: bufio.NewWriter(os.Stdout), release: make(chan struct{})}
 	in := bufio.NewScanner(os.Stdin)
 	var wg sync.WaitGroup
 	for in.Scan() {
@@ -223,8 +239,8 @@ func (p *peerProc) run(id, op string, args []string) {
 	case "stats":
 		b, _ := json.Marshal(p.c.Stats())
 		p.reply(id, string(b))
-	case "readloop": // file nkeys: random GetOrLoads until "stopread", one "key start version" line each to file
-		p.readLoop(id, arg(0), arg(1))
+	case "readloop": // file nkeys [tagged]: random GetOrLoads until "stopread", one "key start version" line each to file
+		p.readLoop(id, arg(0), arg(1), arg(2) == "tagged")
 	case "stopread":
 		p.stop.Store(true)
 		p.reply(id, "ok")
@@ -233,7 +249,9 @@ func (p *peerProc) run(id, op string, args []string) {
 	}
 }
 
-func (p *peerProc) readLoop(id, file, nkeys string) {
+// readLoop reads keys k0..k<nkeys-1> at random; tagged, each with the tag
+// "tag:<key>".
+func (p *peerProc) readLoop(id, file, nkeys string, tagged bool) {
 	n, _ := strconv.Atoi(nkeys)
 	f, err := os.Create(file)
 	if err != nil {
@@ -245,7 +263,11 @@ func (p *peerProc) readLoop(id, file, nkeys string) {
 	for !p.stop.Load() {
 		key := fmt.Sprintf("k%d", rand.IntN(n))
 		start := time.Now().UnixNano()
-		v, err := p.c.GetOrLoad(context.Background(), key, p.load)
+		var opts []tiered.Option
+		if tagged {
+			opts = append(opts, tiered.WithTags("tag:"+key))
+		}
+		v, err := p.c.GetOrLoad(context.Background(), key, p.load, opts...)
 		if err != nil && !errors.Is(err, tiered.ErrNotFound) {
 			fmt.Fprintf(w, "%s %d err\n", key, start)
 			continue
