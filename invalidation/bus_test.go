@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/tiercache/tiercache/internal/faultproxy"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -749,4 +750,39 @@ func TestPublishTagsReachEvictTags(t *testing.T) {
 	if s := b.Stats(); s.ReceivedTags != 2 {
 		t.Errorf("b.Stats() = %+v, want 2 tags received", s)
 	}
+}
+
+// TestGivenUpPublishShowsAGap: a publish whose context ends before the bus
+// could even queue it (Redis stalls, the queue is full) is not sent, but it
+// uses its sequence number: the other process sees the gap and flushes, so
+// a write whose caller gave up cannot leave a stale copy behind unseen.
+func TestGivenUpPublishShowsAGap(t *testing.T) {
+	addr, ch := redistest.Addr(t), newChannel(t)
+	p := faultproxy.Start(t, addr)
+	ra, rb := newRecorder(), newRecorder()
+	ac := ra.config(ch)
+	ac.PublishTimeout = 10 * time.Second // the stall holds the publish in flight
+	a := newBus(t, redis.NewClient(&redis.Options{Addr: p.Addr(), ContextTimeoutEnabled: true, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}), ac)
+	b := newBus(t, newClient(t, addr), rb.config(ch))
+	waitFresh(t, a)
+	waitFresh(t, b)
+	rb.drainFlushes()
+
+	p.Stall()
+	ctx := ctxTimeout(t, 20*time.Second)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = a.Publish(ctx, "first") }) // send blocks on it
+	eventually(t, 5*time.Second, "the first publish is in flight", func() bool { return len(a.reqs) == 0 && p.Conns() > 0 })
+	for i := range cap(a.reqs) {
+		wg.Go(func() { _ = a.Publish(ctx, fmt.Sprint("k", i)) })
+	}
+	eventually(t, 5*time.Second, "the queue fills", func() bool { return len(a.reqs) == cap(a.reqs) })
+	given, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := a.Publish(given, "lost"); err == nil {
+		t.Fatal("Publish with a full queue and a done context = nil, want an error")
+	}
+	p.Pass()
+	wg.Wait()
+	rb.waitFlush(t, "gap", 5*time.Second)
 }

@@ -114,7 +114,11 @@ type Config struct {
 	// MaxValueBytes limits an encoded value. Default: 1 MiB.
 	MaxValueBytes int
 
-	// L2Timeout bounds every L2 call. Default: 100 ms.
+	// L2Timeout bounds every L2 call. A publish of invalidations gets up to
+	// a heartbeat period (StalenessBound/4) if that is longer: a lost one
+	// flushes every other process's L1. Default: 250 ms, which a loaded
+	// 2-core machine's stalls stay under (docs/benchmarks.md); a frozen
+	// Redis costs each call that much until the breaker opens.
 	L2Timeout time.Duration
 
 	// WriteTimeout bounds the L2 steps of a write (Set, Delete,
@@ -130,9 +134,11 @@ type Config struct {
 	// negative: one attempt, no retries.
 	WriteTimeout time.Duration
 
-	// BreakerFailures is how many consecutive L2 failures open the circuit
-	// breaker, after which L2 is skipped for BreakerCooldown and then probed
-	// with one call. Defaults: 5 failures, 1 second.
+	// BreakerFailures is how many consecutive L2 failures, over at least
+	// two L2Timeouts, open the circuit breaker, after which L2 is skipped
+	// for BreakerCooldown and then probed with one call. The span keeps one
+	// stall, which fails every call in flight at once, from opening it.
+	// Defaults: 5 failures, 1 second.
 	BreakerFailures int
 	BreakerCooldown time.Duration
 
@@ -193,7 +199,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		cfg.MaxValueBytes = defaultMaxValueBytes
 	}
 	if cfg.L2Timeout == 0 {
-		cfg.L2Timeout = 100 * time.Millisecond
+		cfg.L2Timeout = 250 * time.Millisecond
 	}
 	if cfg.WriteTimeout == 0 {
 		cfg.WriteTimeout = time.Second

@@ -16,8 +16,8 @@ import (
 )
 
 // TestRedisOutage stops a private redis-server mid-test: reads must go on
-// from L1 and the loader, each under 50 ms, and L2 must be used again once
-// Redis is back.
+// from L1 and the loader, each under 50 ms, the breaker must open, and L2
+// must be used again once Redis is back.
 func TestRedisOutage(t *testing.T) {
 	srv := redistest.Start(t)
 	client, err := tiered.NewRedisClient("redis://" + srv.Addr + "/0")
@@ -42,7 +42,12 @@ func TestRedisOutage(t *testing.T) {
 
 	srv.Stop()
 	var slowest time.Duration
-	for i := range 200 {
+	// Until the breaker opens, which takes failures over two L2 timeouts,
+	// and 200 calls at least.
+	for i := 0; i < 200 || c.Stats().Breaker != "open"; i++ {
+		if i > 100_000 {
+			t.Fatalf("breaker still %s after %d calls", c.Stats().Breaker, i)
+		}
 		key := fmt.Sprintf("warm%d", i%10) // in L1
 		if i%2 == 1 {
 			key = fmt.Sprintf("cold%d", i) // only the loader has it

@@ -48,6 +48,17 @@ type l2 struct {
 	// held is the outbox's count of invalidations not made yet: while it is
 	// nonzero, reads do not trust L2.
 	held *atomic.Int64
+	// failing is when (Unix ns) the current run of failed calls began; 0
+	// after a success.
+	failing atomic.Int64
+}
+
+// failingFor is how long calls have failed without a success between.
+func (l *l2) failingFor() time.Duration {
+	if at := l.failing.Load(); at != 0 {
+		return time.Duration(time.Now().UnixNano() - at)
+	}
+	return 0
 }
 
 // call runs a read (or a fill) under the breaker and the timeout. A
@@ -67,10 +78,12 @@ func (l *l2) call(ctx context.Context, op func(ctx context.Context) error) error
 	cancel()
 	switch {
 	case err == nil, errors.Is(err, errL2Miss), errors.Is(err, errLeaseLost), errors.Is(err, errL2WrongType):
+		l.failing.Store(0)
 		done(nil)
 	case ctx.Err() != nil:
 		done(errExcluded)
 	default:
+		l.failing.CompareAndSwap(0, time.Now().UnixNano())
 		done(err)
 	}
 	return err

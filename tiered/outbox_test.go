@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
 	"github.com/tiercache/tiercache/internal/faultproxy"
 	"github.com/tiercache/tiercache/internal/redistest"
@@ -46,7 +49,9 @@ func TestOutboxReplaysWhenRedisAnswers(t *testing.T) {
 			ctx := context.Background()
 			_, p, through, raw := proxied(t)
 			ns := redistest.Namespace(t)
-			a := newIntCache(t, tiered.Config{Redis: through(), Namespace: ns, WriteTimeout: 200 * time.Millisecond})
+			reader := sdkmetric.NewManualReader()
+			a := newIntCache(t, tiered.Config{Redis: through(), Namespace: ns, WriteTimeout: 200 * time.Millisecond,
+				MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
 			b := newIntCache(t, tiered.Config{Redis: through(), Namespace: ns})
 			if !keep {
 				tiered.SetOutboxLimit(a, 0)
@@ -76,6 +81,12 @@ func TestOutboxReplaysWhenRedisAnswers(t *testing.T) {
 			keys := []string{ns + ":set", ns + ":del", ns + ":tagged"}
 			if n := raw.Exists(ctx, keys...).Val(); n != 3 {
 				t.Fatalf("%d of the old entries in Redis while it refused, want all 3", n)
+			}
+			if got := metricSum(t, reader, "tiercache.writes", attribute.String("result", "failed")); got != 3 {
+				t.Errorf("metric tiercache.writes{result=failed} = %d, want 3", got)
+			}
+			if got, want := metricSum(t, reader, "tiercache.outbox.held"), map[bool]int64{true: 3, false: 0}[keep]; got != want {
+				t.Errorf("metric tiercache.outbox.held = %d, want %d", got, want)
 			}
 
 			p.Pass()
@@ -238,4 +249,32 @@ func TestMutationsWithADoneContext(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestBreakerIgnoresOneStall: a stall fails every call in flight at once;
+// however many they are, the breaker stays closed, because its failures
+// must span two L2 timeouts. A Redis that keeps failing opens it.
+func TestBreakerIgnoresOneStall(t *testing.T) {
+	ctx := context.Background()
+	_, p, through, _ := proxied(t)
+	c := newIntCache(t, tiered.Config{Redis: through(), Namespace: redistest.Namespace(t), DisableInvalidation: true})
+	p.Stall()
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Go(func() { _, _ = c.Get(ctx, fmt.Sprintf("k%d", i)) })
+	}
+	wg.Wait()
+	p.Pass()
+	if s := c.Stats(); s.L2Errors < 16 || s.Breaker != "closed" {
+		t.Fatalf("after one stall: %d L2 errors, breaker %s; want 16 and closed", s.L2Errors, s.Breaker)
+	}
+	if _, err := c.Get(ctx, "after"); !errors.Is(err, tiered.ErrNotFound) {
+		t.Fatalf("Get after the stall: %v", err)
+	}
+	p.Refuse()
+	eventually(t, 10*time.Second, "the breaker opens", func() bool {
+		_, _ = c.Get(ctx, "k")
+		return c.Stats().Breaker == "open"
+	})
+	p.Pass()
 }

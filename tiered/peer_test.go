@@ -239,8 +239,9 @@ func (p *peerProc) run(id, op string, args []string) {
 	case "stats":
 		b, _ := json.Marshal(p.c.Stats())
 		p.reply(id, string(b))
-	case "readloop": // file nkeys [tagged]: random GetOrLoads until "stopread", one "key start version" line each to file
-		p.readLoop(id, arg(0), arg(1), arg(2) == "tagged")
+	case "readloop": // file nkeys [tagged [µs]]: random GetOrLoads until "stopread", one "key start version" line each to file, µs apart
+		pace, _ := strconv.Atoi(arg(3))
+		p.readLoop(id, arg(0), arg(1), arg(2) == "tagged", time.Duration(pace)*time.Microsecond)
 	case "stopread":
 		p.stop.Store(true)
 		p.reply(id, "ok")
@@ -250,8 +251,8 @@ func (p *peerProc) run(id, op string, args []string) {
 }
 
 // readLoop reads keys k0..k<nkeys-1> at random; tagged, each with the tag
-// "tag:<key>".
-func (p *peerProc) readLoop(id, file, nkeys string, tagged bool) {
+// "tag:<key>"; with pace, that far apart.
+func (p *peerProc) readLoop(id, file, nkeys string, tagged bool, pace time.Duration) {
 	n, _ := strconv.Atoi(nkeys)
 	f, err := os.Create(file)
 	if err != nil {
@@ -274,7 +275,10 @@ func (p *peerProc) readLoop(id, file, nkeys string, tagged bool) {
 		}
 		fmt.Fprintf(w, "%s %d %d\n", key, start, v)
 		reads++
-		if reads%8 == 0 {
+		switch {
+		case pace > 0:
+			time.Sleep(pace)
+		case reads%8 == 0:
 			// Leave the two CPUs of a small CI machine to the writer too.
 			time.Sleep(50 * time.Microsecond)
 		}

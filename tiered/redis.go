@@ -18,9 +18,12 @@ import (
 //     addr=host:port query parameters, give a *redis.ClusterClient.
 //
 // Unless the URL's query sets them, it enables ContextTimeoutEnabled (so the
-// per-call Config.L2Timeout is honoured), sets DialTimeout to 250 ms,
-// ReadTimeout and WriteTimeout to 100 ms, PoolTimeout to 100 ms and
-// MaxRetries and DialerRetries to 1 with a retry backoff of 1 to 2 ms.
+// per-call Config.L2Timeout is honoured: go-redis cuts a call at the
+// earlier of its context's deadline and its own timeouts), sets
+// ReadTimeout and WriteTimeout to 500 ms, the longest a cache call waits
+// (an invalidation's publish, see Config.L2Timeout), DialTimeout and
+// PoolTimeout to 250 ms, and MaxRetries and DialerRetries to 1 with a retry
+// backoff of 1 to 2 ms.
 // The caller owns the client and closes it.
 func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
@@ -58,13 +61,13 @@ func cacheTimeouts(unset func(string) bool, dial, read, write, pool *time.Durati
 		*dial = 250 * time.Millisecond
 	}
 	if unset("read_timeout") {
-		*read = 100 * time.Millisecond
+		*read = 500 * time.Millisecond
 	}
 	if unset("write_timeout") {
-		*write = 100 * time.Millisecond
+		*write = 500 * time.Millisecond
 	}
 	if unset("pool_timeout") {
-		*pool = 100 * time.Millisecond
+		*pool = 250 * time.Millisecond
 	}
 	// One quick retry covers a pooled connection that went stale (Redis
 	// restarted); go-redis's default backoff before it (8 to 512 ms) is

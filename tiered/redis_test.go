@@ -17,7 +17,7 @@ func TestNewRedisClient(t *testing.T) {
 	}
 	defer c.Close()
 	o := c.(*redis.Client).Options()
-	if !o.ContextTimeoutEnabled || o.ReadTimeout != 100*time.Millisecond || o.MaxRetries != 1 || o.DialerRetries != 1 ||
+	if !o.ContextTimeoutEnabled || o.ReadTimeout != 500*time.Millisecond || o.MaxRetries != 1 || o.DialerRetries != 1 ||
 		o.Password != "secret" || o.DB != 2 {
 		t.Errorf("options = %+v, want cache timeouts, password and DB from the URL", o)
 	}

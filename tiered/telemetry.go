@@ -152,7 +152,7 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		return nil, err
 	}
 	l1Bytes, err := meter.Int64ObservableGauge("tiercache.l1.bytes", metric.WithUnit("By"),
-		metric.WithDescription("Bytes held by L1 (encoded size of values and keys, plus 200 per entry)."))
+		metric.WithDescription("Bytes held by L1 (encoded size of values and keys, plus 272 per entry)."))
 	if err != nil {
 		return nil, err
 	}
@@ -189,6 +189,21 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 	if err != nil {
 		return nil, err
 	}
+	writes, err := meter.Int64ObservableCounter("tiercache.writes",
+		metric.WithDescription("Writes (Set, Delete, InvalidateTags, the write strategies) that failed to reach L2 or to invalidate the other processes (result=failed), and the L2 attempts retried (result=retried)."))
+	if err != nil {
+		return nil, err
+	}
+	outboxHeld, err := meter.Int64ObservableGauge("tiercache.outbox.held",
+		metric.WithDescription("Invalidations this process could not make and holds until Redis answers; while nonzero it reads nothing from L2."))
+	if err != nil {
+		return nil, err
+	}
+	outbox, err := meter.Int64ObservableCounter("tiercache.outbox.events",
+		metric.WithDescription("Outbox replays attempted (event=replay), and invalidations it had no room for (event=dropped): those may leave stale entries in L2 until they expire."))
+	if err != nil {
+		return nil, err
+	}
 	with := func(kv ...attribute.KeyValue) metric.ObserveOption {
 		return metric.WithAttributes(append([]attribute.KeyValue{ns}, kv...)...)
 	}
@@ -201,6 +216,9 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		ok, failed, shared = with(attribute.String("result", "ok")), with(attribute.String("result", "error")), with(attribute.String("result", "shared"))
 		waited             = with(attribute.String("result", "waited"))
 		revalidate         = with(attribute.String("reason", "revalidate"))
+		writeFailed        = with(attribute.String("result", "failed"))
+		writeRetried       = with(attribute.String("result", "retried"))
+		replayed, dropped  = with(attribute.String("event", "replay")), with(attribute.String("event", "dropped"))
 		onError            = with(attribute.String("reason", "error"))
 		plain              = with()
 	)
@@ -227,8 +245,13 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		o.ObserveInt64(refreshes, s.Refreshes, plain)
 		o.ObserveInt64(stale, s.StaleServed-s.StaleOnError, revalidate)
 		o.ObserveInt64(stale, s.StaleOnError, onError)
+		o.ObserveInt64(writes, s.FailedWrites, writeFailed)
+		o.ObserveInt64(writes, s.WriteRetries, writeRetried)
+		o.ObserveInt64(outboxHeld, s.OutboxHeld, plain)
+		o.ObserveInt64(outbox, s.OutboxReplays, replayed)
+		o.ObserveInt64(outbox, s.OutboxDropped, dropped)
 		return nil
-	}, hits, misses, l2Errors, loads, breaker, l1Bytes, l1Items, l1Window, fenced, staleSkips, flushes, refreshes, stale)
+	}, hits, misses, l2Errors, loads, breaker, l1Bytes, l1Items, l1Window, fenced, staleSkips, flushes, refreshes, stale, writes, outboxHeld, outbox)
 	if err != nil {
 		return nil, err
 	}

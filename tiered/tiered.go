@@ -94,16 +94,22 @@ func New[V any](cfg Config) (*Cache[V], error) {
 	c.counters.breaker.Store(int32(gobreaker.StateClosed))
 	if st != nil {
 		failures := uint32(cfg.BreakerFailures)
+		// The failures must also span two L2 timeouts: one stall of the
+		// machine or the network fails every call in flight at once, and
+		// must not cut L2 off for a whole cooldown.
+		span := 2 * cfg.L2Timeout
 		c.l2 = &l2{
 			store:   st,
 			rdb:     cfg.Redis,
 			timeout: cfg.L2Timeout,
 			held:    &c.outbox.held,
 			breaker: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-				Name:        cfg.Namespace,
-				Timeout:     cfg.BreakerCooldown,
-				ReadyToTrip: func(n gobreaker.Counts) bool { return n.ConsecutiveFailures >= failures },
-				IsExcluded:  func(err error) bool { return err == errExcluded },
+				Name:    cfg.Namespace,
+				Timeout: cfg.BreakerCooldown,
+				ReadyToTrip: func(n gobreaker.Counts) bool {
+					return n.ConsecutiveFailures >= failures && c.l2.failingFor() >= span
+				},
+				IsExcluded: func(err error) bool { return err == errExcluded },
 				OnStateChange: func(_ string, from, to gobreaker.State) {
 					c.counters.breaker.Store(int32(to))
 					cfg.Logger.Warn("tiercache: L2 circuit breaker changed state",
@@ -128,12 +134,14 @@ func New[V any](cfg Config) (*Cache[V], error) {
 	}
 	if cfg.Redis != nil && !cfg.DisableInvalidation {
 		c.bus, err = invalidation.New(cfg.Redis, invalidation.Config{
-			Channel:         "tiercache:inv:" + cfg.Namespace,
-			Evict:           c.invalidateLocalKeys,
-			EvictTags:       c.invalidateLocalTags,
-			Flush:           c.flush,
-			StalenessBound:  cfg.StalenessBound,
-			PublishTimeout:  cfg.L2Timeout,
+			Channel:        "tiercache:inv:" + cfg.Namespace,
+			Evict:          c.invalidateLocalKeys,
+			EvictTags:      c.invalidateLocalTags,
+			Flush:          c.flush,
+			StalenessBound: cfg.StalenessBound,
+			// A lost publish flushes every other process, so it gets more
+			// time than a read: up to a heartbeat period.
+			PublishTimeout:  max(cfg.L2Timeout, cfg.StalenessBound/4),
 			MaxKeyBytes:     cfg.MaxKeyBytes,
 			MaxMessageBytes: max(64<<10, 2*cfg.MaxKeyBytes+1024),
 			Logger:          cfg.Logger,

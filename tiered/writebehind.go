@@ -1074,7 +1074,7 @@ func (w *WriteBehind[V]) deadLetter(ctx context.Context, shard int, it *wbItem[V
 func (w *WriteBehind[V]) instruments(meter metric.Meter) (metric.Registration, error) {
 	ns := metric.WithAttributes(attribute.String("namespace", w.c.cfg.Namespace))
 	writes, err := meter.Int64ObservableCounter("tiercache.writebehind.writes",
-		metric.WithDescription("Write-behind writes by result: appended (acknowledged), flushed (to the source), retried, dead_lettered."))
+		metric.WithDescription("Write-behind writes by result: appended (acknowledged), flushed (to the source), retried, dead_lettered, reread (found pending on this process after a read whose reply was lost)."))
 	if err != nil {
 		return nil, err
 	}
@@ -1096,12 +1096,14 @@ func (w *WriteBehind[V]) instruments(meter metric.Meter) (metric.Registration, e
 		return metric.WithAttributes(attribute.String("namespace", w.c.cfg.Namespace), attribute.String("result", r))
 	}
 	appended, flushed, retried, dead := result("appended"), result("flushed"), result("retried"), result("dead_lettered")
+	reread := result("reread")
 	return meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		s := w.Stats()
 		o.ObserveInt64(writes, s.Appended, appended)
 		o.ObserveInt64(writes, s.Flushed, flushed)
 		o.ObserveInt64(writes, s.Retried, retried)
 		o.ObserveInt64(writes, s.DeadLettered, dead)
+		o.ObserveInt64(writes, s.Reread, reread)
 		o.ObserveInt64(failures, s.FlushErrors, ns)
 		o.ObserveInt64(queue, s.QueueLength, ns)
 		o.ObserveFloat64(lag, s.Lag.Seconds(), ns)

@@ -223,7 +223,7 @@ func TestWarmupRedisDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { rdb.Close() })
-	c := newCache(t, tiered.Config{Redis: rdb, Namespace: redistest.Namespace(t), StalenessBound: 100 * time.Millisecond})
+	c := newCache(t, tiered.Config{Redis: rdb, Namespace: redistest.Namespace(t), StalenessBound: 10 * time.Second})
 	srv.Stop()
 	rep, err := warmup.Run(context.Background(), c, warmup.FromSlice(keys(200)), warmup.Config[string]{
 		Logger: discard,

@@ -386,12 +386,14 @@ func (m *Middleware) store(c echo.Context, key string, status int, header http.H
 		// The index outlives its longest-lived variant (an hour at most past
 		// this one): a variant without its index cannot be found.
 		iopts := []tiered.Option{tiered.WithTTL(m.keep(h, received) + time.Hour), tiered.WithTags(tags...)}
-		if err := m.cfg.Cache.Set(ctx, key, idx, iopts...); err != nil {
+		if err := m.cfg.Cache.Set(ctx, key, idx, iopts...); err != nil && !errors.Is(err, tiered.ErrL2Unavailable) {
 			m.cfg.Logger.Warn("echocache: response not stored", "path", req.URL.Path, "err", err)
 			return
 		}
 	}
-	if err := m.cfg.Cache.Set(ctx, vkey, stored, opts...); err != nil {
+	// With L2 unavailable the response is stored in this replica's L1 only,
+	// which the cache logs and counts, once a second at most.
+	if err := m.cfg.Cache.Set(ctx, vkey, stored, opts...); err != nil && !errors.Is(err, tiered.ErrL2Unavailable) {
 		m.cfg.Logger.Warn("echocache: response not stored", "path", req.URL.Path, "err", err)
 		return
 	}
