@@ -389,6 +389,29 @@ func (a *App) afterWrite(ctx context.Context, id int, categories ...string) erro
 	})
 }
 
+// invalidationPending answers a write that the database took but whose
+// invalidation the caches could not make (Redis unreachable past their
+// WriteTimeout): a 2xx would promise that no replica serves the old
+// version past the staleness bound, which they cannot keep until Redis
+// answers and the outbox replays. So it answers 503 with Retry-After (a
+// PUT or DELETE may be sent again; the body shows what the database
+// holds, and a create's Location where it is) and the header
+// Cache-Invalidation: pending. See docs/catalog.md.
+func (a *App) invalidationPending(c echo.Context, op string, id int, p Product, err error) error {
+	if !errors.Is(err, tiered.ErrL2Unavailable) {
+		return fmt.Errorf("%s %d: invalidate: %w", op, id, err)
+	}
+	a.log.WarnContext(c.Request().Context(), "write saved, but its cache invalidation is pending until Redis answers",
+		"op", op, "id", id, "err", err)
+	h := c.Response().Header()
+	h.Set("Cache-Invalidation", "pending")
+	h.Set("Retry-After", "1")
+	return c.JSON(http.StatusServiceUnavailable, map[string]any{
+		"error":   "saved, but the caches may serve the previous version until Redis answers again",
+		"product": p,
+	})
+}
+
 // purgeTwice runs purge now and again secondPurgeAfter later, detached
 // from the request: a client that hangs up must not leave stale copies
 // behind. The HTTP cache stores a response after the client has it, so a
@@ -474,7 +497,7 @@ func (a *App) updateProduct(c echo.Context) error {
 		return fmt.Errorf("update %d: %w", id, err)
 	}
 	if err := a.afterWrite(ctx, id, before.Category, after.Category); err != nil {
-		a.log.WarnContext(ctx, "cache update after a write failed; copies expire within their TTL", "id", id, "err", err)
+		return a.invalidationPending(c, "update", id, after, err)
 	}
 	return c.JSON(http.StatusOK, after)
 }
@@ -499,10 +522,10 @@ func (a *App) createProduct(c echo.Context) error {
 	if err != nil {
 		return fmt.Errorf("create: %w", err)
 	}
-	if err := a.afterWrite(ctx, p.ID, p.Category); err != nil {
-		a.log.WarnContext(ctx, "cache update after a write failed", "id", p.ID, "err", err)
-	}
 	c.Response().Header().Set("Location", "/products/"+strconv.Itoa(p.ID))
+	if err := a.afterWrite(ctx, p.ID, p.Category); err != nil {
+		return a.invalidationPending(c, "create", p.ID, p, err)
+	}
 	return c.JSON(http.StatusCreated, p)
 }
 
@@ -520,7 +543,7 @@ func (a *App) deleteProduct(c echo.Context) error {
 		return fmt.Errorf("delete %d: %w", id, err)
 	}
 	if err := a.afterWrite(ctx, id, p.Category); err != nil {
-		a.log.WarnContext(ctx, "cache update after a delete failed", "id", id, "err", err)
+		return a.invalidationPending(c, "delete", id, p, err)
 	}
 	return c.NoContent(http.StatusNoContent)
 }

@@ -91,7 +91,11 @@ type statusCounts struct {
 	TooMany     int64 `json:"429"`
 	Other       int64 `json:"other"` // 1xx, other 3xx and 4xx
 	Server      int64 `json:"5xx"`
-	Transport   int64 `json:"transport_errors"` // no response at all
+	// Pending counts writes that the database took but whose cache
+	// invalidation is pending (503 with Cache-Invalidation: pending), not
+	// counted in Server.
+	Pending   int64 `json:"invalidation_pending"`
+	Transport int64 `json:"transport_errors"` // no response at all
 }
 
 // loadReport is what a run measured. The ratios are in [0, 1], or -1 when
@@ -237,14 +241,17 @@ const (
 	class429
 	classOther
 	class5xx
+	classPending
 	classTransport
 	numClasses
 )
 
-func classify(code int, err error) int {
+func classify(code int, pending bool, err error) int {
 	switch {
 	case err != nil:
 		return classTransport
+	case pending:
+		return classPending
 	case code == http.StatusNotModified:
 		return class304
 	case code == http.StatusNotFound:
@@ -323,13 +330,13 @@ func (l *loader) work(ctx context.Context, worker int) {
 		next++
 		req, write := l.newRequest(ctx, rng, target)
 		start := time.Now()
-		code, err := l.do(req)
+		code, pending, err := l.do(req)
 		if err != nil && ctx.Err() != nil {
 			return // cut off by the end of the run, not the replica's failure
 		}
 		l.lat.record(time.Since(start))
 		l.requests.Add(1)
-		l.status[classify(code, err)].Add(1)
+		l.status[classify(code, pending, err)].Add(1)
 		if !write {
 			l.reads.Add(1)
 			continue
@@ -337,7 +344,7 @@ func (l *loader) work(ctx context.Context, worker int) {
 		l.writes.Add(1)
 		// The update's query runs for a 2xx and for a 404 (no such id); a
 		// 400 or a 429 is answered before it.
-		if err == nil && (code < 300 || code == http.StatusNotFound) {
+		if err == nil && (code < 300 || code == http.StatusNotFound || pending) {
 			l.dbWrites.Add(1)
 		}
 	}
@@ -366,17 +373,18 @@ func (l *loader) newRequest(ctx context.Context, rng *rand.Rand, target string) 
 }
 
 // do sends req and reads the whole body, which both counts in the
-// latency and lets the connection be reused.
-func (l *loader) do(req *http.Request) (int, error) {
+// latency and lets the connection be reused. pending reports a write the
+// database took with its cache invalidation pending.
+func (l *loader) do(req *http.Request) (code int, pending bool, err error) {
 	resp, err := l.client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	defer resp.Body.Close()
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return resp.StatusCode, nil
+	return resp.StatusCode, resp.Header.Get("Cache-Invalidation") == "pending", nil
 }
 
 func (l *loader) reportProgress(ctx context.Context, start time.Time) {
@@ -477,7 +485,7 @@ func (l *loader) report(elapsed time.Duration, before, after []*DebugStats, stat
 		Status: statusCounts{
 			OK: l.status[class2xx].Load(), NotModified: l.status[class304].Load(), NotFound: l.status[class404].Load(),
 			TooMany: l.status[class429].Load(), Other: l.status[classOther].Load(),
-			Server: l.status[class5xx].Load(), Transport: l.status[classTransport].Load(),
+			Server: l.status[class5xx].Load(), Pending: l.status[classPending].Load(), Transport: l.status[classTransport].Load(),
 		},
 		HitHTTP: -1, HitL1: -1, HitL2: -1, DBQueriesPerSec: -1, ReadsWithoutDB: -1,
 	}
@@ -515,8 +523,8 @@ func (r loadReport) print(w io.Writer) {
 	fmt.Fprintf(tw, "throughput\t%.0f req/s\n", r.Throughput)
 	fmt.Fprintf(tw, "latency\tp50 %v  p90 %v  p99 %v  max %v\n", roundLatency(r.P50), roundLatency(r.P90), roundLatency(r.P99), roundLatency(r.Max))
 	s := r.Status
-	fmt.Fprintf(tw, "status\t2xx %d  304 %d  404 %d  429 %d  other %d  5xx %d  transport errors %d\n",
-		s.OK, s.NotModified, s.NotFound, s.TooMany, s.Other, s.Server, s.Transport)
+	fmt.Fprintf(tw, "status\t2xx %d  304 %d  404 %d  429 %d  other %d  5xx %d  invalidation pending %d  transport errors %d\n",
+		s.OK, s.NotModified, s.NotFound, s.TooMany, s.Other, s.Server, s.Pending, s.Transport)
 	fmt.Fprintf(tw, "hit ratio\tHTTP responses %s  products L1 %s  products L2 %s\n", percent(r.HitHTTP), percent(r.HitL1), percent(r.HitL2))
 	if r.DBQueriesPerSec >= 0 {
 		fmt.Fprintf(tw, "database\t%.1f queries/s; %s of reads answered without a query\n", r.DBQueriesPerSec, percent(r.ReadsWithoutDB))

@@ -769,20 +769,28 @@ func TestGivenUpPublishShowsAGap(t *testing.T) {
 	rb.drainFlushes()
 
 	p.Stall()
-	ctx := ctxTimeout(t, 20*time.Second)
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = a.Publish(ctx, "first") }) // send blocks on it
-	eventually(t, 5*time.Second, "the first publish is in flight", func() bool { return len(a.reqs) == 0 && p.Conns() > 0 })
-	for i := range cap(a.reqs) {
-		wg.Go(func() { _ = a.Publish(ctx, fmt.Sprint("k", i)) })
+	// Fill the queue behind a publish that the stall holds in flight, by
+	// hand: send takes what is queued when it starts a message, so the
+	// queue is full only once it is stuck on one.
+	req := func(k string) publishReq {
+		return publishReq{kind: kindKeys, names: []string{k}, done: make(chan error, 1)}
 	}
-	eventually(t, 5*time.Second, "the queue fills", func() bool { return len(a.reqs) == cap(a.reqs) })
+	a.reqs <- req("first")
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; len(a.reqs) < cap(a.reqs); i++ {
+		select {
+		case a.reqs <- req(fmt.Sprint("k", i)):
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue holds %d, not full after 10 s", len(a.reqs))
+		}
+	}
 	given, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := a.Publish(given, "lost"); err == nil {
 		t.Fatal("Publish with a full queue and a done context = nil, want an error")
 	}
 	p.Pass()
-	wg.Wait()
 	rb.waitFlush(t, "gap", 5*time.Second)
 }

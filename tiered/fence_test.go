@@ -316,3 +316,36 @@ func TestHotKeys(t *testing.T) {
 		t.Errorf("HotKeys(2) = %v, want [a b]", got)
 	}
 }
+
+// TestTagInvalidationReachesCopiesRedisForgot: B holds a copy filled with a
+// tag that Redis no longer lists (its tag set and the value gone, as after
+// a restart of Redis that B's subscription survived, or an eviction); A's
+// InvalidateTags finds nothing in Redis, yet B's copy goes, because the tag
+// itself travels on the bus.
+func TestTagInvalidationReachesCopiesRedisForgot(t *testing.T) {
+	ctx := context.Background()
+	raw := newClient(t)
+	ns := redistest.Namespace(t)
+	a := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
+	b := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
+	src := &countingLoader{}
+	if _, err := b.GetOrLoad(ctx, "k", src.load, tiered.WithTags("t")); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Del(ctx, ns+":k", ns+"#tag:t").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Get(ctx, "k"); err != nil {
+		t.Fatalf("b's copy before the purge: %v", err)
+	}
+	if err := a.InvalidateTags(ctx, "t"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "b's copy goes", func() bool {
+		_, err := b.Get(ctx, "k")
+		return errors.Is(err, tiered.ErrNotFound)
+	})
+	if s := b.Stats(); s.Bus.ReceivedTags != 1 || s.Flushes != 1 {
+		t.Errorf("b's Stats = %+v, want the tag received and no flush but the first", s)
+	}
+}
