@@ -389,29 +389,6 @@ func (a *App) afterWrite(ctx context.Context, id int, categories ...string) erro
 	})
 }
 
-// invalidationPending answers a write that the database took but whose
-// invalidation the caches could not make (Redis unreachable past their
-// WriteTimeout): a 2xx would promise that no replica serves the old
-// version past the staleness bound, which they cannot keep until Redis
-// answers and the outbox replays. So it answers 503 with Retry-After (a
-// PUT or DELETE may be sent again; the body shows what the database
-// holds, and a create's Location where it is) and the header
-// Cache-Invalidation: pending. See docs/catalog.md.
-func (a *App) invalidationPending(c echo.Context, op string, id int, p Product, err error) error {
-	if !errors.Is(err, tiered.ErrL2Unavailable) {
-		return fmt.Errorf("%s %d: invalidate: %w", op, id, err)
-	}
-	a.log.WarnContext(c.Request().Context(), "write saved, but its cache invalidation is pending until Redis answers",
-		"op", op, "id", id, "err", err)
-	h := c.Response().Header()
-	h.Set("Cache-Invalidation", "pending")
-	h.Set("Retry-After", "1")
-	return c.JSON(http.StatusServiceUnavailable, map[string]any{
-		"error":   "saved, but the caches may serve the previous version until Redis answers again",
-		"product": p,
-	})
-}
-
 // purgeTwice runs purge now and again secondPurgeAfter later, detached
 // from the request: a client that hangs up must not leave stale copies
 // behind. The HTTP cache stores a response after the client has it, so a
@@ -497,7 +474,7 @@ func (a *App) updateProduct(c echo.Context) error {
 		return fmt.Errorf("update %d: %w", id, err)
 	}
 	if err := a.afterWrite(ctx, id, before.Category, after.Category); err != nil {
-		return a.invalidationPending(c, "update", id, after, err)
+		return a.invalidationPending(c, after, err)
 	}
 	return c.JSON(http.StatusOK, after)
 }
@@ -524,7 +501,7 @@ func (a *App) createProduct(c echo.Context) error {
 	}
 	c.Response().Header().Set("Location", "/products/"+strconv.Itoa(p.ID))
 	if err := a.afterWrite(ctx, p.ID, p.Category); err != nil {
-		return a.invalidationPending(c, "create", p.ID, p, err)
+		return a.invalidationPending(c, p, err)
 	}
 	return c.JSON(http.StatusCreated, p)
 }
@@ -543,9 +520,27 @@ func (a *App) deleteProduct(c echo.Context) error {
 		return fmt.Errorf("delete %d: %w", id, err)
 	}
 	if err := a.afterWrite(ctx, id, p.Category); err != nil {
-		return a.invalidationPending(c, "delete", id, p, err)
+		return a.invalidationPending(c, p, err)
 	}
 	return c.NoContent(http.StatusNoContent)
+}
+
+// invalidationPending answers a write that the database has but whose
+// cache invalidation did not go through: Redis did not answer within the
+// caches' WriteTimeout (errors.Is(err, tiered.ErrL2Unavailable)), or the
+// replica is closing. It is 503, Retry-After: 1, Cache-Invalidation:
+// pending, and the product as the database has it (for a DELETE, as it
+// was). A 2xx promises that no replica serves the old version past the
+// bound; here other replicas may, until the caches' outboxes replay the
+// invalidation, which they do as soon as Redis answers. A PUT or DELETE
+// may be retried as it is (a DELETE then answers 404); a POST created the
+// product, which Location names, and must not be sent again.
+func (a *App) invalidationPending(c echo.Context, p Product, err error) error {
+	a.log.WarnContext(c.Request().Context(), "write stored; its cache invalidation is pending", "id", p.ID, "err", err)
+	h := c.Response().Header()
+	h.Set("Retry-After", "1")
+	h.Set("Cache-Invalidation", "pending")
+	return c.JSON(http.StatusServiceUnavailable, p)
 }
 
 // rateLimit limits writes per client with a GCRA limiter in Redis

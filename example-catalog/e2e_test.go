@@ -76,10 +76,21 @@ type replica struct {
 	srv *httptest.Server
 }
 
-// startReplicas starts n replicas on dbURL and the test Redis, in one
-// namespace, the first before the others (it creates and seeds the
-// schema).
+// startReplicas starts n replicas on dbURL and the Redis at redisAddr, in
+// one namespace, the first before the others (it creates and seeds the
+// schema). Their Redis clients wait up to a second for each call:
+// three replicas in one process under -race on two cores are slow, and
+// the library's 100 ms defaults would turn slowness into fail-open paths
+// these tests are not about.
 func startReplicas(t *testing.T, n int, dbURL, redisAddr string, cfg Config) []*replica {
+	t.Helper()
+	return startReplicasURL(t, n, dbURL, "redis://"+redisAddr+"?read_timeout=1s&write_timeout=1s&pool_timeout=1s&pool_size=64", cfg)
+}
+
+// startReplicasURL is startReplicas with each replica's Redis client made
+// by tiered.NewRedisClient(redisURL): a URL without options gives the
+// library's defaults.
+func startReplicasURL(t *testing.T, n int, dbURL, redisURL string, cfg Config) []*replica {
 	t.Helper()
 	if cfg.Namespace == "" {
 		cfg.Namespace = strings.ReplaceAll(redistest.Namespace(t), "#", "_")
@@ -94,10 +105,7 @@ func startReplicas(t *testing.T, n int, dbURL, redisAddr string, cfg Config) []*
 	var out []*replica
 	for range n {
 		c := cfg
-		// Timeouts for three replicas in one process under -race on two
-		// cores: the library's 100 ms defaults would turn slowness into
-		// fail-open paths these tests are not about.
-		rdb, err := tiered.NewRedisClient("redis://" + redisAddr + "?read_timeout=1s&write_timeout=1s&pool_timeout=1s&pool_size=64")
+		rdb, err := tiered.NewRedisClient(redisURL)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -83,19 +83,18 @@ func (c loadConfig) validate() error {
 
 // statusCounts sorts the responses by what they mean for a cache
 // benchmark: 304s are revalidations, 404s deleted or unknown ids, 429s
-// writes refused by the rate limiter.
+// writes refused by the rate limiter, and pending writes those that the
+// database has but whose cache invalidation waits for Redis (503 with
+// Cache-Invalidation: pending, see invalidationPending): not a failure.
 type statusCounts struct {
 	OK          int64 `json:"2xx"`
 	NotModified int64 `json:"304"`
 	NotFound    int64 `json:"404"`
 	TooMany     int64 `json:"429"`
-	Other       int64 `json:"other"` // 1xx, other 3xx and 4xx
-	Server      int64 `json:"5xx"`
-	// Pending counts writes that the database took but whose cache
-	// invalidation is pending (503 with Cache-Invalidation: pending), not
-	// counted in Server.
-	Pending   int64 `json:"invalidation_pending"`
-	Transport int64 `json:"transport_errors"` // no response at all
+	Pending     int64 `json:"pending"`
+	Other       int64 `json:"other"`            // 1xx, other 3xx and 4xx
+	Server      int64 `json:"5xx"`              // other than pending writes
+	Transport   int64 `json:"transport_errors"` // no response at all
 }
 
 // loadReport is what a run measured. The ratios are in [0, 1], or -1 when
@@ -239,9 +238,9 @@ const (
 	class304
 	class404
 	class429
+	classPending
 	classOther
 	class5xx
-	classPending
 	classTransport
 	numClasses
 )
@@ -342,9 +341,9 @@ func (l *loader) work(ctx context.Context, worker int) {
 			continue
 		}
 		l.writes.Add(1)
-		// The update's query runs for a 2xx and for a 404 (no such id); a
-		// 400 or a 429 is answered before it.
-		if err == nil && (code < 300 || code == http.StatusNotFound || pending) {
+		// The update's query runs for a 2xx, a pending write and a 404 (no
+		// such id); a 400 or a 429 is answered before it.
+		if err == nil && (code < 300 || pending || code == http.StatusNotFound) {
 			l.dbWrites.Add(1)
 		}
 	}
@@ -373,8 +372,8 @@ func (l *loader) newRequest(ctx context.Context, rng *rand.Rand, target string) 
 }
 
 // do sends req and reads the whole body, which both counts in the
-// latency and lets the connection be reused. pending reports a write the
-// database took with its cache invalidation pending.
+// latency and lets the connection be reused; pending reports a write
+// whose cache invalidation is pending.
 func (l *loader) do(req *http.Request) (code int, pending bool, err error) {
 	resp, err := l.client.Do(req)
 	if err != nil {
@@ -384,7 +383,12 @@ func (l *loader) do(req *http.Request) (code int, pending bool, err error) {
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
 		return 0, false, err
 	}
-	return resp.StatusCode, resp.Header.Get("Cache-Invalidation") == "pending", nil
+	return resp.StatusCode, invalidationIsPending(resp), nil
+}
+
+// invalidationIsPending reports the answer of invalidationPending.
+func invalidationIsPending(resp *http.Response) bool {
+	return resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get("Cache-Invalidation") == "pending"
 }
 
 func (l *loader) reportProgress(ctx context.Context, start time.Time) {
@@ -484,8 +488,8 @@ func (l *loader) report(elapsed time.Duration, before, after []*DebugStats, stat
 		P50: l.lat.quantile(0.50), P90: l.lat.quantile(0.90), P99: l.lat.quantile(0.99), Max: l.lat.max(),
 		Status: statusCounts{
 			OK: l.status[class2xx].Load(), NotModified: l.status[class304].Load(), NotFound: l.status[class404].Load(),
-			TooMany: l.status[class429].Load(), Other: l.status[classOther].Load(),
-			Server: l.status[class5xx].Load(), Pending: l.status[classPending].Load(), Transport: l.status[classTransport].Load(),
+			TooMany: l.status[class429].Load(), Pending: l.status[classPending].Load(), Other: l.status[classOther].Load(),
+			Server: l.status[class5xx].Load(), Transport: l.status[classTransport].Load(),
 		},
 		HitHTTP: -1, HitL1: -1, HitL2: -1, DBQueriesPerSec: -1, ReadsWithoutDB: -1,
 	}
@@ -523,8 +527,8 @@ func (r loadReport) print(w io.Writer) {
 	fmt.Fprintf(tw, "throughput\t%.0f req/s\n", r.Throughput)
 	fmt.Fprintf(tw, "latency\tp50 %v  p90 %v  p99 %v  max %v\n", roundLatency(r.P50), roundLatency(r.P90), roundLatency(r.P99), roundLatency(r.Max))
 	s := r.Status
-	fmt.Fprintf(tw, "status\t2xx %d  304 %d  404 %d  429 %d  other %d  5xx %d  invalidation pending %d  transport errors %d\n",
-		s.OK, s.NotModified, s.NotFound, s.TooMany, s.Other, s.Server, s.Pending, s.Transport)
+	fmt.Fprintf(tw, "status\t2xx %d  304 %d  404 %d  429 %d  pending %d  other %d  5xx %d  transport errors %d\n",
+		s.OK, s.NotModified, s.NotFound, s.TooMany, s.Pending, s.Other, s.Server, s.Transport)
 	fmt.Fprintf(tw, "hit ratio\tHTTP responses %s  products L1 %s  products L2 %s\n", percent(r.HitHTTP), percent(r.HitL1), percent(r.HitL2))
 	if r.DBQueriesPerSec >= 0 {
 		fmt.Fprintf(tw, "database\t%.1f queries/s; %s of reads answered without a query\n", r.DBQueriesPerSec, percent(r.ReadsWithoutDB))

@@ -106,6 +106,32 @@ func TestLoadReportsUnreachableStats(t *testing.T) {
 	}
 }
 
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		name    string
+		code    int
+		pending bool
+		err     error
+		want    int
+	}{
+		{"ok", http.StatusOK, false, nil, class2xx},
+		{"created", http.StatusCreated, false, nil, class2xx},
+		{"not modified", http.StatusNotModified, false, nil, class304},
+		{"not found", http.StatusNotFound, false, nil, class404},
+		{"rate limited", http.StatusTooManyRequests, false, nil, class429},
+		{"bad request", http.StatusBadRequest, false, nil, classOther},
+		{"invalidation pending", http.StatusServiceUnavailable, true, nil, classPending},
+		{"database down", http.StatusServiceUnavailable, false, nil, class5xx},
+		{"server error", http.StatusInternalServerError, false, nil, class5xx},
+		{"no response", 0, false, io.ErrUnexpectedEOF, classTransport},
+	}
+	for _, tt := range tests {
+		if got := classify(tt.code, tt.pending, tt.err); got != tt.want {
+			t.Errorf("%s: classify(%d, %v, %v) = %d, want %d", tt.name, tt.code, tt.pending, tt.err, got, tt.want)
+		}
+	}
+}
+
 func TestLoadgenBadFlags(t *testing.T) {
 	tests := [][]string{
 		{"-concurrency", "0"},

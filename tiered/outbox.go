@@ -254,8 +254,12 @@ func (c *Cache[V]) replayLoop() {
 			c.cfg.Logger.Info("tiercache: outbox replayed; L2 is trusted again", "namespace", c.cfg.Namespace)
 			return
 		}
-		if err != nil {
-			c.outbox.down.Store(true)
+		// A replay that went through shows Redis up, even if writes that
+		// failed at once meanwhile added entries: they must try Redis
+		// again, or under steady writes the outbox would never empty.
+		c.outbox.down.Store(err != nil)
+		if err == nil {
+			wait = 5 * time.Millisecond // what writes added meanwhile goes now
 		}
 		t := time.NewTimer(wait)
 		select {

@@ -822,7 +822,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 		l2key := c.l2Key(key)
 		l2err = c.change(wctx, func(ctx context.Context) error {
 			if err := c.l2.must(ctx, func(ctx context.Context) error { return c.l2.put(ctx, l2key, b, ttl) }); err != nil {
-				return fmt.Errorf("set: %w", err)
+				return err
 			}
 			if len(o.tags) > 0 && c.l2.rdb != nil {
 				// After the value: see InvalidateTags.
