@@ -32,6 +32,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tiercache/tiercache/tiered"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
@@ -112,12 +113,18 @@ type loadReport struct {
 	Max        time.Duration `json:"max_ns"`
 	Status     statusCounts  `json:"status"`
 
-	HitHTTP         float64  `json:"hit_http"` // the HTTP response cache
-	HitL1           float64  `json:"hit_l1"`   // the product cache's L1
-	HitL2           float64  `json:"hit_l2"`   // the product cache's L2, of the L1 misses
-	DBQueriesPerSec float64  `json:"db_queries_per_sec"`
-	ReadsWithoutDB  float64  `json:"reads_without_db"`
-	StatsErrors     []string `json:"stats_errors,omitempty"` // replicas whose counters are missing from the ratios
+	HitHTTP         float64 `json:"hit_http"` // the HTTP response cache
+	HitL1           float64 `json:"hit_l1"`   // the product cache's L1
+	HitL2           float64 `json:"hit_l2"`   // the product cache's L2, of the L1 misses
+	DBQueriesPerSec float64 `json:"db_queries_per_sec"`
+	ReadsWithoutDB  float64 `json:"reads_without_db"`
+	// L2Errors, BreakerOpens and L1Flushes are the caches' (both, every
+	// replica measured) during the run: on a healthy Redis all three should
+	// stay 0, whatever the load.
+	L2Errors     int64    `json:"l2_errors"`
+	BreakerOpens int64    `json:"breaker_opens"`
+	L1Flushes    int64    `json:"l1_flushes"`
+	StatsErrors  []string `json:"stats_errors,omitempty"` // replicas whose counters are missing from the ratios
 }
 
 // failed reports whether a replica failed a request, which is what the
@@ -459,6 +466,9 @@ type tierCounts struct {
 	l1Hits, l1Misses     int64
 	l2Hits, l2Misses     int64
 	dbQueries            int64
+	// What the caches went through: L2 errors, breaker openings, and
+	// flushes of L1 (of both caches).
+	l2Errors, breakerOpens, flushes int64
 }
 
 func (t *tierCounts) addDelta(before, after *DebugStats) {
@@ -470,6 +480,11 @@ func (t *tierCounts) addDelta(before, after *DebugStats) {
 	t.l2Hits += after.Products.L2Hits - before.Products.L2Hits
 	t.l2Misses += after.Products.L2Misses - before.Products.L2Misses
 	t.dbQueries += after.DB.Queries - before.DB.Queries
+	for _, c := range [][2]tiered.Stats{{before.Products, after.Products}, {before.Pages, after.Pages}} {
+		t.l2Errors += c[1].L2Errors - c[0].L2Errors
+		t.breakerOpens += c[1].BreakerOpens - c[0].BreakerOpens
+		t.flushes += c[1].Flushes - c[0].Flushes
+	}
 }
 
 // ratio is hits/(hits+misses), or -1 without either.
@@ -512,6 +527,7 @@ func (l *loader) report(elapsed time.Duration, before, after []*DebugStats, stat
 	r.HitL1 = ratio(sum.l1Hits, sum.l1Misses)
 	r.HitL2 = ratio(sum.l2Hits, sum.l2Misses)
 	r.DBQueriesPerSec = float64(sum.dbQueries) / elapsed.Seconds()
+	r.L2Errors, r.BreakerOpens, r.L1Flushes = sum.l2Errors, sum.breakerOpens, sum.flushes
 	if r.Reads > 0 {
 		// NOTE: with some replicas unmeasured this overstates the reads
 		// that went without a query; the report lists them.
@@ -530,6 +546,7 @@ func (r loadReport) print(w io.Writer) {
 	fmt.Fprintf(tw, "status\t2xx %d  304 %d  404 %d  429 %d  pending %d  other %d  5xx %d  transport errors %d\n",
 		s.OK, s.NotModified, s.NotFound, s.TooMany, s.Pending, s.Other, s.Server, s.Transport)
 	fmt.Fprintf(tw, "hit ratio\tHTTP responses %s  products L1 %s  products L2 %s\n", percent(r.HitHTTP), percent(r.HitL1), percent(r.HitL2))
+	fmt.Fprintf(tw, "caches\tL2 errors %d  breaker openings %d  L1 flushes %d\n", r.L2Errors, r.BreakerOpens, r.L1Flushes)
 	if r.DBQueriesPerSec >= 0 {
 		fmt.Fprintf(tw, "database\t%.1f queries/s; %s of reads answered without a query\n", r.DBQueriesPerSec, percent(r.ReadsWithoutDB))
 	} else {

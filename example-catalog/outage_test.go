@@ -24,7 +24,9 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 	dbURL := testPostgres(t)
 	redis := redistest.Start(t)
 	const dbDelay = 2 * time.Millisecond
-	rs := startReplicas(t, 3, dbURL, redis.Addr, Config{DBDelay: dbDelay, Seed: 2000, WriteRate: -1})
+	// The library's default client options: the timeouts must fit this
+	// load on a small machine, which the "before" phase checks.
+	rs := startReplicasURL(t, 3, dbURL, "redis://"+redis.Addr, Config{DBDelay: dbDelay, Seed: 2000, WriteRate: -1})
 	var targets []string
 	for _, r := range rs {
 		targets = append(targets, r.srv.URL)
@@ -41,12 +43,19 @@ func TestRedisOutageUnderLoad(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		t.Logf("%-14s %6.0f req/s  p50 %-9v p99 %-9v max %-9v 5xx %d  transport errors %d  writes %d (pending %d)  HTTP hit %.1f%%  products L1 %.1f%%  reads without DB %.1f%%",
+		t.Logf("%-14s %6.0f req/s  p50 %-9v p99 %-9v max %-9v 5xx %d  transport errors %d  writes %d (pending %d)  HTTP hit %.1f%%  products L1 %.1f%%  reads without DB %.1f%%  L2 errors %d  breaker openings %d  L1 flushes %d",
 			name, rep.Throughput, rep.P50, rep.P99, rep.Max, rep.Status.Server, rep.Status.Transport, rep.Writes, rep.Status.Pending,
-			100*rep.HitHTTP, 100*rep.HitL1, 100*rep.ReadsWithoutDB)
+			100*rep.HitHTTP, 100*rep.HitL1, 100*rep.ReadsWithoutDB, rep.L2Errors, rep.BreakerOpens, rep.L1Flushes)
 		return rep
 	}
 	before := phase("before", 5*time.Second)
+	// On a healthy Redis, the load alone (a busy 2-core machine, -race)
+	// must not fail calls, open a breaker or flush an L1 after the first
+	// flush of each bus when it turns fresh.
+	if before.L2Errors != 0 || before.BreakerOpens != 0 || before.L1Flushes > 2*int64(len(rs)) {
+		t.Errorf("before the outage: %d L2 errors, %d breaker openings, %d L1 flushes; want 0, 0 and at most the first of each cache",
+			before.L2Errors, before.BreakerOpens, before.L1Flushes)
+	}
 	redis.Stop()
 	during := phase("Redis down", 10*time.Second)
 	if err := redis.Restart(); err != nil {

@@ -53,8 +53,9 @@ type Stats struct {
 	FailedWrites, WriteRetries               int64
 	OutboxHeld, OutboxDropped, OutboxReplays int64
 	// Breaker is the L2 circuit breaker's state: "closed", "half-open" or
-	// "open" ("none" without an L2).
-	Breaker string
+	// "open" ("none" without an L2); BreakerOpens counts its openings.
+	Breaker      string
+	BreakerOpens int64
 	// Bus is the invalidation bus's counters (zero without a bus).
 	Bus invalidation.Stats
 }
@@ -75,6 +76,7 @@ type counters struct {
 	failedWrites          atomic.Int64
 	writeRetries          atomic.Int64
 	breaker               atomic.Int32 // gobreaker.State
+	breakerOpens          atomic.Int64
 }
 
 // stripedCounter is a counter for the L1 hit path. One atomic shared by all

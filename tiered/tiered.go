@@ -112,6 +112,9 @@ func New[V any](cfg Config) (*Cache[V], error) {
 				IsExcluded: func(err error) bool { return err == errExcluded },
 				OnStateChange: func(_ string, from, to gobreaker.State) {
 					c.counters.breaker.Store(int32(to))
+					if to == gobreaker.StateOpen {
+						c.counters.breakerOpens.Add(1)
+					}
 					cfg.Logger.Warn("tiercache: L2 circuit breaker changed state",
 						"namespace", cfg.Namespace, "from", breakerName(from), "to", breakerName(to))
 				},
@@ -984,7 +987,7 @@ func (c *Cache[V]) Stats() Stats {
 		StaleSkips: c.counters.staleSkips.Load(), Flushes: c.counters.flushes.Load(),
 		FailedWrites: c.counters.failedWrites.Load(), WriteRetries: c.counters.writeRetries.Load(),
 		OutboxHeld: c.outbox.held.Load(), OutboxDropped: c.outbox.dropped.Load(), OutboxReplays: c.outbox.replays.Load(),
-		Breaker: "none",
+		Breaker: "none", BreakerOpens: c.counters.breakerOpens.Load(),
 	}
 	if c.bus != nil {
 		s.Bus = c.bus.Stats()
