@@ -355,8 +355,8 @@ func runFault(t *testing.T, fc faultCase, d time.Duration, on bool) faultResult 
 		writes += len(h)
 	}
 	s := a.Stats()
-	t.Logf("mechanisms on %v: %d writes (%d failed), %d reads, %d beyond the bound; outbox replayed %v after the fault; writer: %d retries, %d replays, breaker %s",
-		on, writes, failed, reads, res.violations, time.Duration(replayed-healed.Load()), s.WriteRetries, s.OutboxReplays, s.Breaker)
+	t.Logf("%s, mechanisms on %v: %d writes (%d failed), %d reads, %d beyond the bound; outbox replayed %v after the fault; writer: %d retries, %d replays, breaker %s",
+		fc.name, on, writes, failed, reads, res.violations, time.Duration(replayed-healed.Load()), s.WriteRetries, s.OutboxReplays, s.Breaker)
 	if reads < 1000 {
 		t.Errorf("only %d reads: the readers did not run", reads)
 	}
