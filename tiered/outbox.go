@@ -189,7 +189,7 @@ func (c *Cache[V]) hold(err error, keys, tags []string, puts map[string]heldPut)
 
 // errRedisDown is what a write meets while the outbox holds invalidations
 // and its last replay failed.
-var errRedisDown = errors.New("Redis is down: the last replay of the outbox failed")
+var errRedisDown = errors.New("known down: the last replay of the outbox failed")
 
 // change makes a write's L2 change with op, retried with backoff until it
 // succeeds or ctx, which WriteTimeout bounds, ends. If it cannot, keys,
