@@ -269,6 +269,9 @@ func runCatalogFault(t *testing.T, fault func(f *faultRun)) faultResult {
 	// Readers: three per replica, each product at random.
 	var readMu sync.Mutex
 	var reads []faultRead
+	// freshChecked counts the new replica's answered GETs sent from
+	// checkFrom (Unix ns) on, for the run to wait until there are enough.
+	var checkFromNS, freshChecked atomic.Int64
 	readers := func(r *replica, fresh bool) {
 		for g := range 3 {
 			bg.Go(func() {
@@ -284,6 +287,9 @@ func runCatalogFault(t *testing.T, fault func(f *faultRun)) faultResult {
 					rd := faultRead{id: 1 + rng.IntN(hotProducts+coldProducts), start: time.Now(), fresh: fresh}
 					rd.status, rd.ver, rd.err = getVersion(client, r.srv.URL, rd.id)
 					mine = append(mine, rd)
+					if at := checkFromNS.Load(); fresh && at != 0 && rd.start.UnixNano() >= at && rd.status == http.StatusOK {
+						freshChecked.Add(1)
+					}
 				}
 			})
 		}
@@ -355,7 +361,13 @@ func runCatalogFault(t *testing.T, fault func(f *faultRun)) faultResult {
 	fresh := startReplicasURL(t, 1, dbURL, redisURL, Config{WriteRate: -1, Namespace: rs[0].app.cfg.Namespace})[0]
 	readers(fresh, true)
 	checkFrom := drained.Add(faultBound)
+	checkFromNS.Store(checkFrom.UnixNano())
 	wait(time.Until(checkFrom) + 2*time.Second)
+	// A GET of the new replica may wait on another replica's lease: wait
+	// for enough checked answers rather than for a time.
+	for deadline := time.Now().Add(15 * time.Second); freshChecked.Load() < 100 && time.Now().Before(deadline); {
+		wait(50 * time.Millisecond)
+	}
 	close(stopWrites)
 	writers.Wait()
 	close(stop)

@@ -543,9 +543,14 @@ func (w *WriteBehind[V]) manage() {
 		case <-tick.C:
 		case <-w.draining:
 			// Once more, for shards given up on an error since the last
-			// tick: their flushers drain them too.
-			w.takeShards()
-			w.workers.Wait()
+			// tick: their flushers drain them too. And again once every
+			// flusher has ended: one that was giving its shard up during
+			// the first pass still marked it as ours, and the first pass
+			// skipped it.
+			for range 2 {
+				w.takeShards()
+				w.workers.Wait()
+			}
 			w.sample()
 			return
 		}
