@@ -247,9 +247,7 @@ func (c *Cache[V]) replayLoop() {
 			return
 		default:
 		}
-		ctx, cancel := context.WithTimeout(c.closing, max(c.cfg.WriteTimeout, c.cfg.L2Timeout))
-		empty, err := c.replay(ctx)
-		cancel()
+		empty, err := c.replay(c.closing)
 		if empty {
 			c.cfg.Logger.Info("tiercache: outbox replayed; L2 is trusted again", "namespace", c.cfg.Namespace)
 			return
@@ -273,15 +271,19 @@ func (c *Cache[V]) replayLoop() {
 }
 
 // replay makes what the outbox holds: the deletes, the write-behind values
-// and the tag purges in L2, then their publishes. It reports whether the
-// outbox is empty after it.
+// and the tag purges in L2, each followed by its publish, and reports
+// whether the outbox is empty after it. It goes a chunk at a time, and
+// what a chunk made leaves the outbox at once: a large outbox drains under
+// load even if all of it would not fit in one deadline, and a failure
+// costs only the chunk in hand. Every L2 step has its own L2Timeout, every
+// publish its own WriteTimeout; ctx only stops it.
 //
-// The L2 part runs twice. An attempt that a write gave up on (a timeout)
-// may still sit in Redis's socket buffers when Redis comes back, and
-// execute after the first pass: an old SET after our DEL. Redis runs what
-// its clients have sent in the same event-loop turn, before it sends any
-// reply, so the second pass, sent once the first has answered, comes after
-// every such attempt.
+// The L2 part of each chunk runs twice. An attempt that a write gave up on
+// (a timeout) may still sit in Redis's socket buffers when Redis comes
+// back, and execute after the first pass: an old SET after our DEL. Redis
+// runs what its clients have sent in the same event-loop turn, before it
+// sends any reply, so the second pass, sent once the first has answered,
+// comes after every such attempt.
 func (c *Cache[V]) replay(ctx context.Context) (empty bool, err error) {
 	c.outbox.replayMu.Lock()
 	defer c.outbox.replayMu.Unlock()
@@ -290,42 +292,65 @@ func (c *Cache[V]) replay(ctx context.Context) (empty bool, err error) {
 		return c.outbox.done(nil, nil, nil), nil
 	}
 	c.outbox.replays.Add(1)
-	evict := slices.Clone(keys)
-	for k := range puts {
-		evict = append(evict, k)
-	}
-	for range 2 {
-		// In chunks, each within one L2 timeout.
-		for chunk := range slices.Chunk(keys, 1000) {
-			if err := c.l2.must(ctx, func(ctx context.Context) error { return c.l2.delMany(ctx, c.l2Keys(chunk)) }); err != nil {
-				return false, err
-			}
+	// step makes one chunk: L2 twice, then this process's own copies (the
+	// publisher does not hear its own message, and a copy it kept of a
+	// failed write may be older than what a later write left in L2), then
+	// the publish, and takes it out of the outbox.
+	step := func(l2 func(ctx context.Context) ([]string, error), keys, tags []string, puts map[string]heldPut) error {
+		evict := slices.Clone(keys)
+		for k := range puts {
+			evict = append(evict, k)
 		}
-		if len(puts) > 0 {
-			if err := c.l2.must(ctx, func(ctx context.Context) error { return c.putHeld(ctx, puts) }); err != nil {
-				return false, err
-			}
-		}
-		for _, t := range tags {
-			removed, err := c.purgeTag(ctx, t)
+		for range 2 {
+			removed, err := l2(ctx)
 			evict = append(evict, removed...)
 			if err != nil {
-				// The keys popped so far are no longer in the tag set: they
-				// stay in the outbox as keys, to be published.
-				c.outbox.add(removed, nil, nil)
-				return false, err
+				if len(removed) > 0 {
+					// Popped from a tag set already: they stay in the
+					// outbox as keys, to be published.
+					c.outbox.add(removed, nil, nil)
+				}
+				return err
 			}
 		}
+		c.invalidateLocal(evict...)
+		c.invalidateLocalTags(tags)
+		pctx, cancel := context.WithTimeout(ctx, max(c.cfg.WriteTimeout, c.cfg.L2Timeout))
+		defer cancel()
+		if err := c.announce(pctx, true, evict, tags); err != nil {
+			return err
+		}
+		c.outbox.done(keys, tags, puts)
+		return nil
 	}
-	// This process's own copies go too: the publisher does not hear its
-	// own message, and a copy it kept of a failed write may be older than
-	// what a later write left in L2.
-	c.invalidateLocal(evict...)
-	c.invalidateLocalTags(tags)
-	if err := c.announce(ctx, true, evict, tags); err != nil {
-		return false, err
+	for chunk := range slices.Chunk(keys, 500) {
+		if err := step(func(ctx context.Context) ([]string, error) {
+			return nil, c.l2.must(ctx, func(ctx context.Context) error { return c.l2.delMany(ctx, c.l2Keys(chunk)) })
+		}, chunk, nil, nil); err != nil {
+			return false, err
+		}
 	}
-	return c.outbox.done(keys, tags, puts), nil
+	var putKeys []string
+	for k := range puts {
+		putKeys = append(putKeys, k)
+	}
+	for chunk := range slices.Chunk(putKeys, 500) {
+		part := make(map[string]heldPut, len(chunk))
+		for _, k := range chunk {
+			part[k] = puts[k]
+		}
+		if err := step(func(ctx context.Context) ([]string, error) {
+			return nil, c.l2.must(ctx, func(ctx context.Context) error { return c.putHeld(ctx, part) })
+		}, nil, nil, part); err != nil {
+			return false, err
+		}
+	}
+	for _, t := range tags {
+		if err := step(func(ctx context.Context) ([]string, error) { return c.purgeTag(ctx, t) }, nil, []string{t}, nil); err != nil {
+			return false, err
+		}
+	}
+	return c.outbox.done(nil, nil, nil), nil
 }
 
 // putHeld writes the held write-behind values, each unless L2 has a newer
