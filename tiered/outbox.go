@@ -24,14 +24,11 @@ import (
 // whose last replay failed fails at once instead of waiting out its own
 // WriteTimeout against a Redis already known to be down.
 type outbox struct {
-	mu   sync.Mutex // guards keys, tags, puts, running and drained
-	keys map[string]struct{}
-	tags map[string]struct{}
-	puts map[string]heldPut // write-behind values, by key: the newest
-	// running is set while a replay goroutine runs; drained is closed
-	// when the outbox empties.
-	running bool
-	drained chan struct{}
+	mu      sync.Mutex // guards keys, tags, puts and running
+	keys    map[string]struct{}
+	tags    map[string]struct{}
+	puts    map[string]heldPut // write-behind values, by key: the newest
+	running bool               // a replay goroutine runs
 
 	held  atomic.Int64 // len(keys)+len(tags)+len(puts): nonzero, and L2 is not trusted
 	down  atomic.Bool  // the last replay failed: Redis is down for writes
@@ -96,9 +93,6 @@ func (o *outbox) add(keys, tags []string, put map[string]heldPut) (start, ok boo
 		}
 	}
 	o.held.Store(int64(len(o.keys) + len(o.tags) + len(o.puts)))
-	if o.held.Load() > 0 && o.drained == nil {
-		o.drained = make(chan struct{})
-	}
 	if o.held.Load() > 0 && !o.running {
 		o.running = true
 		return true, ok
@@ -146,10 +140,6 @@ func (o *outbox) done(keys, tags []string, puts map[string]heldPut) (empty bool)
 	}
 	o.down.Store(false)
 	o.running = false
-	if o.drained != nil {
-		close(o.drained)
-		o.drained = nil
-	}
 	return true
 }
 
