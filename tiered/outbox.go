@@ -291,18 +291,20 @@ func (c *Cache[V]) replay(ctx context.Context) (empty bool, err error) {
 		for k := range puts {
 			evict = append(evict, k)
 		}
+		var popped []string // taken from a tag set, by either pass
 		for range 2 {
 			removed, err := l2(ctx)
-			evict = append(evict, removed...)
+			popped = append(popped, removed...)
 			if err != nil {
-				if len(removed) > 0 {
-					// Popped from a tag set already: they stay in the
-					// outbox as keys, to be published.
-					c.outbox.add(removed, nil, nil)
+				if len(popped) > 0 {
+					// No longer in their tag set: they stay in the outbox
+					// as keys, to be published.
+					c.outbox.add(popped, nil, nil)
 				}
 				return err
 			}
 		}
+		evict = append(evict, popped...)
 		c.invalidateLocal(evict...)
 		c.invalidateLocalTags(tags)
 		pctx, cancel := context.WithTimeout(ctx, max(c.cfg.WriteTimeout, c.cfg.L2Timeout))
