@@ -29,7 +29,10 @@ var ErrInvalidKey = errors.New("invalidation: invalid key")
 // value of every other field means the default written beside it.
 type Config struct {
 	// Channel is the Redis pub/sub channel. Every process of one cache
-	// namespace must use the same channel, and no other namespace may.
+	// namespace must use the same channel, and no other namespace may. On
+	// a Redis Cluster it is a sharded channel (SPUBLISH and SSUBSCRIBE,
+	// Redis 7): its hash slot picks the one shard that carries it, so that
+	// each publisher's messages arrive in order.
 	Channel string
 
 	// Evict removes keys that another process changed from the local
@@ -143,10 +146,11 @@ func (cfg Config) withDefaults() (Config, error) {
 
 // Bus publishes this process's invalidations and applies everyone else's.
 type Bus struct {
-	cfg   Config
-	rdb   redis.UniversalClient
-	epoch uint64
-	tick  time.Duration // the watchdog's period
+	cfg     Config
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // rdb, if it is one: the bus then uses sharded pub/sub
+	epoch   uint64
+	tick    time.Duration // the watchdog's period
 
 	reqs chan publishReq
 	kick chan struct{} // asks for a heartbeat now: a subscription was confirmed
@@ -201,14 +205,16 @@ func New(rdb redis.UniversalClient, cfg Config) (*Bus, error) {
 	if rdb == nil || reflect.ValueOf(rdb).IsNil() {
 		return nil, errors.New("invalidation: nil Redis client")
 	}
+	cluster, _ := rdb.(*redis.ClusterClient)
 	b := &Bus{
-		cfg:   cfg,
-		rdb:   rdb,
-		epoch: uint64(time.Now().UnixNano()),
-		tick:  max(cfg.StalenessBound/20, time.Millisecond),
-		reqs:  make(chan publishReq, 1024),
-		kick:  make(chan struct{}, 1),
-		stop:  make(chan struct{}),
+		cfg:     cfg,
+		rdb:     rdb,
+		cluster: cluster,
+		epoch:   uint64(time.Now().UnixNano()),
+		tick:    max(cfg.StalenessBound/20, time.Millisecond),
+		reqs:    make(chan publishReq, 1024),
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
 
 		firstFresh: make(chan struct{}),
 		logErr:     rate.Sometimes{Interval: time.Second},
@@ -490,9 +496,15 @@ func (b *Bus) publish(kind byte, seq uint64, keys []string) error {
 	}
 	m := message{kind: kind, instance: b.cfg.InstanceID, epoch: b.epoch, seq: seq, sentAt: time.Now().UnixNano(), keys: keys}
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.PublishTimeout)
-	err := b.rdb.Publish(ctx, b.cfg.Channel, m.append(nil)).Err()
+	var err error
+	if b.cluster != nil {
+		err = b.cluster.SPublish(ctx, b.cfg.Channel, m.append(nil)).Err()
+	} else {
+		err = b.rdb.Publish(ctx, b.cfg.Channel, m.append(nil)).Err()
+	}
 	cancel()
 	if err != nil {
+		b.reloadTopology()
 		b.failing.Store(true)
 		b.stats.publishErrors.Add(1)
 		b.logErr.Do(func() {
@@ -560,7 +572,12 @@ func (b *Bus) receive() {
 					"channel", b.cfg.Channel, "err", err)
 			})
 			var nerr interface{ Timeout() bool }
-			if errors.As(err, &nerr) && nerr.Timeout() {
+			if b.cluster != nil || errors.As(err, &nerr) && nerr.Timeout() {
+				// On a cluster the error may be a MOVED, which leaves
+				// the connection up and unsubscribed, or a dead shard
+				// that go-redis would dial again: subscribe anew where
+				// the reloaded slot map says.
+				b.reloadTopology()
 				b.resetSubscription(ps)
 			}
 			if errs++; errs > 1 {
@@ -571,7 +588,19 @@ func (b *Bus) receive() {
 		errs = 0
 		switch msg := msg.(type) {
 		case *redis.Subscription:
-			if msg.Kind != "subscribe" {
+			if msg.Kind == "sunsubscribe" || msg.Kind == "unsubscribe" {
+				// We never unsubscribe: the server did, because the
+				// channel's slot moved to another shard (a resharding or
+				// a failover). Subscribe where it is now; what was missed
+				// meanwhile is flushed when the new one is confirmed.
+				if b.fresh.Swap(false) {
+					b.stats.staleSpells.Add(1)
+				}
+				b.reloadTopology()
+				b.resetSubscription(ps)
+				continue
+			}
+			if msg.Kind != "subscribe" && msg.Kind != "ssubscribe" {
 				continue
 			}
 			if subscribed {
@@ -601,7 +630,11 @@ func (b *Bus) subscription() *redis.PubSub {
 	if b.ps == nil {
 		// Subscribe does not wait for Redis; the confirmation arrives as a
 		// *redis.Subscription, and errors surface in Receive.
-		b.ps = b.rdb.Subscribe(context.Background(), b.cfg.Channel)
+		if b.cluster != nil {
+			b.ps = b.cluster.SSubscribe(context.Background(), b.cfg.Channel)
+		} else {
+			b.ps = b.rdb.Subscribe(context.Background(), b.cfg.Channel)
+		}
 	}
 	return b.ps
 }
@@ -612,6 +645,16 @@ func (b *Bus) resetSubscription(ps *redis.PubSub) {
 	if b.ps == ps {
 		_ = ps.Close()
 		b.ps = nil
+	}
+}
+
+// reloadTopology asks go-redis to reload a cluster's slot map, which it
+// does by itself only on a MOVED reply or every minute: after a failover,
+// the dead master's address would be dialled again and again. go-redis
+// coalesces the reloads, at most one per 200 ms.
+func (b *Bus) reloadTopology() {
+	if b.cluster != nil {
+		b.cluster.ReloadState(context.Background())
 	}
 }
 

@@ -26,7 +26,8 @@ func TestMain(m *testing.M) { redistest.Main(m) }
 // callbacks, not log lines.
 var discardLogger = slog.New(slog.DiscardHandler)
 
-// newClient returns a go-redis client for addr, closed when t ends.
+// newClient returns a go-redis client for addr, closed when t ends. Tests
+// that run on a cluster too take theirs from redistest.Target.Client.
 func newClient(t *testing.T, addr string) *redis.Client {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: addr})
@@ -142,17 +143,18 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 	return time.Since(start)
 }
 
-// pair returns two fresh buses on one channel, each with its own client.
-func pair(t *testing.T, cfgA func(*Config)) (a, b *Bus, ra, rb *recorder) {
+// pair returns two fresh buses on one channel of r, each with its own
+// client.
+func pair(t *testing.T, r redistest.Target, cfgA func(*Config)) (a, b *Bus, ra, rb *recorder) {
 	t.Helper()
-	addr, ch := redistest.Addr(t), newChannel(t)
+	ch := newChannel(t)
 	ra, rb = newRecorder(), newRecorder()
 	ac := ra.config(ch)
 	if cfgA != nil {
 		cfgA(&ac)
 	}
-	a = newBus(t, newClient(t, addr), ac)
-	b = newBus(t, newClient(t, addr), rb.config(ch))
+	a = newBus(t, r.Client(t), ac)
+	b = newBus(t, r.Client(t), rb.config(ch))
 	waitFresh(t, a)
 	waitFresh(t, b)
 	return a, b, ra, rb
@@ -166,63 +168,67 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 }
 
 func TestPublishReachesOtherBus(t *testing.T) {
-	a, b, ra, rb := pair(t, nil)
-	if a.InstanceID() == b.InstanceID() || len(a.InstanceID()) != 16 {
-		t.Fatalf("InstanceIDs %q and %q, want two distinct 16-digit defaults", a.InstanceID(), b.InstanceID())
-	}
-	ctx := ctxTimeout(t, 5*time.Second)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		a, b, ra, rb := pair(t, r, nil)
+		if a.InstanceID() == b.InstanceID() || len(a.InstanceID()) != 16 {
+			t.Fatalf("InstanceIDs %q and %q, want two distinct 16-digit defaults", a.InstanceID(), b.InstanceID())
+		}
+		ctx := ctxTimeout(t, 5*time.Second)
 
-	if err := a.Publish(ctx, "user:1", "user:2"); err != nil {
-		t.Fatalf("a.Publish: %v", err)
-	}
-	if got, want := rb.nextEvict(t, 2*time.Second), []string{"user:1", "user:2"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("b's Evict(%q), want %q", got, want)
-	}
+		if err := a.Publish(ctx, "user:1", "user:2"); err != nil {
+			t.Fatalf("a.Publish: %v", err)
+		}
+		if got, want := rb.nextEvict(t, 2*time.Second), []string{"user:1", "user:2"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("b's Evict(%q), want %q", got, want)
+		}
 
-	// a hears its own message before b's (one channel, one order): if a
-	// applied its own keys, its first Evict would be them.
-	if err := b.Publish(ctx, "from-b"); err != nil {
-		t.Fatalf("b.Publish: %v", err)
-	}
-	if got, want := ra.nextEvict(t, 2*time.Second), []string{"from-b"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("a's first Evict(%q), want %q: a must not apply its own keys", got, want)
-	}
-	// Likewise b hears its own "from-b" before a's "barrier".
-	if err := a.Publish(ctx, "barrier"); err != nil {
-		t.Fatalf("a.Publish: %v", err)
-	}
-	if got, want := rb.nextEvict(t, 2*time.Second), []string{"barrier"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("b's second Evict(%q), want %q: b must not apply its own keys", got, want)
-	}
+		// a hears its own message before b's (one channel, one order): if a
+		// applied its own keys, its first Evict would be them.
+		if err := b.Publish(ctx, "from-b"); err != nil {
+			t.Fatalf("b.Publish: %v", err)
+		}
+		if got, want := ra.nextEvict(t, 2*time.Second), []string{"from-b"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("a's first Evict(%q), want %q: a must not apply its own keys", got, want)
+		}
+		// Likewise b hears its own "from-b" before a's "barrier".
+		if err := a.Publish(ctx, "barrier"); err != nil {
+			t.Fatalf("a.Publish: %v", err)
+		}
+		if got, want := rb.nextEvict(t, 2*time.Second), []string{"barrier"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("b's second Evict(%q), want %q: b must not apply its own keys", got, want)
+		}
 
-	if s := a.Stats(); s.SentMessages != 2 || s.SentKeys != 3 || s.ReceivedKeys != 1 || !s.Fresh {
-		t.Errorf("a.Stats() = %+v, want 2 messages and 3 keys sent, 1 key received, fresh", s)
-	}
-	if s := b.Stats(); s.SentMessages != 1 || s.SentKeys != 1 || s.ReceivedKeys != 3 || s.ReceivedMessages < 2 {
-		t.Errorf("b.Stats() = %+v, want 1 message and 1 key sent, 3 keys received", s)
-	}
-	if got := append(ra.drainFlushes(), rb.drainFlushes()...); len(got) > 0 {
-		t.Errorf("Flush(%q), want none", got)
-	}
+		if s := a.Stats(); s.SentMessages != 2 || s.SentKeys != 3 || s.ReceivedKeys != 1 || !s.Fresh {
+			t.Errorf("a.Stats() = %+v, want 2 messages and 3 keys sent, 1 key received, fresh", s)
+		}
+		if s := b.Stats(); s.SentMessages != 1 || s.SentKeys != 1 || s.ReceivedKeys != 3 || s.ReceivedMessages < 2 {
+			t.Errorf("b.Stats() = %+v, want 1 message and 1 key sent, 3 keys received", s)
+		}
+		if got := append(ra.drainFlushes(), rb.drainFlushes()...); len(got) > 0 {
+			t.Errorf("Flush(%q), want none", got)
+		}
+	})
 }
 
 func TestWaitFresh(t *testing.T) {
-	addr, ch := redistest.Addr(t), newChannel(t)
-	r := newRecorder()
-	b := newBus(t, newClient(t, addr), r.config(ch))
-	if b.StalenessBound() != 2*time.Second {
-		t.Errorf("StalenessBound() = %v, want the 2s default", b.StalenessBound())
-	}
-	start := time.Now()
-	if !b.WaitFresh(ctxTimeout(t, time.Second)) {
-		t.Fatalf("WaitFresh = false within 1s on a live Redis; stats %+v", b.Stats())
-	}
-	t.Logf("fresh after %v", time.Since(start))
-	if s := b.Stats(); !s.Fresh || !b.Fresh() {
-		t.Errorf("after WaitFresh: Fresh() = %v, Stats() = %+v; want fresh", b.Fresh(), s)
-	}
-	// Turning fresh flushes whatever was filled before.
-	r.waitFlush(t, "fresh", time.Second)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ch := newChannel(t)
+		rec := newRecorder()
+		b := newBus(t, r.Client(t), rec.config(ch))
+		if b.StalenessBound() != 2*time.Second {
+			t.Errorf("StalenessBound() = %v, want the 2s default", b.StalenessBound())
+		}
+		start := time.Now()
+		if !b.WaitFresh(ctxTimeout(t, time.Second)) {
+			t.Fatalf("WaitFresh = false within 1s on a live Redis; stats %+v", b.Stats())
+		}
+		t.Logf("fresh after %v", time.Since(start))
+		if s := b.Stats(); !s.Fresh || !b.Fresh() {
+			t.Errorf("after WaitFresh: Fresh() = %v, Stats() = %+v; want fresh", b.Fresh(), s)
+		}
+		// Turning fresh flushes whatever was filled before.
+		rec.waitFlush(t, "fresh", time.Second)
+	})
 }
 
 func TestWaitFreshWithoutRedis(t *testing.T) {
@@ -246,94 +252,100 @@ func TestWaitFreshWithoutRedis(t *testing.T) {
 }
 
 func TestPublishCoalesces(t *testing.T) {
-	a, _, _, rb := pair(t, nil)
-	const n = 50
-	ctx := ctxTimeout(t, 5*time.Second)
-	start := make(chan struct{})
-	errs := make(chan error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			errs <- a.Publish(ctx, fmt.Sprintf("key:%02d", i))
-		})
-	}
-	close(start)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatalf("Publish: %v", err)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		a, _, _, rb := pair(t, r, nil)
+		const n = 50
+		ctx := ctxTimeout(t, 5*time.Second)
+		start := make(chan struct{})
+		errs := make(chan error, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				errs <- a.Publish(ctx, fmt.Sprintf("key:%02d", i))
+			})
 		}
-	}
-
-	got := make(map[string]bool)
-	for len(got) < n {
-		for _, k := range rb.nextEvict(t, 2*time.Second) {
-			if got[k] {
-				t.Errorf("key %q evicted twice", k)
+		close(start)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("Publish: %v", err)
 			}
-			got[k] = true
 		}
-	}
-	for i := range n {
-		if k := fmt.Sprintf("key:%02d", i); !got[k] {
-			t.Errorf("key %q never evicted", k)
+
+		got := make(map[string]bool)
+		for len(got) < n {
+			for _, k := range rb.nextEvict(t, 2*time.Second) {
+				if got[k] {
+					t.Errorf("key %q evicted twice", k)
+				}
+				got[k] = true
+			}
 		}
-	}
-	s := a.Stats()
-	t.Logf("%d keys in %d messages (%.1f keys per message)", s.SentKeys, s.SentMessages, float64(s.SentKeys)/float64(s.SentMessages))
-	if s.SentKeys != n || s.SentMessages >= n {
-		t.Errorf("a.Stats() = %+v, want %d keys in fewer than %d messages", s, n, n)
-	}
+		for i := range n {
+			if k := fmt.Sprintf("key:%02d", i); !got[k] {
+				t.Errorf("key %q never evicted", k)
+			}
+		}
+		s := a.Stats()
+		t.Logf("%d keys in %d messages (%.1f keys per message)", s.SentKeys, s.SentMessages, float64(s.SentKeys)/float64(s.SentMessages))
+		if s.SentKeys != n || s.SentMessages >= n {
+			t.Errorf("a.Stats() = %+v, want %d keys in fewer than %d messages", s, n, n)
+		}
+	})
 }
 
 func TestPublishDedupes(t *testing.T) {
-	a, _, _, rb := pair(t, nil)
-	if err := a.Publish(ctxTimeout(t, 5*time.Second), "d", "e", "d", "d", "e"); err != nil {
-		t.Fatalf("Publish: %v", err)
-	}
-	if got, want := rb.nextEvict(t, 2*time.Second), []string{"d", "e"}; !reflect.DeepEqual(got, want) {
-		t.Errorf("Evict(%q), want %q", got, want)
-	}
-	if s := a.Stats(); s.SentMessages != 1 || s.SentKeys != 2 {
-		t.Errorf("a.Stats() = %+v, want 2 keys in 1 message", s)
-	}
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		a, _, _, rb := pair(t, r, nil)
+		if err := a.Publish(ctxTimeout(t, 5*time.Second), "d", "e", "d", "d", "e"); err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		if got, want := rb.nextEvict(t, 2*time.Second), []string{"d", "e"}; !reflect.DeepEqual(got, want) {
+			t.Errorf("Evict(%q), want %q", got, want)
+		}
+		if s := a.Stats(); s.SentMessages != 1 || s.SentKeys != 2 {
+			t.Errorf("a.Stats() = %+v, want 2 keys in 1 message", s)
+		}
+	})
 }
 
 func TestPublishInvalidKey(t *testing.T) {
-	const limit = 8
-	a, _, _, rb := pair(t, func(c *Config) { c.MaxKeyBytes = limit })
-	ctx := ctxTimeout(t, 5*time.Second)
-	for _, keys := range [][]string{
-		{""},
-		{strings.Repeat("k", limit+1)},
-		{"fine", ""},
-		{"fine", strings.Repeat("k", limit+1), "also-ok"},
-	} {
-		if err := a.Publish(ctx, keys...); !errors.Is(err, ErrInvalidKey) {
-			t.Errorf("Publish(%q) = %v, want ErrInvalidKey", keys, err)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		const limit = 8
+		a, _, _, rb := pair(t, r, func(c *Config) { c.MaxKeyBytes = limit })
+		ctx := ctxTimeout(t, 5*time.Second)
+		for _, keys := range [][]string{
+			{""},
+			{strings.Repeat("k", limit+1)},
+			{"fine", ""},
+			{"fine", strings.Repeat("k", limit+1), "also-ok"},
+		} {
+			if err := a.Publish(ctx, keys...); !errors.Is(err, ErrInvalidKey) {
+				t.Errorf("Publish(%q) = %v, want ErrInvalidKey", keys, err)
+			}
 		}
-	}
-	if err := a.Publish(ctx); err != nil {
-		t.Errorf("Publish() = %v, want nil", err)
-	}
-	if s := a.Stats(); s.SentMessages != 0 || s.SentKeys != 0 {
-		t.Errorf("a.Stats() = %+v after invalid keys, want nothing sent", s)
-	}
-	// A key at the limit goes out, and is the first thing b hears.
-	atLimit := strings.Repeat("x", limit)
-	if err := a.Publish(ctx, atLimit); err != nil {
-		t.Fatalf("Publish(%d-byte key): %v", limit, err)
-	}
-	if got := rb.nextEvict(t, 2*time.Second); !reflect.DeepEqual(got, []string{atLimit}) {
-		t.Errorf("b's first Evict(%q), want only %q", got, atLimit)
-	}
+		if err := a.Publish(ctx); err != nil {
+			t.Errorf("Publish() = %v, want nil", err)
+		}
+		if s := a.Stats(); s.SentMessages != 0 || s.SentKeys != 0 {
+			t.Errorf("a.Stats() = %+v after invalid keys, want nothing sent", s)
+		}
+		// A key at the limit goes out, and is the first thing b hears.
+		atLimit := strings.Repeat("x", limit)
+		if err := a.Publish(ctx, atLimit); err != nil {
+			t.Fatalf("Publish(%d-byte key): %v", limit, err)
+		}
+		if got := rb.nextEvict(t, 2*time.Second); !reflect.DeepEqual(got, []string{atLimit}) {
+			t.Errorf("b's first Evict(%q), want only %q", got, atLimit)
+		}
+	})
 }
 
 func TestPublishSplitsLargeBatches(t *testing.T) {
 	t.Run("MaxKeysPerMessage", func(t *testing.T) {
-		a, _, _, rb := pair(t, func(c *Config) { c.MaxKeysPerMessage = 4 })
+		a, _, _, rb := pair(t, redistest.Single(t), func(c *Config) { c.MaxKeysPerMessage = 4 })
 		var keys []string
 		for i := range 10 {
 			keys = append(keys, fmt.Sprintf("k%d", i))
@@ -708,48 +720,50 @@ func TestLatePeerPastItsFirstMessageFlushes(t *testing.T) {
 // bus without EvictTags, which cannot tell which copies carry the tags,
 // flushes instead.
 func TestPublishTagsReachEvictTags(t *testing.T) {
-	addr, ch := redistest.Addr(t), newChannel(t)
-	ra, rb, rc := newRecorder(), newRecorder(), newRecorder()
-	tags := make(chan []string, 16)
-	bc := rb.config(ch)
-	bc.EvictTags = func(t []string) { tags <- slices.Clone(t) }
-	a := newBus(t, newClient(t, addr), ra.config(ch))
-	b := newBus(t, newClient(t, addr), bc)
-	c := newBus(t, newClient(t, addr), rc.config(ch))
-	for _, x := range []*Bus{a, b, c} {
-		waitFresh(t, x)
-	}
-	rc.drainFlushes()
-	ctx := ctxTimeout(t, 5*time.Second)
-	if err := a.PublishTags(ctx, "category:7", "url:/p/1"); err != nil {
-		t.Fatalf("PublishTags: %v", err)
-	}
-	select {
-	case got := <-tags:
-		if want := []string{"category:7", "url:/p/1"}; !reflect.DeepEqual(got, want) {
-			t.Errorf("EvictTags(%q), want %q", got, want)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ch := newChannel(t)
+		ra, rb, rc := newRecorder(), newRecorder(), newRecorder()
+		tags := make(chan []string, 16)
+		bc := rb.config(ch)
+		bc.EvictTags = func(t []string) { tags <- slices.Clone(t) }
+		a := newBus(t, r.Client(t), ra.config(ch))
+		b := newBus(t, r.Client(t), bc)
+		c := newBus(t, r.Client(t), rc.config(ch))
+		for _, x := range []*Bus{a, b, c} {
+			waitFresh(t, x)
 		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("no EvictTags within 2s")
-	}
-	rc.waitFlush(t, "tags", 2*time.Second)
-	// Keys and tags share one sequence: a keys message after the tags
-	// message is no gap.
-	if err := a.Publish(ctx, "k"); err != nil {
-		t.Fatal(err)
-	}
-	if got := rb.nextEvict(t, 2*time.Second); !reflect.DeepEqual(got, []string{"k"}) {
-		t.Errorf("Evict(%q), want [k]", got)
-	}
-	if got := rb.drainFlushes(); len(got) > 0 {
-		t.Errorf("b flushed %q, want no flush", got)
-	}
-	if s := a.Stats(); s.SentTags != 2 || s.SentKeys != 1 {
-		t.Errorf("a.Stats() = %+v, want 2 tags and 1 key sent", s)
-	}
-	if s := b.Stats(); s.ReceivedTags != 2 {
-		t.Errorf("b.Stats() = %+v, want 2 tags received", s)
-	}
+		rc.drainFlushes()
+		ctx := ctxTimeout(t, 5*time.Second)
+		if err := a.PublishTags(ctx, "category:7", "url:/p/1"); err != nil {
+			t.Fatalf("PublishTags: %v", err)
+		}
+		select {
+		case got := <-tags:
+			if want := []string{"category:7", "url:/p/1"}; !reflect.DeepEqual(got, want) {
+				t.Errorf("EvictTags(%q), want %q", got, want)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("no EvictTags within 2s")
+		}
+		rc.waitFlush(t, "tags", 2*time.Second)
+		// Keys and tags share one sequence: a keys message after the tags
+		// message is no gap.
+		if err := a.Publish(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		if got := rb.nextEvict(t, 2*time.Second); !reflect.DeepEqual(got, []string{"k"}) {
+			t.Errorf("Evict(%q), want [k]", got)
+		}
+		if got := rb.drainFlushes(); len(got) > 0 {
+			t.Errorf("b flushed %q, want no flush", got)
+		}
+		if s := a.Stats(); s.SentTags != 2 || s.SentKeys != 1 {
+			t.Errorf("a.Stats() = %+v, want 2 tags and 1 key sent", s)
+		}
+		if s := b.Stats(); s.ReceivedTags != 2 {
+			t.Errorf("b.Stats() = %+v, want 2 tags received", s)
+		}
+	})
 }
 
 // TestGivenUpPublishShowsAGap: a publish whose context ends before the bus

@@ -17,8 +17,10 @@ import (
 // (required with an L2) means the default written beside it.
 type Config struct {
 	// Redis is the L2 client: a *redis.Client, *redis.ClusterClient or a
-	// Sentinel failover client. Nil, with Store nil too, gives an L1-only
-	// cache. The client is the caller's: Close does not close it.
+	// Sentinel failover client (a *redis.Ring is refused). Nil, with Store
+	// nil too, gives an L1-only cache. The client is the caller's: Close
+	// does not close it, but on a ClusterClient New installs a hook that
+	// reloads the slot map after a connection error (see docs/operations.md).
 	//
 	// WARNING: go-redis ignores context deadlines unless the client's
 	// ContextTimeoutEnabled option is set, and by default retries for about
@@ -258,6 +260,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if id := cfg.Codec.ID(); id == 0 {
 		bad("Codec ID 0 is reserved")
+	}
+	if _, ring := cfg.Redis.(*redis.Ring); ring {
+		// A Ring hashes keys over independent nodes: a node's loss loses
+		// its keys and moves them to others, leases and write-behind locks
+		// included, and its pub/sub reaches only one node's subscribers.
+		bad("Redis is a *redis.Ring, which tiercache does not support: use Redis Cluster (see docs/operations.md)")
 	}
 	if cfg.Redis != nil || cfg.Store != nil {
 		switch {

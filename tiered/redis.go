@@ -1,10 +1,15 @@
 package tiered
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"time"
+	"weak"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -51,7 +56,9 @@ func NewRedisClient(rawURL string) (redis.UniversalClient, error) {
 		}
 		o.ContextTimeoutEnabled = true
 		cacheTimeouts(unset, &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.PoolTimeout, &o.MaxRetries, &o.DialerRetries, &o.MinRetryBackoff, &o.MaxRetryBackoff)
-		return redis.NewClusterClient(o), nil
+		c := redis.NewClusterClient(o)
+		watchTopology(c)
+		return c, nil
 	}
 	return nil, fmt.Errorf("tiered: Redis URL scheme %q: want redis, rediss, unix, redis+cluster or rediss+cluster", scheme)
 }
@@ -127,4 +134,79 @@ func warnIfUnbounded(log *slog.Logger, c redis.UniversalClient) {
 	if !enabled {
 		log.Warn("tiercache: the Redis client has ContextTimeoutEnabled off, so L2Timeout cannot cut a hung call short; see tiered.NewRedisClient")
 	}
+}
+
+// watched holds the cluster clients that watchTopology has hooked, weakly:
+// a client the application drops is not kept alive by it.
+var watched sync.Map // weak.Pointer[redis.ClusterClient] → struct{}
+
+// watchTopology makes c reload its slot map after a command fails as if
+// a node were gone: go-redis reloads it only on a MOVED reply or every
+// ClusterStateReloadInterval (a minute), and until then dials a dead
+// master again for every command to its slots, though its replica has
+// taken over. ReloadState is asynchronous, and go-redis runs at most one
+// reload per 200 ms, so a burst of errors costs one CLUSTER SLOTS. Once
+// per client.
+func watchTopology(c *redis.ClusterClient) {
+	if _, dup := watched.LoadOrStore(weak.Make(c), struct{}{}); dup {
+		return
+	}
+	c.AddHook(topologyHook{weak.Make(c)})
+	watched.Range(func(k, _ any) bool {
+		if k.(weak.Pointer[redis.ClusterClient]).Value() == nil {
+			watched.Delete(k)
+		}
+		return true
+	})
+}
+
+type topologyHook struct {
+	c weak.Pointer[redis.ClusterClient]
+}
+
+func (h topologyHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h topologyHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		h.check(err)
+		return err
+	}
+}
+
+func (h topologyHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		h.check(err)
+		return err
+	}
+}
+
+func (h topologyHook) check(err error) {
+	if nodeGone(err) {
+		if c := h.c.Value(); c != nil {
+			c.ReloadState(context.Background())
+		}
+	}
+}
+
+// nodeGone reports an error that a moved or dead node can cause: a
+// network failure, a timeout, or a cluster that is failing over. Redis's
+// other replies (a miss, WRONGTYPE, a script's error) say nothing of the
+// topology.
+func nodeGone(err error) bool {
+	if err == nil || errors.Is(err, redis.Nil) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var nerr net.Error
+	if errors.As(err, &nerr) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed) {
+		return true
+	}
+	for _, prefix := range []string{"CLUSTERDOWN", "TRYAGAIN", "MOVED", "READONLY", "MASTERDOWN"} {
+		if redis.HasErrorPrefix(err, prefix) {
+			return true
+		}
+	}
+	var rerr redis.Error
+	return !errors.As(err, &rerr) // EOF, a reset: not a reply
 }

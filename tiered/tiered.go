@@ -11,6 +11,7 @@ import (
 	"time"
 
 	gocacheredis "github.com/eko/gocache/store/redis/v4"
+	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 	"github.com/tiercache/tiercache/invalidation"
 	"go.opentelemetry.io/otel"
@@ -90,6 +91,9 @@ func New[V any](cfg Config) (*Cache[V], error) {
 	if st == nil && cfg.Redis != nil {
 		st = gocacheredis.NewRedis(cfg.Redis)
 		warnIfUnbounded(cfg.Logger, cfg.Redis)
+		if cc, ok := cfg.Redis.(*redis.ClusterClient); ok {
+			watchTopology(cc)
+		}
 	}
 	c.counters.breaker.Store(int32(gobreaker.StateClosed))
 	if st != nil {

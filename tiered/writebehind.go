@@ -1,6 +1,7 @@
 package tiered
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -89,6 +90,12 @@ return redis.call('XDEL', KEYS[1], unpack(ARGV, 3))`)
 // the write is not queued for the source, and the cache is unchanged.
 var ErrNotQueued = errors.New("tiered: write-behind write not queued")
 
+// ErrNotReplicated reports a WriteBehind.Set whose write fewer than
+// WriteBehindConfig.Replicas replicas confirmed in time. It comes wrapped
+// with ErrNotQueued: the write is not acknowledged, though the master may
+// still flush it.
+var ErrNotReplicated = errors.New("tiered: write-behind write not on enough replicas")
+
 // errLockLost reports a shard whose lock another process holds now.
 var errLockLost = errors.New("tiered: write-behind shard lock lost")
 
@@ -160,16 +167,31 @@ type WriteBehindConfig[V any] struct {
 	// Consumer names this process in the consumer groups. Default:
 	// "<hostname>:<pid>:<random>", unique per WriteBehind.
 	Consumer string
+
+	// Replicas is how many replicas must hold a write before Set
+	// acknowledges it (Redis's WAIT), so that a failover, which promotes a
+	// replica, keeps every acknowledged write. Default: 1 on a Redis
+	// Cluster; elsewhere 1 if the master has a replica when NewWriteBehind
+	// asks, else 0. Negative: 0, the write is acknowledged once the master
+	// has it.
+	Replicas int
+
+	// ReplicaTimeout bounds the wait for Replicas; a Set that does not get
+	// them in time is retried, and then fails with ErrNotReplicated.
+	// Default: 100 ms.
+	ReplicaTimeout time.Duration
 }
 
 // WriteBehind is the write-behind strategy over a Cache: Set acknowledges
 // a write once Redis holds it, and flushers in any process apply it to the
 // source later, in batches. See NewWriteBehind.
 type WriteBehind[V any] struct {
-	c     *Cache[V]
-	rdb   redis.UniversalClient
-	cfg   WriteBehindConfig[V]
-	group string
+	c       *Cache[V]
+	rdb     redis.UniversalClient
+	cluster *redis.ClusterClient // rdb, if it is one
+	cfg     WriteBehindConfig[V]
+	group   string
+	streams []string // by shard
 
 	closed   atomic.Bool
 	draining chan struct{}   // closed by Close: flushers stop once their shard is empty
@@ -184,7 +206,7 @@ type WriteBehind[V any] struct {
 	calls, okStart atomic.Int64
 	stats          struct {
 		appended, flushed, retried, dead, failures atomic.Int64
-		reread                                     atomic.Int64
+		reread, unreplicated, unsettled            atomic.Int64
 		queue, lagMs                               atomic.Int64
 	}
 	reg      metric.Registration
@@ -220,8 +242,10 @@ func newWriteBehind[V any](c *Cache[V], cfg WriteBehindConfig[V], noLock bool) (
 	if err != nil {
 		return nil, err
 	}
+	cluster, _ := c.l2.rdb.(*redis.ClusterClient)
 	w := &WriteBehind[V]{
-		c: c, rdb: c.l2.rdb, cfg: cfg, group: "tiercache",
+		c: c, rdb: c.l2.rdb, cluster: cluster, cfg: cfg, group: "tiercache",
+		streams:  streamKeys(c.cfg.Namespace, cfg.Shards, cluster != nil),
 		draining: make(chan struct{}),
 		owned:    make([]atomic.Bool, cfg.Shards),
 		logFails: rate.Sometimes{Interval: time.Second},
@@ -229,6 +253,10 @@ func newWriteBehind[V any](c *Cache[V], cfg WriteBehindConfig[V], noLock bool) (
 	}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	w.checkEvictionPolicy()
+	if w.cfg.Replicas == 0 {
+		w.cfg.Replicas = w.defaultReplicas()
+	}
+	w.cfg.Replicas = max(w.cfg.Replicas, 0)
 	mp := c.cfg.MeterProvider
 	if mp == nil {
 		mp = otel.GetMeterProvider()
@@ -260,6 +288,25 @@ func (w *WriteBehind[V]) checkEvictionPolicy() {
 	}
 }
 
+// defaultReplicas is WriteBehindConfig.Replicas's default.
+func (w *WriteBehind[V]) defaultReplicas() int {
+	if w.cluster != nil {
+		return 1
+	}
+	ctx, cancel := w.bound(w.ctx)
+	defer cancel()
+	info, err := w.rdb.Info(ctx, "replication").Result()
+	if err != nil {
+		w.c.cfg.Logger.Warn("tiercache: cannot tell whether Redis has replicas; write-behind acknowledges writes without waiting for one (set WriteBehindConfig.Replicas)",
+			"namespace", w.c.cfg.Namespace, "err", err)
+		return 0
+	}
+	if strings.Contains(info, "connected_slaves:0") || !strings.Contains(info, "connected_slaves:") {
+		return 0
+	}
+	return 1
+}
+
 func (cfg WriteBehindConfig[V]) withDefaults() (WriteBehindConfig[V], error) {
 	if cfg.Shards == 0 {
 		cfg.Shards = 8
@@ -285,6 +332,9 @@ func (cfg WriteBehindConfig[V]) withDefaults() (WriteBehindConfig[V], error) {
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 50 * time.Millisecond
 	}
+	if cfg.ReplicaTimeout == 0 {
+		cfg.ReplicaTimeout = 100 * time.Millisecond
+	}
 	if cfg.Consumer == "" {
 		host, _ := os.Hostname()
 		cfg.Consumer = fmt.Sprintf("%s:%d:%s", host, os.Getpid(), strconv.FormatUint(uint64(time.Now().UnixNano())&0xffffff, 36))
@@ -300,7 +350,7 @@ func (cfg WriteBehindConfig[V]) withDefaults() (WriteBehindConfig[V], error) {
 	if cfg.BatchSize < 1 || cfg.BatchSize > 5000 || cfg.MaxAttempts < 1 {
 		bad("BatchSize %d must be 1 to 5000 and MaxAttempts %d positive", cfg.BatchSize, cfg.MaxAttempts)
 	}
-	if cfg.RetryBackoff < 0 || cfg.MaxRetryBackoff < cfg.RetryBackoff || cfg.FlushTimeout < 0 || cfg.PollInterval < 0 {
+	if cfg.RetryBackoff < 0 || cfg.MaxRetryBackoff < cfg.RetryBackoff || cfg.FlushTimeout < 0 || cfg.PollInterval < 0 || cfg.ReplicaTimeout < 0 {
 		bad("durations must be positive, MaxRetryBackoff at least RetryBackoff")
 	}
 	if cfg.LockTTL <= 2*cfg.FlushTimeout || cfg.LockTTL <= 2*cfg.MaxRetryBackoff {
@@ -357,16 +407,12 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	wctx, cancel := c.writeContext(ctx)
 	defer cancel()
 	var sid string
-	// Retried like a write's other steps: a retry after a lost reply
-	// appends the same value twice, which the flush applies once.
-	err = c.retry(wctx, func(ctx context.Context) error {
-		return c.l2.must(ctx, func(ctx context.Context) (err error) {
-			sid, err = w.rdb.XAdd(ctx, &redis.XAddArgs{
-				Stream: w.streamKey(w.shard(key)),
-				Values: []any{"k", key, "v", payload, "ttl", ttl.Milliseconds(), "keep", keep.Milliseconds()},
-			}).Result()
-			return err
-		})
+	// Retried like a write's other steps: a retry after a lost reply (or
+	// too few replicas) appends the same value twice, which the flush
+	// applies once.
+	err = c.retry(wctx, func(ctx context.Context) (err error) {
+		sid, err = w.append(ctx, key, payload, ttl, keep)
+		return err
 	})
 	if err != nil {
 		c.l2Failed(ctx, "write-behind append", key, err)
@@ -487,8 +533,11 @@ type WriteBehindStats struct {
 	// DeadLettered those they moved to the dead-letter stream, and
 	// FlushErrors the failed Flush calls. Reread counts writes its
 	// flushers found pending on them that a read whose reply was lost had
-	// handed over.
+	// handed over. Unreplicated counts appends that fewer than Replicas
+	// replicas confirmed in time (each is retried), and Unsettled flushed
+	// writes whose L2 value could not be settled (each is flushed again).
 	Appended, Flushed, Retried, DeadLettered, FlushErrors, Reread int64
+	Unreplicated, Unsettled                                       int64
 	// QueueLength is how many writes wait in the streams, cluster-wide,
 	// and Lag how long the oldest of them has waited: sampled by every
 	// process about every PollInterval × 20 (at most a second).
@@ -503,6 +552,7 @@ func (w *WriteBehind[V]) Stats() WriteBehindStats {
 	s := WriteBehindStats{
 		Appended: w.stats.appended.Load(), Flushed: w.stats.flushed.Load(), Retried: w.stats.retried.Load(),
 		DeadLettered: w.stats.dead.Load(), FlushErrors: w.stats.failures.Load(), Reread: w.stats.reread.Load(),
+		Unreplicated: w.stats.unreplicated.Load(), Unsettled: w.stats.unsettled.Load(),
 		QueueLength: w.stats.queue.Load(), Lag: time.Duration(w.stats.lagMs.Load()) * time.Millisecond,
 	}
 	for i := range w.owned {
@@ -513,6 +563,55 @@ func (w *WriteBehind[V]) Stats() WriteBehindStats {
 	return s
 }
 
+// append adds one write to its shard's stream and, with Replicas, waits
+// until that many replicas have it. WAIT counts the replicas that have
+// every write made on its own connection, so the two go in one pipeline
+// to the stream's master.
+func (w *WriteBehind[V]) append(ctx context.Context, key string, payload []byte, ttl, keep time.Duration) (string, error) {
+	stream := w.streamKey(w.shard(key))
+	args := &redis.XAddArgs{Stream: stream, Values: []any{"k", key, "v", payload, "ttl", ttl.Milliseconds(), "keep", keep.Milliseconds()}}
+	if w.cfg.Replicas == 0 {
+		var sid string
+		err := w.c.l2.must(ctx, func(ctx context.Context) (err error) {
+			sid, err = w.rdb.XAdd(ctx, args).Result()
+			return err
+		})
+		return sid, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, w.c.cfg.L2Timeout+w.cfg.ReplicaTimeout)
+	defer cancel()
+	var node redis.Cmdable = w.rdb
+	if w.cluster != nil {
+		// A node's client has none of the cluster's hooks, nor its
+		// handling of MOVED: a failure reloads the slot map here, and the
+		// retry goes where it now says.
+		n, err := w.cluster.MasterForKey(ctx, stream)
+		if err != nil {
+			w.cluster.ReloadState(ctx)
+			return "", err
+		}
+		node = n
+	}
+	var add *redis.StringCmd
+	var wait *redis.Cmd
+	_, err := node.Pipelined(ctx, func(p redis.Pipeliner) error {
+		add = p.XAdd(ctx, args)
+		wait = p.Do(ctx, "wait", w.cfg.Replicas, w.cfg.ReplicaTimeout.Milliseconds())
+		return nil
+	})
+	if err != nil {
+		if w.cluster != nil {
+			w.cluster.ReloadState(ctx)
+		}
+		return "", err
+	}
+	if n, _ := wait.Int64(); n < int64(w.cfg.Replicas) {
+		w.stats.unreplicated.Add(1)
+		return "", fmt.Errorf("%w: %d of %d within %v", ErrNotReplicated, n, w.cfg.Replicas, w.cfg.ReplicaTimeout)
+	}
+	return add.Val(), nil
+}
+
 func (w *WriteBehind[V]) shard(key string) int {
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(key))
@@ -521,8 +620,51 @@ func (w *WriteBehind[V]) shard(key string) int {
 
 // streamKey is shard's stream; its hash tag puts the shard's lock in the
 // same Redis Cluster slot, for wbAck.
-func (w *WriteBehind[V]) streamKey(shard int) string {
-	return "{" + w.c.cfg.Namespace + "#wb:" + strconv.Itoa(shard) + "}"
+func (w *WriteBehind[V]) streamKey(shard int) string { return w.streams[shard] }
+
+// streamKeys names the shards' streams: "{<ns>#wb:<shard>}", and on a
+// cluster "{<ns>#wb:<shard>.<n>}", with the first n that puts shard s in
+// the s-th of Shards equal ranges of hash slots. Their slots are then
+// spread evenly, and so over the masters, whatever the namespace: with
+// the plain names, 8 shards would all land on two of three masters about
+// once in 9 namespaces, and one master's death would stall more of them.
+func streamKeys(ns string, shards int, cluster bool) []string {
+	keys := make([]string, shards)
+	for s := range keys {
+		base := ns + "#wb:" + strconv.Itoa(s)
+		if !cluster {
+			keys[s] = "{" + base + "}"
+			continue
+		}
+		lo, hi := s*clusterSlots/shards, (s+1)*clusterSlots/shards
+		for n := 0; ; n++ {
+			tag := base + "." + strconv.Itoa(n)
+			if slot := keySlot(tag); lo <= slot && slot < hi {
+				keys[s] = "{" + tag + "}"
+				break
+			}
+		}
+	}
+	return keys
+}
+
+const clusterSlots = 16384
+
+// keySlot is Redis Cluster's hash slot of a key without a hash tag:
+// CRC16 (XMODEM) mod 16384.
+func keySlot(key string) int {
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return int(crc) % clusterSlots
 }
 
 func (w *WriteBehind[V]) lockKey(shard int) string { return w.streamKey(shard) + ":owner" }
@@ -842,9 +984,20 @@ type wbItem[V any] struct {
 	// call is the number of the last Flush call that held the item, and
 	// okBefore the value of WriteBehind.okStart when that call began.
 	call, okBefore int64
+	unsettled      bool // flushed, but its L2 value could not be settled
 }
 
 func (it *wbItem[V]) latest() *wbMsg { return it.msgs[len(it.msgs)-1] }
+
+// msgsOf returns the writes of items, in ID order.
+func msgsOf[V any](items []*wbItem[V]) []*wbMsg {
+	var ms []*wbMsg
+	for _, it := range items {
+		ms = append(ms, it.msgs...)
+	}
+	sortMsgs(ms)
+	return ms
+}
 
 // flushHeld writes held (in ID order) to the source and returns what is
 // left of it, in ID order: the writes of the keys that failed. An error
@@ -885,7 +1038,11 @@ func (w *WriteBehind[V]) flushHeld(ctx context.Context, shard int, held []*wbMsg
 	err := w.write(ctx, shard, batch)
 	switch {
 	case err == nil:
-		return nil, w.done(ctx, shard, batch)
+		unsettled, err := w.done(ctx, shard, batch)
+		if err != nil {
+			return held, err
+		}
+		return msgsOf(unsettled), nil
 	case errors.Is(err, errLockLost):
 		return held, err
 	case len(batch) == 1:
@@ -902,14 +1059,19 @@ func (w *WriteBehind[V]) flushHeld(ctx context.Context, shard int, held []*wbMsg
 				return held, err
 			}
 			if it.failed = err; err == nil {
-				if err := w.done(ctx, shard, []*wbItem[V]{it}); err != nil {
+				unsettled, err := w.done(ctx, shard, []*wbItem[V]{it})
+				if err != nil {
 					return held, err
 				}
+				it.unsettled = len(unsettled) > 0
 			}
 		}
 	}
 	var left []*wbMsg
 	for _, it := range batch {
+		if it.unsettled {
+			left = append(left, it.msgs...)
+		}
 		if it.failed == nil {
 			continue
 		}
@@ -981,34 +1143,53 @@ func (w *WriteBehind[V]) write(ctx context.Context, shard int, items []*wbItem[V
 }
 
 // done settles the flushed items' L2 values (their TTL from now on) and
-// acks and deletes their entries. If either fails, the entries stay
-// pending and the caller gives the shard up: the next owner flushes them
-// again (delivery is at least once) and settles them.
-func (w *WriteBehind[V]) done(ctx context.Context, shard int, items []*wbItem[V]) error {
+// acks and deletes the entries of those it settled. It returns the items
+// it could not settle, which stay pending in the shard and held by the
+// caller, to be flushed again (delivery is at least once) and settled:
+// on a cluster, a dead master fails only the keys it serves, and the
+// others go on. If the ack fails, the shard's own node is failing, and
+// the caller gives the shard up.
+func (w *WriteBehind[V]) done(ctx context.Context, shard int, items []*wbItem[V]) ([]*wbItem[V], error) {
 	c := w.c
 	now := time.Now()
-	var ids []string
 	rctx, cancel := w.bound(context.WithoutCancel(ctx))
 	defer cancel()
-	_, err := w.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
-		for _, it := range items {
+	settles := make([]*redis.Cmd, len(items))
+	_, _ = w.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
+		for i, it := range items {
 			m := it.latest()
 			b := appendWriteEnvelope(nil, c.cfg.Codec.ID(), m.id, now.Add(m.ttl), now.Add(m.keep), []byte(m.payload))
-			wbPut.Eval(rctx, p, []string{c.l2Key(m.key)}, b, m.id.ms, m.id.seq, max(m.keep.Milliseconds(), 1), "settle")
-			for _, m := range it.msgs {
-				ids = append(ids, m.sid)
-			}
+			settles[i] = wbPut.Eval(rctx, p, []string{c.l2Key(m.key)}, b, m.id.ms, m.id.seq, max(m.keep.Milliseconds(), 1), "settle")
 		}
 		return nil
 	})
-	if err != nil {
-		return fmt.Errorf("settle L2: %w", err)
+	var ids []string
+	var left []*wbItem[V]
+	var first error
+	for i, it := range items {
+		if err := settles[i].Err(); err != nil && !errors.Is(err, redis.Nil) {
+			first = cmp.Or(first, err)
+			left = append(left, it)
+			continue
+		}
+		for _, m := range it.msgs {
+			ids = append(ids, m.sid)
+		}
 	}
-	if err := w.ack(rctx, shard, ids); err != nil {
-		return err
+	if len(left) > 0 {
+		w.stats.unsettled.Add(int64(len(left)))
+		w.logFails.Do(func() {
+			c.cfg.Logger.WarnContext(ctx, "tiercache: write-behind could not settle flushed values in L2; they are flushed again",
+				"namespace", c.cfg.Namespace, "shard", shard, "keys", len(left), "err", first)
+		})
+	}
+	if len(ids) > 0 {
+		if err := w.ack(rctx, shard, ids); err != nil {
+			return left, err
+		}
 	}
 	w.stats.flushed.Add(int64(len(ids)))
-	return nil
+	return left, nil
 }
 
 // ack acknowledges and deletes entries if this process still holds the
@@ -1079,7 +1260,7 @@ func (w *WriteBehind[V]) deadLetter(ctx context.Context, shard int, it *wbItem[V
 func (w *WriteBehind[V]) instruments(meter metric.Meter) (metric.Registration, error) {
 	ns := metric.WithAttributes(attribute.String("namespace", w.c.cfg.Namespace))
 	writes, err := meter.Int64ObservableCounter("tiercache.writebehind.writes",
-		metric.WithDescription("Write-behind writes by result: appended (acknowledged), flushed (to the source), retried, dead_lettered, reread (found pending on this process after a read whose reply was lost)."))
+		metric.WithDescription("Write-behind writes by result: appended (acknowledged), flushed (to the source), retried, dead_lettered, reread (found pending on this process after a read whose reply was lost), unreplicated (an append too few replicas confirmed, retried), unsettled (flushed, L2 not updated, flushed again)."))
 	if err != nil {
 		return nil, err
 	}
@@ -1101,7 +1282,7 @@ func (w *WriteBehind[V]) instruments(meter metric.Meter) (metric.Registration, e
 		return metric.WithAttributes(attribute.String("namespace", w.c.cfg.Namespace), attribute.String("result", r))
 	}
 	appended, flushed, retried, dead := result("appended"), result("flushed"), result("retried"), result("dead_lettered")
-	reread := result("reread")
+	reread, unreplicated, unsettled := result("reread"), result("unreplicated"), result("unsettled")
 	return meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		s := w.Stats()
 		o.ObserveInt64(writes, s.Appended, appended)
@@ -1109,6 +1290,8 @@ func (w *WriteBehind[V]) instruments(meter metric.Meter) (metric.Registration, e
 		o.ObserveInt64(writes, s.Retried, retried)
 		o.ObserveInt64(writes, s.DeadLettered, dead)
 		o.ObserveInt64(writes, s.Reread, reread)
+		o.ObserveInt64(writes, s.Unreplicated, unreplicated)
+		o.ObserveInt64(writes, s.Unsettled, unsettled)
 		o.ObserveInt64(failures, s.FlushErrors, ns)
 		o.ObserveInt64(queue, s.QueueLength, ns)
 		o.ObserveFloat64(lag, s.Lag.Seconds(), ns)

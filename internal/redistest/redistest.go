@@ -40,6 +40,9 @@ func Main(m *testing.M) {
 	if shared.srv != nil {
 		shared.srv.Stop()
 	}
+	if sharedCluster.c != nil {
+		sharedCluster.c.Stop()
+	}
 	os.Exit(code)
 }
 
@@ -86,6 +89,7 @@ func unavailable(tb testing.TB, err error) {
 // Server is a redis-server process owned by one test.
 type Server struct {
 	Addr string
+	args []string // beyond the port and the defaults (a cluster node's)
 	cmd  *exec.Cmd
 	mu   sync.Mutex // protects cmd
 }
@@ -124,8 +128,9 @@ func (s *Server) Restart() error {
 		return fmt.Errorf("redis-server at %s is running", s.Addr)
 	}
 	_, port, _ := net.SplitHostPort(s.Addr)
-	cmd := exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning")
+	args := append([]string{"--port", port, "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"}, s.args...)
+	cmd := exec.Command("redis-server", args...)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
 	}

@@ -1,0 +1,329 @@
+package redistest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// NodeTimeout is the cluster-node-timeout of the clusters started here: a
+// master that stops answering is marked failed after it, and its replica
+// is promoted about a second later.
+const NodeTimeout = time.Second
+
+// Cluster is a local Redis Cluster of three masters with one replica each,
+// six redis-server processes on loopback ports.
+type Cluster struct {
+	Nodes []*Server
+	dir   string
+}
+
+var sharedCluster struct {
+	once sync.Once
+	c    *Cluster
+	err  error
+}
+
+// SharedCluster returns a Redis Cluster shared by the tests of a package,
+// started once for the test binary (stopped by [Main]); the same rules hold
+// as for [Addr]: a unique namespace, no flushing, no faults.
+func SharedCluster(tb testing.TB) *Cluster {
+	tb.Helper()
+	sharedCluster.once.Do(func() { sharedCluster.c, sharedCluster.err = startCluster() })
+	if sharedCluster.err != nil {
+		unavailable(tb, sharedCluster.err)
+	}
+	return sharedCluster.c
+}
+
+// StartCluster starts a private Redis Cluster, stopped when tb ends, for a
+// test to kill masters of.
+func StartCluster(tb testing.TB) *Cluster {
+	tb.Helper()
+	c, err := startCluster()
+	if err != nil {
+		unavailable(tb, err)
+	}
+	tb.Cleanup(c.Stop)
+	return c
+}
+
+func startCluster() (c *Cluster, err error) {
+	if err := ensureInstalled(); err != nil {
+		return nil, err
+	}
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		return nil, fmt.Errorf("redis-cli is not installed (it comes with redis-server): %w", err)
+	}
+	dir, err := os.MkdirTemp("", "redistest-cluster-")
+	if err != nil {
+		return nil, err
+	}
+	c = &Cluster{dir: dir}
+	defer func() {
+		if err != nil {
+			c.Stop()
+		}
+	}()
+	ports, err := clusterPorts(6)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range ports {
+		s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(p), args: []string{
+			"--cluster-enabled", "yes",
+			"--cluster-config-file", fmt.Sprintf("%s/nodes-%d.conf", dir, p),
+			"--cluster-node-timeout", strconv.Itoa(int(NodeTimeout / time.Millisecond)),
+			// A replica may always take over, however long its link was down.
+			"--cluster-replica-validity-factor", "0",
+			"--dir", dir,
+		}}
+		if err := s.Restart(); err != nil {
+			return nil, err
+		}
+		c.Nodes = append(c.Nodes, s)
+	}
+	args := append([]string{"--cluster", "create"}, c.Addrs()...)
+	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "redis-cli", args...).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
+	}
+	if err := c.WaitHealthy(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// clusterPorts picks n loopback ports p that are free, with p+10000 (the
+// cluster bus port) free too.
+func clusterPorts(n int) ([]int, error) {
+	var ports []int
+	for tries := 0; len(ports) < n && tries < 1000; tries++ {
+		p := 20000 + rand.IntN(25000)
+		if free(p) && free(p+10000) {
+			ports = append(ports, p)
+		}
+	}
+	if len(ports) < n {
+		return nil, errors.New("no free loopback ports for a cluster")
+	}
+	return ports, nil
+}
+
+func free(port int) bool {
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
+// Addrs returns the nodes' addresses.
+func (c *Cluster) Addrs() []string {
+	addrs := make([]string, len(c.Nodes))
+	for i, s := range c.Nodes {
+		addrs[i] = s.Addr
+	}
+	return addrs
+}
+
+// URL returns a redis+cluster:// URL with every node as a seed.
+func (c *Cluster) URL() string {
+	u := "redis+cluster://" + c.Nodes[0].Addr
+	for i, s := range c.Nodes[1:] {
+		sep := "&"
+		if i == 0 {
+			sep = "?"
+		}
+		u += sep + "addr=" + s.Addr
+	}
+	return u
+}
+
+// Stop kills every node and removes the cluster's files.
+func (c *Cluster) Stop() {
+	for _, s := range c.Nodes {
+		s.Stop()
+	}
+	if c.dir != "" {
+		_ = os.RemoveAll(c.dir)
+	}
+}
+
+// node returns a one-connection client for one node.
+func node(addr string) *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, PoolSize: 1, DialTimeout: time.Second, ReadTimeout: time.Second})
+}
+
+// MasterOf returns the node that serves key's slot now.
+func (c *Cluster) MasterOf(ctx context.Context, key string) (*Server, error) {
+	for _, s := range c.Nodes {
+		if s.PID() == 0 {
+			continue
+		}
+		n := node(s.Addr)
+		slot, err := n.ClusterKeySlot(ctx, key).Result()
+		var slots []redis.ClusterSlot
+		if err == nil {
+			slots, err = n.ClusterSlots(ctx).Result()
+		}
+		n.Close()
+		if err != nil {
+			continue
+		}
+		for _, r := range slots {
+			if int64(r.Start) <= slot && slot <= int64(r.End) && len(r.Nodes) > 0 {
+				for _, s := range c.Nodes {
+					if s.Addr == r.Nodes[0].Addr {
+						return s, nil
+					}
+				}
+			}
+		}
+	}
+	return nil, fmt.Errorf("no node knows the master of %q", key)
+}
+
+// WaitHealthy waits until every running node reports the cluster ok with
+// every slot served by a running master, and every running replica is in
+// sync with its master. After a master is killed, it returns once its
+// replica has taken over.
+func (c *Cluster) WaitHealthy(ctx context.Context) error {
+	var last error
+	for {
+		if last = c.healthy(ctx); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster not healthy: %w", last)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) healthy(ctx context.Context) error {
+	running := make(map[string]bool)
+	for _, s := range c.Nodes {
+		running[s.Addr] = s.PID() != 0
+	}
+	for _, s := range c.Nodes {
+		if !running[s.Addr] {
+			continue
+		}
+		n := node(s.Addr)
+		err := func() error {
+			info, err := n.ClusterInfo(ctx).Result()
+			if err != nil {
+				return err
+			}
+			if !strings.Contains(info, "cluster_state:ok") {
+				return fmt.Errorf("%s: cluster_state is not ok", s.Addr)
+			}
+			slots, err := n.ClusterSlots(ctx).Result()
+			if err != nil {
+				return err
+			}
+			covered := 0
+			for _, r := range slots {
+				if len(r.Nodes) == 0 || !running[r.Nodes[0].Addr] {
+					return fmt.Errorf("%s: slots %d-%d have no running master", s.Addr, r.Start, r.End)
+				}
+				covered += r.End - r.Start + 1
+			}
+			if covered != 16384 {
+				return fmt.Errorf("%s: %d slots covered", s.Addr, covered)
+			}
+			repl, err := n.Info(ctx, "replication").Result()
+			if err != nil {
+				return err
+			}
+			if strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
+				return fmt.Errorf("%s: replica not in sync", s.Addr)
+			}
+			return nil
+		}()
+		n.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Target is a Redis deployment that a test runs against.
+type Target struct {
+	Name string // "single" or "cluster"
+	// URL is for tiered.NewRedisClient: redis://host:port/0, or
+	// redis+cluster:// with every node as a seed.
+	URL   string
+	Addrs []string
+}
+
+// Cluster reports whether t is a Redis Cluster.
+func (t Target) Cluster() bool { return t.Name == "cluster" }
+
+// Client returns a client for t with ContextTimeoutEnabled, closed when tb
+// ends.
+func (t Target) Client(tb testing.TB) redis.UniversalClient {
+	tb.Helper()
+	var c redis.UniversalClient
+	if t.Cluster() {
+		c = redis.NewClusterClient(&redis.ClusterOptions{Addrs: t.Addrs, ContextTimeoutEnabled: true})
+	} else {
+		c = redis.NewClient(&redis.Options{Addr: t.Addrs[0], ContextTimeoutEnabled: true})
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Single returns the shared single Redis of [Addr] as a Target.
+func Single(tb testing.TB) Target {
+	tb.Helper()
+	a := Addr(tb)
+	return Target{Name: "single", URL: "redis://" + a + "/0", Addrs: []string{a}}
+}
+
+// Shared returns the [SharedCluster] as a Target.
+func Shared(tb testing.TB) Target {
+	tb.Helper()
+	c := SharedCluster(tb)
+	return c.Target()
+}
+
+// Target returns c as a Target.
+func (c *Cluster) Target() Target { return Target{Name: "cluster", URL: c.URL(), Addrs: c.Addrs()} }
+
+// Each runs f as a subtest on each deployment the tests run on: "single"
+// (the shared Redis of [Addr]) and "cluster" (the [SharedCluster]).
+// REDISTEST_TARGETS=single (or cluster) runs only that one.
+func Each(t *testing.T, f func(t *testing.T, r Target)) {
+	t.Helper()
+	only := os.Getenv("REDISTEST_TARGETS")
+	for _, name := range []string{"single", "cluster"} {
+		if only != "" && !strings.Contains(only, name) {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			if name == "single" {
+				f(t, Single(t))
+			} else {
+				f(t, Shared(t))
+			}
+		})
+	}
+}
