@@ -327,3 +327,35 @@ func Each(t *testing.T, f func(t *testing.T, r Target)) {
 		})
 	}
 }
+
+// ReplicaOf returns a replica of master.
+func (c *Cluster) ReplicaOf(ctx context.Context, master *Server) (*Server, error) {
+	n := node(master.Addr)
+	defer n.Close()
+	info, err := n.Info(ctx, "replication").Result()
+	if err != nil {
+		return nil, err
+	}
+	for line := range strings.Lines(info) {
+		// slave0:ip=127.0.0.1,port=30001,state=online,offset=…,lag=0
+		if !strings.HasPrefix(line, "slave") {
+			continue
+		}
+		var ip, port string
+		for f := range strings.SplitSeq(strings.TrimSpace(line[strings.IndexByte(line, ':')+1:]), ",") {
+			k, v, _ := strings.Cut(f, "=")
+			switch k {
+			case "ip":
+				ip = v
+			case "port":
+				port = v
+			}
+		}
+		for _, s := range c.Nodes {
+			if s.Addr == net.JoinHostPort(ip, port) {
+				return s, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("%s has no replica", master.Addr)
+}
