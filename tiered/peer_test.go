@@ -38,8 +38,9 @@ type peerConfig struct {
 	LeaseTTL  time.Duration
 	NoFence   bool
 	// Bus makes the peer a bare invalidation bus on channel Namespace,
-	// plus a raw subscriber on Namespace+":raw", printing "applied <key>
-	// <unix ns>" for every key either delivers.
+	// plus a raw subscriber on Namespace+":raw" (sharded on a cluster),
+	// printing "applied <key> <unix ns>" for every key either delivers and
+	// "flush <reason>" for every flush. With URL, on that Redis.
 	Bus bool
 	// WriteBehind makes the peer a write-behind process (see
 	// runWriteBehindPeer): "write" or "drain"; "flush" makes it a flusher
@@ -325,6 +326,7 @@ func startPeer(t testing.TB, pc peerConfig) *peer {
 	}
 	if pc.Bus {
 		p.wait["applied"] = make(chan string, 1<<16)
+		p.wait["flush"] = make(chan string, 1<<12)
 	}
 	for _, w := range []string{"acked", "drained"} {
 		if pc.WriteBehind != "" {
@@ -363,7 +365,7 @@ func startPeer(t testing.TB, pc peerConfig) *peer {
 }
 
 // lines returns the channel of a bus peer's lines that start with word
-// ("ready" or "applied").
+// ("ready", "applied" or "flush").
 func (p *peer) lines(word string) <-chan string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -422,7 +424,15 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-func runBusPeer(rdb *redis.Client, pc peerConfig) {
+func runBusPeer(single *redis.Client, pc peerConfig) {
+	var rdb redis.UniversalClient = single
+	if pc.URL != "" {
+		var err error
+		if rdb, err = tiered.NewRedisClient(pc.URL); err != nil {
+			fmt.Fprintln(os.Stderr, "peer client:", err)
+			os.Exit(2)
+		}
+	}
 	var mu sync.Mutex
 	out := bufio.NewWriter(os.Stdout)
 	applied := func(keys []string) {
@@ -435,14 +445,25 @@ func runBusPeer(rdb *redis.Client, pc peerConfig) {
 		mu.Unlock()
 	}
 	bus, err := invalidation.New(rdb, invalidation.Config{
-		Channel: pc.Namespace, Evict: applied, Flush: func(string) {},
+		Channel: pc.Namespace, Evict: applied,
+		Flush: func(reason string) {
+			mu.Lock()
+			fmt.Fprintln(out, "flush", reason)
+			out.Flush()
+			mu.Unlock()
+		},
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "peer bus:", err)
 		os.Exit(2)
 	}
-	ps := rdb.Subscribe(context.Background(), pc.Namespace+":raw")
+	var ps *redis.PubSub
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		ps = cc.SSubscribe(context.Background(), pc.Namespace+":raw")
+	} else {
+		ps = rdb.Subscribe(context.Background(), pc.Namespace+":raw")
+	}
 	if _, err := ps.Receive(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, "peer subscribe:", err)
 		os.Exit(2)
@@ -461,5 +482,6 @@ func runBusPeer(rdb *redis.Client, pc peerConfig) {
 	ps.Close()
 	bus.Close()
 	rdb.Close()
+	single.Close()
 	os.Exit(0)
 }
