@@ -38,19 +38,21 @@ type write struct {
 // same workload must show violations, or the test could not see them.
 func TestCoherenceAcrossProcesses(t *testing.T) {
 	t.Run("bus", func(t *testing.T) {
-		if n := coherence(t, 1000, true); n != 0 {
-			t.Errorf("%d reads beyond the bound", n)
-		}
+		redistest.Each(t, func(t *testing.T, r redistest.Target) {
+			if n := coherence(t, r, 1000, true); n != 0 {
+				t.Errorf("%d reads beyond the bound", n)
+			}
+		})
 	})
 	t.Run("no-bus", func(t *testing.T) {
-		if n := coherence(t, 200, false); n == 0 {
+		if n := coherence(t, redistest.Single(t), 200, false); n == 0 {
 			t.Errorf("no stale read without the bus: the test cannot see what it checks")
 		}
 	})
 }
 
 // coherence runs the workload and returns how many reads broke the bound.
-func coherence(t *testing.T, writes int, bus bool) (violations int) {
+func coherence(t *testing.T, r redistest.Target, writes int, bus bool) (violations int) {
 	ctx := context.Background()
 	addr, ns := redistest.Addr(t), redistest.Namespace(t)
 	const (
@@ -68,12 +70,12 @@ func coherence(t *testing.T, writes int, bus bool) (violations int) {
 			t.Fatal(err)
 		}
 	}
-	a := newIntCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, StalenessBound: bound, DisableInvalidation: !bus})
+	a := newIntCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, StalenessBound: bound, DisableInvalidation: !bus})
 	dir := t.TempDir()
 	var readers []*peer
 	var running []<-chan string
 	for _, name := range []string{"b", "c"} {
-		p := startPeer(t, peerConfig{Addr: addr, Namespace: ns, Bound: bound})
+		p := startPeer(t, peerConfig{Addr: addr, URL: peerURL(r), Namespace: ns, Bound: bound})
 		readers = append(readers, p)
 		running = append(running, p.start("readloop %s %d", filepath.Join(dir, name), nkeys))
 	}

@@ -72,101 +72,107 @@ func TestBusDownServesOnlyYoungCopies(t *testing.T) {
 // answers, but its value does not go to L2, where the lease has expired and
 // a newer value may stand.
 func TestLoadOutlivingItsLeaseIsNotWritten(t *testing.T) {
-	ctx := context.Background()
-	ns := redistest.Namespace(t)
-	raw := newClient(t)
-	c := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, LeaseTTL: 50 * time.Millisecond})
-	v, err := c.GetOrLoad(ctx, "slow", func(ctx context.Context, key string) (product, error) {
-		time.Sleep(150 * time.Millisecond)
-		return product{ID: 1}, nil
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		ns := redistest.Namespace(t)
+		raw := r.Client(t)
+		c := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, LeaseTTL: 50 * time.Millisecond})
+		v, err := c.GetOrLoad(ctx, "slow", func(ctx context.Context, key string) (product, error) {
+			time.Sleep(150 * time.Millisecond)
+			return product{ID: 1}, nil
+		})
+		if err != nil || v.ID != 1 {
+			t.Fatalf("GetOrLoad = %+v, %v", v, err)
+		}
+		if n := raw.Exists(ctx, ns+":slow").Val(); n != 0 {
+			t.Errorf("a load that outlived its lease wrote L2")
+		}
+		if s := c.Stats(); s.LeasesLost != 1 {
+			t.Errorf("LeasesLost = %d, want 1", s.LeasesLost)
+		}
 	})
-	if err != nil || v.ID != 1 {
-		t.Fatalf("GetOrLoad = %+v, %v", v, err)
-	}
-	if n := raw.Exists(ctx, ns+":slow").Val(); n != 0 {
-		t.Errorf("a load that outlived its lease wrote L2")
-	}
-	if s := c.Stats(); s.LeasesLost != 1 {
-		t.Errorf("LeasesLost = %d, want 1", s.LeasesLost)
-	}
 }
 
 // TestWaitsForAnotherProcessLoad: a miss that finds another cache loading
 // the key (its lease in L2) waits for that load's value instead of loading.
 func TestWaitsForAnotherProcessLoad(t *testing.T) {
-	ctx := context.Background()
-	ns := redistest.Namespace(t)
-	holder := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
-	started, release := make(chan struct{}), make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		_, err := holder.GetOrLoad(ctx, "k", func(ctx context.Context, key string) (product, error) {
-			close(started)
-			<-release
-			return product{ID: 1}, nil
-		})
-		done <- err
-	}()
-	<-started
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		ns := redistest.Namespace(t)
+		holder := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		started, release := make(chan struct{}), make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			_, err := holder.GetOrLoad(ctx, "k", func(ctx context.Context, key string) (product, error) {
+				close(started)
+				<-release
+				return product{ID: 1}, nil
+			})
+			done <- err
+		}()
+		<-started
 
-	other := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
-	src := &countingLoader{}
-	got := make(chan product, 1)
-	go func() {
-		v, err := other.GetOrLoad(ctx, "k", src.load)
-		if err != nil {
-			t.Error(err)
+		other := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		src := &countingLoader{}
+		got := make(chan product, 1)
+		go func() {
+			v, err := other.GetOrLoad(ctx, "k", src.load)
+			if err != nil {
+				t.Error(err)
+			}
+			got <- v
+		}()
+		eventually(t, 2*time.Second, "the second cache never waited", func() bool { return other.Stats().LeaseWaits == 1 })
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
 		}
-		got <- v
-	}()
-	eventually(t, 2*time.Second, "the second cache never waited", func() bool { return other.Stats().LeaseWaits == 1 })
-	close(release)
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if v := <-got; v.ID != 1 || src.calls.Load() != 0 {
-		t.Errorf("waiter got %+v after %d loads of its own; want the holder's value and none", v, src.calls.Load())
-	}
+		if v := <-got; v.ID != 1 || src.calls.Load() != 0 {
+			t.Errorf("waiter got %+v after %d loads of its own; want the holder's value and none", v, src.calls.Load())
+		}
+	})
 }
 
 func TestOptions(t *testing.T) {
-	ctx := context.Background()
-	ns := redistest.Namespace(t)
-	raw := newClient(t)
-	c := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, TTL: time.Hour, Jitter: -1})
-	if err := c.Set(ctx, "short", product{ID: 1}, tiered.WithTTL(time.Minute)); err != nil {
-		t.Fatal(err)
-	}
-	if ttl := raw.PTTL(ctx, ns+":short").Val(); ttl <= 0 || ttl > time.Minute {
-		t.Errorf("WithTTL(1m): L2 TTL %v", ttl)
-	}
-	if _, err := c.GetOrLoad(ctx, "loaded", (&countingLoader{}).load, tiered.WithTTL(time.Minute)); err != nil {
-		t.Fatal(err)
-	}
-	if ttl := raw.PTTL(ctx, ns+":loaded").Val(); ttl <= 0 || ttl > time.Minute {
-		t.Errorf("GetOrLoad WithTTL(1m): L2 TTL %v", ttl)
-	}
-	for name, opt := range map[string]tiered.Option{
-		"negative TTL": tiered.WithTTL(-time.Second),
-		"empty tag":    tiered.WithTags(""),
-		"long tag":     tiered.WithTags(strings.Repeat("t", 2000)),
-	} {
-		if err := c.Set(ctx, "k", product{}, opt); err == nil {
-			t.Errorf("Set with %s: no error", name)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		ns := redistest.Namespace(t)
+		raw := r.Client(t)
+		c := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, TTL: time.Hour, Jitter: -1})
+		if err := c.Set(ctx, "short", product{ID: 1}, tiered.WithTTL(time.Minute)); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if err := c.InvalidateTags(ctx, ""); err == nil {
-		t.Errorf("InvalidateTags(\"\"): no error")
-	}
+		if ttl := raw.PTTL(ctx, ns+":short").Val(); ttl <= 0 || ttl > time.Minute {
+			t.Errorf("WithTTL(1m): L2 TTL %v", ttl)
+		}
+		if _, err := c.GetOrLoad(ctx, "loaded", (&countingLoader{}).load, tiered.WithTTL(time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+		if ttl := raw.PTTL(ctx, ns+":loaded").Val(); ttl <= 0 || ttl > time.Minute {
+			t.Errorf("GetOrLoad WithTTL(1m): L2 TTL %v", ttl)
+		}
+		for name, opt := range map[string]tiered.Option{
+			"negative TTL": tiered.WithTTL(-time.Second),
+			"empty tag":    tiered.WithTags(""),
+			"long tag":     tiered.WithTags(strings.Repeat("t", 2000)),
+		} {
+			if err := c.Set(ctx, "k", product{}, opt); err == nil {
+				t.Errorf("Set with %s: no error", name)
+			}
+		}
+		if err := c.InvalidateTags(ctx, ""); err == nil {
+			t.Errorf("InvalidateTags(\"\"): no error")
+		}
 
-	// A gocache Store without Config.Redis cannot index tags.
-	storeOnly := newCache(t, tiered.Config{Store: gocacheredis.NewRedis(newClient(t)), Namespace: ns + "-store"})
-	if err := storeOnly.Set(ctx, "k", product{}, tiered.WithTags("t")); err == nil {
-		t.Errorf("Set WithTags on a Store-only cache: no error")
-	}
-	if err := storeOnly.InvalidateTags(ctx, "t"); err == nil {
-		t.Errorf("InvalidateTags on a Store-only cache: no error")
-	}
+		// A gocache Store without Config.Redis cannot index tags.
+		storeOnly := newCache(t, tiered.Config{Store: gocacheredis.NewRedis(r.Client(t)), Namespace: ns + "-store"})
+		if err := storeOnly.Set(ctx, "k", product{}, tiered.WithTags("t")); err == nil {
+			t.Errorf("Set WithTags on a Store-only cache: no error")
+		}
+		if err := storeOnly.InvalidateTags(ctx, "t"); err == nil {
+			t.Errorf("InvalidateTags on a Store-only cache: no error")
+		}
+	})
 }
 
 // TestInvalidateTagsWithoutRedisEndsTaggedCopies: with the tag set out of
@@ -237,84 +243,90 @@ func TestL1OnlyInvalidateTags(t *testing.T) {
 // TestFailedLoadReleasesItsLease: a load that fails gives its lease back,
 // so that the next miss, here or in another process, can fill L2 at once.
 func TestFailedLoadReleasesItsLease(t *testing.T) {
-	ctx := context.Background()
-	ns := redistest.Namespace(t)
-	raw := newClient(t)
-	c := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
-	if _, err := c.GetOrLoad(ctx, "k", func(context.Context, string) (product, error) {
-		return product{}, errors.New("database down")
-	}); err == nil {
-		t.Fatal("GetOrLoad with a failing loader: no error")
-	}
-	if n := raw.Exists(ctx, ns+":k").Val(); n != 0 {
-		t.Fatalf("the failed load left its lease in L2")
-	}
-	other := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
-	if _, err := other.GetOrLoad(ctx, "k", (&countingLoader{}).load); err != nil {
-		t.Fatal(err)
-	}
-	if n := raw.Exists(ctx, ns+":k").Val(); n != 1 {
-		t.Errorf("the next load did not fill L2")
-	}
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		ns := redistest.Namespace(t)
+		raw := r.Client(t)
+		c := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		if _, err := c.GetOrLoad(ctx, "k", func(context.Context, string) (product, error) {
+			return product{}, errors.New("database down")
+		}); err == nil {
+			t.Fatal("GetOrLoad with a failing loader: no error")
+		}
+		if n := raw.Exists(ctx, ns+":k").Val(); n != 0 {
+			t.Fatalf("the failed load left its lease in L2")
+		}
+		other := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		if _, err := other.GetOrLoad(ctx, "k", (&countingLoader{}).load); err != nil {
+			t.Fatal(err)
+		}
+		if n := raw.Exists(ctx, ns+":k").Val(); n != 1 {
+			t.Errorf("the next load did not fill L2")
+		}
+	})
 }
 
 func TestTaggedKeys(t *testing.T) {
-	ctx := context.Background()
-	c := newCache(t, tiered.Config{Redis: newClient(t), Namespace: redistest.Namespace(t)})
-	for _, k := range []string{"a", "b"} {
-		if err := c.Set(ctx, k, product{}, tiered.WithTags("t")); err != nil {
-			t.Fatal(err)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		c := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: redistest.Namespace(t)})
+		for _, k := range []string{"a", "b"} {
+			if err := c.Set(ctx, k, product{}, tiered.WithTags("t")); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	keys, err := c.TaggedKeys(ctx, "t")
-	slices.Sort(keys)
-	if err != nil || !slices.Equal(keys, []string{"a", "b"}) {
-		t.Errorf("TaggedKeys(t) = %v, %v; want [a b]", keys, err)
-	}
-	if _, err := newCache(t, tiered.Config{}).TaggedKeys(ctx, "t"); !errors.Is(err, errors.ErrUnsupported) {
-		t.Errorf("TaggedKeys on an L1-only cache: %v, want ErrUnsupported", err)
-	}
+		keys, err := c.TaggedKeys(ctx, "t")
+		slices.Sort(keys)
+		if err != nil || !slices.Equal(keys, []string{"a", "b"}) {
+			t.Errorf("TaggedKeys(t) = %v, %v; want [a b]", keys, err)
+		}
+		if _, err := newCache(t, tiered.Config{}).TaggedKeys(ctx, "t"); !errors.Is(err, errors.ErrUnsupported) {
+			t.Errorf("TaggedKeys on an L1-only cache: %v, want ErrUnsupported", err)
+		}
+	})
 }
 
 // TestHotKeys: the keys read most reach Redis's hot-key set, most read
 // first, and the least read do not.
 func TestHotKeys(t *testing.T) {
-	ctx := context.Background()
-	ns := redistest.Namespace(t)
-	raw := newClient(t)
-	t.Cleanup(func() { raw.Del(context.Background(), ns+"#hot") })
-	c := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, HotKeys: 3, HotKeysInterval: 50 * time.Millisecond})
-	for _, k := range []string{"a", "b", "c", "d", "e"} {
-		if err := c.Set(ctx, k, product{}); err != nil {
-			t.Fatal(err)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		ns := redistest.Namespace(t)
+		raw := r.Client(t)
+		t.Cleanup(func() { raw.Del(context.Background(), ns+"#hot") })
+		c := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, HotKeys: 3, HotKeysInterval: 50 * time.Millisecond})
+		for _, k := range []string{"a", "b", "c", "d", "e"} {
+			if err := c.Set(ctx, k, product{}); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	// a ≫ b ≫ c, then d and e a little.
-	for i := range 40_000 {
-		k := "a"
-		switch {
-		case i%10 == 9:
-			k = "d"
-		case i%10 == 8:
-			k = "e"
-		case i%4 == 1:
-			k = "b"
-		case i%8 == 3:
-			k = "c"
+		// a ≫ b ≫ c, then d and e a little.
+		for i := range 40_000 {
+			k := "a"
+			switch {
+			case i%10 == 9:
+				k = "d"
+			case i%10 == 8:
+				k = "e"
+			case i%4 == 1:
+				k = "b"
+			case i%8 == 3:
+				k = "c"
+			}
+			if _, err := c.Get(ctx, k); err != nil {
+				t.Fatal(err)
+			}
 		}
-		if _, err := c.Get(ctx, k); err != nil {
-			t.Fatal(err)
+		var got []string
+		for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			if got, _ = c.HotKeys(ctx, 2); len(got) == 2 {
+				break
+			}
 		}
-	}
-	var got []string
-	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if got, _ = c.HotKeys(ctx, 2); len(got) == 2 {
-			break
+		if !slices.Equal(got, []string{"a", "b"}) {
+			t.Errorf("HotKeys(2) = %v, want [a b]", got)
 		}
-	}
-	if !slices.Equal(got, []string{"a", "b"}) {
-		t.Errorf("HotKeys(2) = %v, want [a b]", got)
-	}
+	})
 }
 
 // TestTagInvalidationReachesCopiesRedisForgot: B holds a copy filled with a
@@ -323,29 +335,33 @@ func TestHotKeys(t *testing.T) {
 // InvalidateTags finds nothing in Redis, yet B's copy goes, because the tag
 // itself travels on the bus.
 func TestTagInvalidationReachesCopiesRedisForgot(t *testing.T) {
-	ctx := context.Background()
-	raw := newClient(t)
-	ns := redistest.Namespace(t)
-	a := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
-	b := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
-	src := &countingLoader{}
-	if _, err := b.GetOrLoad(ctx, "k", src.load, tiered.WithTags("t")); err != nil {
-		t.Fatal(err)
-	}
-	if err := raw.Del(ctx, ns+":k", ns+"#tag:t").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Get(ctx, "k"); err != nil {
-		t.Fatalf("b's copy before the purge: %v", err)
-	}
-	if err := a.InvalidateTags(ctx, "t"); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 5*time.Second, "b's copy goes", func() bool {
-		_, err := b.Get(ctx, "k")
-		return errors.Is(err, tiered.ErrNotFound)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		raw := r.Client(t)
+		ns := redistest.Namespace(t)
+		a := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		b := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		src := &countingLoader{}
+		if _, err := b.GetOrLoad(ctx, "k", src.load, tiered.WithTags("t")); err != nil {
+			t.Fatal(err)
+		}
+		for _, key := range []string{ns + ":k", ns + "#tag:t"} { // two slots on a cluster
+			if err := raw.Del(ctx, key).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := b.Get(ctx, "k"); err != nil {
+			t.Fatalf("b's copy before the purge: %v", err)
+		}
+		if err := a.InvalidateTags(ctx, "t"); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "b's copy goes", func() bool {
+			_, err := b.Get(ctx, "k")
+			return errors.Is(err, tiered.ErrNotFound)
+		})
+		if s := b.Stats(); s.Bus.ReceivedTags != 1 || s.Flushes != 1 {
+			t.Errorf("b's Stats = %+v, want the tag received and no flush but the first", s)
+		}
 	})
-	if s := b.Stats(); s.Bus.ReceivedTags != 1 || s.Flushes != 1 {
-		t.Errorf("b's Stats = %+v, want the tag received and no flush but the first", s)
-	}
 }

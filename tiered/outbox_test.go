@@ -215,7 +215,7 @@ func TestWriteRidesOutAHiccup(t *testing.T) {
 // another process's L1) and returns nil. A handler that passes its
 // request's context must not lose writes silently.
 func TestMutationsWithADoneContext(t *testing.T) {
-	rdb, ns := wbNamespace(t)
+	rdb, ns := wbNamespace(t, redistest.Single(t))
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
 	expired, cancel2 := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))

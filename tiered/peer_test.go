@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tiercache/tiercache/internal/redistest"
 	"github.com/tiercache/tiercache/invalidation"
 	"github.com/tiercache/tiercache/tiered"
 )
@@ -51,6 +52,16 @@ type peerConfig struct {
 	// "database" lives, if not in the cache's Redis.
 	URL    string
 	DBAddr string
+}
+
+// peerURL is peerConfig.URL for a peer whose cache is on r and whose
+// database is the shared single Redis: "" (the cache on Addr too) unless r
+// is a cluster.
+func peerURL(r redistest.Target) string {
+	if r.Cluster() {
+		return r.URL
+	}
+	return ""
 }
 
 // dbKey is where the "database" of the multi-process tests keeps key's

@@ -13,27 +13,29 @@ import (
 // in all, and every caller gets its value. With the leases switched off,
 // each process loads: the test sees what the lease prevents.
 func TestOneLoadPerCluster(t *testing.T) {
-	t.Run("lease", func(t *testing.T) {
-		if n := stampede(t, false); n != 1 {
-			t.Errorf("the loader ran %d times across the processes, want 1", n)
-		}
-	})
-	t.Run("no-lease", func(t *testing.T) {
-		if n := stampede(t, true); n != 3 {
-			t.Errorf("without leases the loader ran %d times, want one per process (3)", n)
-		}
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		t.Run("lease", func(t *testing.T) {
+			if n := stampede(t, r, false); n != 1 {
+				t.Errorf("the loader ran %d times across the processes, want 1", n)
+			}
+		})
+		t.Run("no-lease", func(t *testing.T) {
+			if n := stampede(t, r, true); n != 3 {
+				t.Errorf("without leases the loader ran %d times, want one per process (3)", n)
+			}
+		})
 	})
 }
 
-func stampede(t *testing.T, noLease bool) (loads int64) {
+func stampede(t *testing.T, r redistest.Target, noLease bool) (loads int64) {
 	ctx := context.Background()
 	addr, ns := redistest.Addr(t), redistest.Namespace(t)
-	raw := newClient(t)
+	raw := newClient(t) // the database
 	raw.Set(ctx, dbKey(ns, "k"), 7, 0)
 	t.Cleanup(func() { raw.Del(context.Background(), dbKey(ns, "k")) })
 	var peers []*peer
 	for range 3 {
-		peers = append(peers, startPeer(t, peerConfig{Addr: addr, Namespace: ns, Bound: 2 * time.Second, NoFence: noLease}))
+		peers = append(peers, startPeer(t, peerConfig{Addr: addr, URL: peerURL(r), Namespace: ns, Bound: 2 * time.Second, NoFence: noLease}))
 	}
 	// All three at one instant, whatever each process's start-up took:
 	// otherwise, without leases, a late process finds the early one's

@@ -87,229 +87,241 @@ func newTestCache[V any](t *testing.T, cfg tiered.Config) *tiered.Cache[V] {
 }
 
 func TestReadThroughFillsBothTiers(t *testing.T) {
-	ctx := context.Background()
-	ns := redistest.Namespace(t)
-	raw := newClient(t)
-	a := newCache(t, tiered.Config{Redis: raw, Namespace: ns, TTL: time.Minute})
-	src := &countingLoader{}
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		ns := redistest.Namespace(t)
+		raw := r.Client(t)
+		a := newCache(t, tiered.Config{Redis: raw, Namespace: ns, TTL: time.Minute})
+		src := &countingLoader{}
 
-	got, err := a.GetOrLoad(ctx, "p1", src.load)
-	if err != nil || got.Name != "p-p1" {
-		t.Fatalf("GetOrLoad(p1) = %+v, %v; want p-p1", got, err)
-	}
-	if n, err := raw.Exists(ctx, ns+":p1").Result(); err != nil || n != 1 {
-		t.Fatalf("EXISTS %s:p1 = %d, %v; want 1 (L2 filled)", ns, n, err)
-	}
-	if ttl := raw.PTTL(ctx, ns+":p1").Val(); ttl <= 0 || ttl > time.Minute {
-		t.Errorf("PTTL = %v, want in (0, 1m]", ttl)
-	}
-	if _, err := a.Get(ctx, "p1"); err != nil {
-		t.Fatalf("Get(p1) after load: %v", err)
-	}
-	if s := a.Stats(); s.L1Hits != 1 || s.Loads != 1 {
-		t.Errorf("Stats = %+v, want 1 L1 hit and 1 load", s)
-	}
+		got, err := a.GetOrLoad(ctx, "p1", src.load)
+		if err != nil || got.Name != "p-p1" {
+			t.Fatalf("GetOrLoad(p1) = %+v, %v; want p-p1", got, err)
+		}
+		if n, err := raw.Exists(ctx, ns+":p1").Result(); err != nil || n != 1 {
+			t.Fatalf("EXISTS %s:p1 = %d, %v; want 1 (L2 filled)", ns, n, err)
+		}
+		if ttl := raw.PTTL(ctx, ns+":p1").Val(); ttl <= 0 || ttl > time.Minute {
+			t.Errorf("PTTL = %v, want in (0, 1m]", ttl)
+		}
+		if _, err := a.Get(ctx, "p1"); err != nil {
+			t.Fatalf("Get(p1) after load: %v", err)
+		}
+		if s := a.Stats(); s.L1Hits != 1 || s.Loads != 1 {
+			t.Errorf("Stats = %+v, want 1 L1 hit and 1 load", s)
+		}
 
-	// Another process: same namespace, its own client. It must find the
-	// value in L2 without loading.
-	b := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, TTL: time.Minute})
-	got, err = b.GetOrLoad(ctx, "p1", src.load)
-	if err != nil || got.Name != "p-p1" {
-		t.Fatalf("second cache GetOrLoad(p1) = %+v, %v", got, err)
-	}
-	if s := b.Stats(); s.L2Hits != 1 || s.Loads != 0 {
-		t.Errorf("second cache Stats = %+v, want 1 L2 hit, 0 loads", s)
-	}
-	if n := src.calls.Load(); n != 1 {
-		t.Errorf("loader calls = %d, want 1", n)
-	}
+		// Another process: same namespace, its own client. It must find the
+		// value in L2 without loading.
+		b := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, TTL: time.Minute})
+		got, err = b.GetOrLoad(ctx, "p1", src.load)
+		if err != nil || got.Name != "p-p1" {
+			t.Fatalf("second cache GetOrLoad(p1) = %+v, %v", got, err)
+		}
+		if s := b.Stats(); s.L2Hits != 1 || s.Loads != 0 {
+			t.Errorf("second cache Stats = %+v, want 1 L2 hit, 0 loads", s)
+		}
+		if n := src.calls.Load(); n != 1 {
+			t.Errorf("loader calls = %d, want 1", n)
+		}
+	})
 }
 
 func TestGetOrLoadOneLoadPerKey(t *testing.T) {
-	for _, mode := range []string{"l1-only", "redis"} {
-		t.Run(mode, func(t *testing.T) {
-			cfg := tiered.Config{}
-			if mode == "redis" {
-				cfg = tiered.Config{Redis: newClient(t), Namespace: redistest.Namespace(t)}
-			}
-			c := newCache(t, cfg)
-			src := &countingLoader{release: make(chan struct{})}
-			const n = 200
-			var started, done sync.WaitGroup
-			errs := make(chan error, n)
-			for range n {
-				started.Add(1)
-				done.Add(1)
-				go func() {
-					defer done.Done()
-					started.Done()
-					v, err := c.GetOrLoad(context.Background(), "cold", src.load)
-					if err == nil && v.Name != "p-cold" {
-						err = fmt.Errorf("got %+v", v)
-					}
-					errs <- err
-				}()
-			}
-			started.Wait()
-			close(src.release)
-			done.Wait()
-			close(errs)
-			for err := range errs {
-				if err != nil {
-					t.Fatalf("GetOrLoad: %v", err)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		for _, mode := range []string{"l1-only", "redis"} {
+			t.Run(mode, func(t *testing.T) {
+				cfg := tiered.Config{}
+				if mode == "redis" {
+					cfg = tiered.Config{Redis: r.Client(t), Namespace: redistest.Namespace(t)}
 				}
-			}
-			if got := src.calls.Load(); got != 1 {
-				t.Errorf("loader calls = %d, want 1", got)
-			}
-		})
-	}
+				c := newCache(t, cfg)
+				src := &countingLoader{release: make(chan struct{})}
+				const n = 200
+				var started, done sync.WaitGroup
+				errs := make(chan error, n)
+				for range n {
+					started.Add(1)
+					done.Add(1)
+					go func() {
+						defer done.Done()
+						started.Done()
+						v, err := c.GetOrLoad(context.Background(), "cold", src.load)
+						if err == nil && v.Name != "p-cold" {
+							err = fmt.Errorf("got %+v", v)
+						}
+						errs <- err
+					}()
+				}
+				started.Wait()
+				close(src.release)
+				done.Wait()
+				close(errs)
+				for err := range errs {
+					if err != nil {
+						t.Fatalf("GetOrLoad: %v", err)
+					}
+				}
+				if got := src.calls.Load(); got != 1 {
+					t.Errorf("loader calls = %d, want 1", got)
+				}
+			})
+		}
+	})
 }
 
 func TestNotFoundAndNegativeCaching(t *testing.T) {
-	ctx := context.Background()
-	raw := newClient(t)
-	ns := redistest.Namespace(t)
-	c := newCache(t, tiered.Config{Redis: raw, Namespace: ns, NegativeTTL: 5 * time.Second})
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		raw := r.Client(t)
+		ns := redistest.Namespace(t)
+		c := newCache(t, tiered.Config{Redis: raw, Namespace: ns, NegativeTTL: 5 * time.Second})
 
-	if _, err := c.Get(ctx, "missing"); !errors.Is(err, tiered.ErrNotFound) {
-		t.Fatalf("Get(missing) error = %v, want ErrNotFound", err)
-	}
-	src := &countingLoader{err: fmt.Errorf("no row: %w", tiered.ErrNotFound)}
-	for i := range 3 {
-		if _, err := c.GetOrLoad(ctx, "gone", src.load); !errors.Is(err, tiered.ErrNotFound) {
-			t.Fatalf("GetOrLoad(gone) #%d error = %v, want ErrNotFound", i, err)
+		if _, err := c.Get(ctx, "missing"); !errors.Is(err, tiered.ErrNotFound) {
+			t.Fatalf("Get(missing) error = %v, want ErrNotFound", err)
 		}
-	}
-	if n := src.calls.Load(); n != 1 {
-		t.Errorf("loader calls = %d, want 1 (absence cached)", n)
-	}
-	if ttl := raw.PTTL(ctx, ns+":gone").Val(); ttl <= 0 || ttl > 5*time.Second {
-		t.Errorf("negative entry PTTL = %v, want in (0, NegativeTTL]", ttl)
-	}
-	// Another process sees the cached absence without loading.
-	other := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
-	if _, err := other.GetOrLoad(ctx, "gone", src.load); !errors.Is(err, tiered.ErrNotFound) {
-		t.Fatalf("other GetOrLoad(gone) error = %v, want ErrNotFound", err)
-	}
-	if n := src.calls.Load(); n != 1 {
-		t.Errorf("loader calls after other process = %d, want 1", n)
-	}
+		src := &countingLoader{err: fmt.Errorf("no row: %w", tiered.ErrNotFound)}
+		for i := range 3 {
+			if _, err := c.GetOrLoad(ctx, "gone", src.load); !errors.Is(err, tiered.ErrNotFound) {
+				t.Fatalf("GetOrLoad(gone) #%d error = %v, want ErrNotFound", i, err)
+			}
+		}
+		if n := src.calls.Load(); n != 1 {
+			t.Errorf("loader calls = %d, want 1 (absence cached)", n)
+		}
+		if ttl := raw.PTTL(ctx, ns+":gone").Val(); ttl <= 0 || ttl > 5*time.Second {
+			t.Errorf("negative entry PTTL = %v, want in (0, NegativeTTL]", ttl)
+		}
+		// Another process sees the cached absence without loading.
+		other := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		if _, err := other.GetOrLoad(ctx, "gone", src.load); !errors.Is(err, tiered.ErrNotFound) {
+			t.Fatalf("other GetOrLoad(gone) error = %v, want ErrNotFound", err)
+		}
+		if n := src.calls.Load(); n != 1 {
+			t.Errorf("loader calls after other process = %d, want 1", n)
+		}
 
-	// Other load errors are returned, not cached.
-	failing := &countingLoader{err: errors.New("db down")}
-	for range 2 {
-		if _, err := c.GetOrLoad(ctx, "err", failing.load); err == nil || !strings.Contains(err.Error(), "db down") {
-			t.Fatalf("GetOrLoad(err) error = %v, want db down", err)
+		// Other load errors are returned, not cached.
+		failing := &countingLoader{err: errors.New("db down")}
+		for range 2 {
+			if _, err := c.GetOrLoad(ctx, "err", failing.load); err == nil || !strings.Contains(err.Error(), "db down") {
+				t.Fatalf("GetOrLoad(err) error = %v, want db down", err)
+			}
 		}
-	}
-	if n := failing.calls.Load(); n != 2 {
-		t.Errorf("failing loader calls = %d, want 2 (errors not cached)", n)
-	}
+		if n := failing.calls.Load(); n != 2 {
+			t.Errorf("failing loader calls = %d, want 2 (errors not cached)", n)
+		}
+	})
 }
 
 func TestCorruptL2ValueIsAMiss(t *testing.T) {
-	ctx := context.Background()
-	raw := newClient(t)
-	ns := redistest.Namespace(t)
-	c := newCache(t, tiered.Config{Redis: raw, Namespace: ns})
-	foreign := map[string]string{
-		"text":      "hello",
-		"json":      `{"id":1}`,
-		"truncated": "\xc7\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x10{",
-		"huge-len":  "\xc7\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff",
-		"bad-json":  "\xc7\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02{x",
-		"codec-9":   "\xc7\x01\x09\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02{}",
-	}
-	var want int64
-	for name, val := range foreign {
-		if err := raw.Set(ctx, ns+":"+name, val, time.Minute).Err(); err != nil {
-			t.Fatal(err)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		raw := r.Client(t)
+		ns := redistest.Namespace(t)
+		c := newCache(t, tiered.Config{Redis: raw, Namespace: ns})
+		foreign := map[string]string{
+			"text":      "hello",
+			"json":      `{"id":1}`,
+			"truncated": "\xc7\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x10{",
+			"huge-len":  "\xc7\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\xff\xff",
+			"bad-json":  "\xc7\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02{x",
+			"codec-9":   "\xc7\x01\x09\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02{}",
 		}
-		if _, err := c.Get(ctx, name); !errors.Is(err, tiered.ErrNotFound) {
-			t.Errorf("Get(%s) error = %v, want ErrNotFound", name, err)
+		var want int64
+		for name, val := range foreign {
+			if err := raw.Set(ctx, ns+":"+name, val, time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Get(ctx, name); !errors.Is(err, tiered.ErrNotFound) {
+				t.Errorf("Get(%s) error = %v, want ErrNotFound", name, err)
+			}
+			want++
+			if got := c.Stats().DecodeErrors; got != want {
+				t.Errorf("after %s DecodeErrors = %d, want %d", name, got, want)
+			}
 		}
-		want++
-		if got := c.Stats().DecodeErrors; got != want {
-			t.Errorf("after %s DecodeErrors = %d, want %d", name, got, want)
+		// A load repairs the entry.
+		src := &countingLoader{}
+		if v, err := c.GetOrLoad(ctx, "text", src.load); err != nil || v.Name != "p-text" {
+			t.Fatalf("GetOrLoad(text) = %+v, %v", v, err)
 		}
-	}
-	// A load repairs the entry.
-	src := &countingLoader{}
-	if v, err := c.GetOrLoad(ctx, "text", src.load); err != nil || v.Name != "p-text" {
-		t.Fatalf("GetOrLoad(text) = %+v, %v", v, err)
-	}
-	other := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
-	if v, err := other.Get(ctx, "text"); err != nil || v.Name != "p-text" {
-		t.Fatalf("other Get(text) = %+v, %v; want the repaired value", v, err)
-	}
+		other := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		if v, err := other.Get(ctx, "text"); err != nil || v.Name != "p-text" {
+			t.Fatalf("other Get(text) = %+v, %v; want the repaired value", v, err)
+		}
+	})
 }
 
 func TestSetThenGetSeesTheValue(t *testing.T) {
-	for _, mode := range []string{"l1-only", "redis"} {
-		t.Run(mode, func(t *testing.T) {
-			cfg := tiered.Config{}
-			if mode == "redis" {
-				cfg = tiered.Config{Redis: newClient(t), Namespace: redistest.Namespace(t)}
-			}
-			c := newCache(t, cfg)
-			ctx := context.Background()
-			// New keys (ristretto admits them asynchronously) and rapid
-			// overwrites of one key (a queued older Set must not win).
-			for i := range 500 {
-				key := fmt.Sprintf("k%d", i)
-				if err := c.Set(ctx, key, product{ID: i}); err != nil {
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		for _, mode := range []string{"l1-only", "redis"} {
+			t.Run(mode, func(t *testing.T) {
+				cfg := tiered.Config{}
+				if mode == "redis" {
+					cfg = tiered.Config{Redis: r.Client(t), Namespace: redistest.Namespace(t)}
+				}
+				c := newCache(t, cfg)
+				ctx := context.Background()
+				// New keys (ristretto admits them asynchronously) and rapid
+				// overwrites of one key (a queued older Set must not win).
+				for i := range 500 {
+					key := fmt.Sprintf("k%d", i)
+					if err := c.Set(ctx, key, product{ID: i}); err != nil {
+						t.Fatal(err)
+					}
+					if v, err := c.Get(ctx, key); err != nil || v.ID != i {
+						t.Fatalf("Get(%s) after Set = %+v, %v; want ID %d", key, v, err, i)
+					}
+					if err := c.Set(ctx, "same", product{ID: i}); err != nil {
+						t.Fatal(err)
+					}
+					if v, err := c.Get(ctx, "same"); err != nil || v.ID != i {
+						t.Fatalf("Get(same) after Set #%d = %+v, %v", i, v, err)
+					}
+				}
+				if err := c.Delete(ctx, "k1", "k2"); err != nil {
 					t.Fatal(err)
 				}
-				if v, err := c.Get(ctx, key); err != nil || v.ID != i {
-					t.Fatalf("Get(%s) after Set = %+v, %v; want ID %d", key, v, err, i)
+				if _, err := c.Get(ctx, "k1"); !errors.Is(err, tiered.ErrNotFound) {
+					t.Errorf("Get(k1) after Delete error = %v, want ErrNotFound", err)
 				}
-				if err := c.Set(ctx, "same", product{ID: i}); err != nil {
-					t.Fatal(err)
+				if s := c.Stats(); s.L1Items == 0 || s.L1Bytes == 0 {
+					t.Errorf("Stats = %+v, want L1 items and bytes counted", s)
 				}
-				if v, err := c.Get(ctx, "same"); err != nil || v.ID != i {
-					t.Fatalf("Get(same) after Set #%d = %+v, %v", i, v, err)
-				}
-			}
-			if err := c.Delete(ctx, "k1", "k2"); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := c.Get(ctx, "k1"); !errors.Is(err, tiered.ErrNotFound) {
-				t.Errorf("Get(k1) after Delete error = %v, want ErrNotFound", err)
-			}
-			if s := c.Stats(); s.L1Items == 0 || s.L1Bytes == 0 {
-				t.Errorf("Stats = %+v, want L1 items and bytes counted", s)
-			}
-		})
-	}
+			})
+		}
+	})
 }
 
 func TestL1CopyNeverOutlivesL2Entry(t *testing.T) {
-	ctx := context.Background()
-	ns := redistest.Namespace(t)
-	writer := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, TTL: 300 * time.Millisecond, Jitter: -1})
-	reader := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns, L1TTL: time.Hour})
-	if err := writer.Set(ctx, "short", product{ID: 1}); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if _, err := reader.Get(ctx, "short"); err != nil {
-		t.Fatal(err)
-	}
-	// The reader's L1 copy must go when the L2 entry does, not after L1TTL.
-	for {
-		_, err := reader.Get(ctx, "short")
-		if errors.Is(err, tiered.ErrNotFound) {
-			break
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		ns := redistest.Namespace(t)
+		writer := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, TTL: 300 * time.Millisecond, Jitter: -1})
+		reader := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, L1TTL: time.Hour})
+		if err := writer.Set(ctx, "short", product{ID: 1}); err != nil {
+			t.Fatal(err)
 		}
-		if time.Since(start) > 2*time.Second {
-			t.Fatalf("reader still serves the entry %v after its 300ms L2 TTL", time.Since(start))
+		start := time.Now()
+		if _, err := reader.Get(ctx, "short"); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if s := reader.Stats(); s.L1Hits == 0 {
-		t.Errorf("reader Stats = %+v, want L1 hits before expiry", s)
-	}
+		// The reader's L1 copy must go when the L2 entry does, not after L1TTL.
+		for {
+			_, err := reader.Get(ctx, "short")
+			if errors.Is(err, tiered.ErrNotFound) {
+				break
+			}
+			if time.Since(start) > 2*time.Second {
+				t.Fatalf("reader still serves the entry %v after its 300ms L2 TTL", time.Since(start))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if s := reader.Stats(); s.L1Hits == 0 {
+			t.Errorf("reader Stats = %+v, want L1 hits before expiry", s)
+		}
+	})
 }
 
 func TestInputLimits(t *testing.T) {
@@ -438,26 +450,28 @@ func (h *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 }
 
 func TestL2HitIsOneRoundTrip(t *testing.T) {
-	ctx := context.Background()
-	ns := redistest.Namespace(t)
-	writer := newCache(t, tiered.Config{Redis: newClient(t), Namespace: ns})
-	if err := writer.Set(ctx, "k", product{ID: 1}); err != nil {
-		t.Fatal(err)
-	}
-	client := newClient(t)
-	hook := &commandCounter{}
-	client.AddHook(hook)
-	reader := newCache(t, tiered.Config{Redis: client, Namespace: ns})
-	if err := client.Ping(ctx).Err(); err != nil { // dial now: a new connection sends HELLO and CLIENT SETINFO
-		t.Fatal(err)
-	}
-	hook.n.Store(0)
-	if v, err := reader.Get(ctx, "k"); err != nil || v.ID != 1 {
-		t.Fatalf("Get(k) = %+v, %v", v, err)
-	}
-	if n := hook.n.Load(); n != 1 {
-		t.Errorf("an L2 hit sent %d commands, want 1 (the expiry travels in the value)", n)
-	}
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		ns := redistest.Namespace(t)
+		writer := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		if err := writer.Set(ctx, "k", product{ID: 1}); err != nil {
+			t.Fatal(err)
+		}
+		client := r.Client(t)
+		hook := &commandCounter{}
+		client.AddHook(hook)
+		reader := newCache(t, tiered.Config{Redis: client, Namespace: ns})
+		if err := client.Ping(ctx).Err(); err != nil { // dial now: a new connection sends HELLO and CLIENT SETINFO
+			t.Fatal(err)
+		}
+		hook.n.Store(0)
+		if v, err := reader.Get(ctx, "k"); err != nil || v.ID != 1 {
+			t.Fatalf("Get(k) = %+v, %v", v, err)
+		}
+		if n := hook.n.Load(); n != 1 {
+			t.Errorf("an L2 hit sent %d commands, want 1 (the expiry travels in the value)", n)
+		}
+	})
 }
 
 // TestCloseEndsFlightsInProgress: Close cancels the loads that flights and

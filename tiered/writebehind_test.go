@@ -87,11 +87,15 @@ func newWriteBehind(t *testing.T, c *tiered.Cache[int64], cfg tiered.WriteBehind
 	return w
 }
 
-// wbNamespace returns a client of the test Redis and a namespace of t's
-// own, whose write-behind keys are deleted when t ends.
-func wbNamespace(t *testing.T) (*redis.Client, string) {
-	rdb, ns := newClient(t), redistest.Namespace(t)
+// wbNamespace returns a client of r and a namespace of t's own, whose
+// write-behind keys are deleted when t ends (on the shared single Redis;
+// the cluster is the test binary's own).
+func wbNamespace(t *testing.T, r redistest.Target) (redis.UniversalClient, string) {
+	rdb, ns := r.Client(t), redistest.Namespace(t)
 	t.Cleanup(func() {
+		if r.Cluster() {
+			return
+		}
 		ctx := context.Background()
 		for _, pattern := range []string{"{" + ns + "#wb:*", ns + "#wb:*"} {
 			iter := rdb.Scan(ctx, 0, pattern, 100).Iterator()
@@ -113,28 +117,30 @@ func fastWB(flush tiered.FlushFunc[int64]) tiered.WriteBehindConfig[int64] {
 }
 
 func TestWriteBehindFlushesEveryKeyInOrder(t *testing.T) {
-	// Two processes' worth of flushers on one namespace, a source that
-	// fails one call in five, writers racing on 20 keys: the source must
-	// end with every key's last write, and never apply an older write of
-	// a key after a newer one. Without the shard locks, both flushers read
-	// every shard, and writes of one key are applied out of order.
-	if n, wrong := flushInOrder(t, tiered.NewWriteBehind[int64]); n != 0 || wrong != 0 {
-		t.Errorf("%d writes applied after a newer write of their key; %d keys end with another value than their last", n, wrong)
-	}
-	n, _ := flushInOrder(t, tiered.NewWriteBehindUnlocked[int64])
-	t.Logf("without the shard locks: %d writes applied out of order", n)
-	if n == 0 {
-		t.Errorf("without the shard locks no write was applied out of order: the test shows nothing")
-	}
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		// Two processes' worth of flushers on one namespace, a source that
+		// fails one call in five, writers racing on 20 keys: the source must
+		// end with every key's last write, and never apply an older write of
+		// a key after a newer one. Without the shard locks, both flushers read
+		// every shard, and writes of one key are applied out of order.
+		if n, wrong := flushInOrder(t, r, tiered.NewWriteBehind[int64]); n != 0 || wrong != 0 {
+			t.Errorf("%d writes applied after a newer write of their key; %d keys end with another value than their last", n, wrong)
+		}
+		n, _ := flushInOrder(t, r, tiered.NewWriteBehindUnlocked[int64])
+		t.Logf("without the shard locks: %d writes applied out of order", n)
+		if n == 0 {
+			t.Errorf("without the shard locks no write was applied out of order: the test shows nothing")
+		}
+	})
 }
 
 // flushInOrder runs the test above with newWB and returns how many writes
 // the source applied after a newer write of their key, and how many keys
 // it holds another value for than their last write.
-func flushInOrder(t *testing.T, newWB func(*tiered.Cache[int64], tiered.WriteBehindConfig[int64]) (*tiered.WriteBehind[int64], error)) (reordered, wrong int) {
+func flushInOrder(t *testing.T, r redistest.Target, newWB func(*tiered.Cache[int64], tiered.WriteBehindConfig[int64]) (*tiered.WriteBehind[int64], error)) (reordered, wrong int) {
 	t.Helper()
 	ctx := context.Background()
-	rdb, ns := wbNamespace(t)
+	rdb, ns := wbNamespace(t, r)
 	src := newMemSource()
 	var n atomic.Int64
 	flaky := func(ctx context.Context, ws []tiered.PendingWrite[int64]) error {
@@ -218,105 +224,109 @@ func idLess(a, b string) bool {
 }
 
 func TestWriteBehindReadsSeeThePendingValue(t *testing.T) {
-	ctx := context.Background()
-	rdb, ns := wbNamespace(t)
-	src := newMemSource()
-	src.down.Store(true)
-	writer := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, TTL: time.Minute})
-	reader := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
-	load := func(ctx context.Context, key string) (int64, error) { return 1, nil } // the source's old value
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		rdb, ns := wbNamespace(t, r)
+		src := newMemSource()
+		src.down.Store(true)
+		writer := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, TTL: time.Minute})
+		reader := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
+		load := func(ctx context.Context, key string) (int64, error) { return 1, nil } // the source's old value
 
-	if v, _ := reader.GetOrLoad(ctx, "k", load); v != 1 {
-		t.Fatalf("first read = %d", v)
-	}
-	w := newWriteBehind(t, writer, fastWB(src.flush))
-	if err := w.Set(ctx, "k", 2); err != nil {
-		t.Fatalf("Set: %v", err)
-	}
-	if v, err := writer.Get(ctx, "k"); err != nil || v != 2 {
-		t.Fatalf("writer's read while pending = %d, %v; want 2", v, err)
-	}
-	// The reader's L1 copy is invalidated asynchronously, well within the
-	// staleness bound.
-	eventually(t, time.Second, "the reader sees the pending value", func() bool {
-		v, err := reader.GetOrLoad(ctx, "k", load)
-		return err == nil && v == 2
+		if v, _ := reader.GetOrLoad(ctx, "k", load); v != 1 {
+			t.Fatalf("first read = %d", v)
+		}
+		w := newWriteBehind(t, writer, fastWB(src.flush))
+		if err := w.Set(ctx, "k", 2); err != nil {
+			t.Fatalf("Set: %v", err)
+		}
+		if v, err := writer.Get(ctx, "k"); err != nil || v != 2 {
+			t.Fatalf("writer's read while pending = %d, %v; want 2", v, err)
+		}
+		// The reader's L1 copy is invalidated asynchronously, well within the
+		// staleness bound.
+		eventually(t, time.Second, "the reader sees the pending value", func() bool {
+			v, err := reader.GetOrLoad(ctx, "k", load)
+			return err == nil && v == 2
+		})
+		// Pending in L2 with no TTL: nothing may drop it before the flush.
+		if ttl := rdb.PTTL(ctx, ns+":k").Val(); ttl != -1 {
+			t.Fatalf("pending value's PTTL = %v, want none", ttl)
+		}
+		time.Sleep(100 * time.Millisecond) // the source still down: retried, kept
+		if v, err := reader.GetOrLoad(ctx, "k", load); err != nil || v != 2 {
+			t.Fatalf("read while retrying = %d, %v; want 2", v, err)
+		}
+		src.down.Store(false)
+		eventually(t, 5*time.Second, "flush", func() bool { v, _ := src.get("k"); return v == 2 })
+		eventually(t, 2*time.Second, "TTL restored", func() bool {
+			ttl := rdb.PTTL(ctx, ns+":k").Val()
+			return ttl > 30*time.Second && ttl <= time.Minute
+		})
+		if v, err := reader.Get(ctx, "k"); err != nil || v != 2 {
+			t.Fatalf("read after flush = %d, %v; want 2", v, err)
+		}
+		eventually(t, time.Second, "flushed counted", func() bool { return w.Stats().Flushed == 1 })
+		if s := w.Stats(); s.Appended != 1 || s.Retried == 0 || s.FlushErrors == 0 {
+			t.Errorf("stats = %+v, want 1 appended, 1 flushed, retries", s)
+		}
 	})
-	// Pending in L2 with no TTL: nothing may drop it before the flush.
-	if ttl := rdb.PTTL(ctx, ns+":k").Val(); ttl != -1 {
-		t.Fatalf("pending value's PTTL = %v, want none", ttl)
-	}
-	time.Sleep(100 * time.Millisecond) // the source still down: retried, kept
-	if v, err := reader.GetOrLoad(ctx, "k", load); err != nil || v != 2 {
-		t.Fatalf("read while retrying = %d, %v; want 2", v, err)
-	}
-	src.down.Store(false)
-	eventually(t, 5*time.Second, "flush", func() bool { v, _ := src.get("k"); return v == 2 })
-	eventually(t, 2*time.Second, "TTL restored", func() bool {
-		ttl := rdb.PTTL(ctx, ns+":k").Val()
-		return ttl > 30*time.Second && ttl <= time.Minute
-	})
-	if v, err := reader.Get(ctx, "k"); err != nil || v != 2 {
-		t.Fatalf("read after flush = %d, %v; want 2", v, err)
-	}
-	eventually(t, time.Second, "flushed counted", func() bool { return w.Stats().Flushed == 1 })
-	if s := w.Stats(); s.Appended != 1 || s.Retried == 0 || s.FlushErrors == 0 {
-		t.Errorf("stats = %+v, want 1 appended, 1 flushed, retries", s)
-	}
 }
 
 func TestWriteBehindPoisonGoesToDeadLetters(t *testing.T) {
-	ctx := context.Background()
-	rdb, ns := wbNamespace(t)
-	src := newMemSource()
-	src.poison["bad"] = true
-	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
-	cfg := fastWB(src.flush)
-	cfg.Shards, cfg.MaxAttempts = 1, 3 // one shard: "bad" shares batches with the others
-	w := newWriteBehind(t, c, cfg)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // other keys keep the source busy, as live traffic does
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		rdb, ns := wbNamespace(t, r)
+		src := newMemSource()
+		src.poison["bad"] = true
+		c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
+		cfg := fastWB(src.flush)
+		cfg.Shards, cfg.MaxAttempts = 1, 3 // one shard: "bad" shares batches with the others
+		w := newWriteBehind(t, c, cfg)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { // other keys keep the source busy, as live traffic does
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(2 * time.Millisecond):
+				}
+				_ = w.Set(ctx, "good"+strconv.Itoa(i%10), int64(i))
 			}
-			_ = w.Set(ctx, "good"+strconv.Itoa(i%10), int64(i))
+		}()
+		if err := w.Set(ctx, "bad", 7); err != nil {
+			t.Fatal(err)
 		}
-	}()
-	if err := w.Set(ctx, "bad", 7); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 10*time.Second, "dead letter", func() bool { return w.Stats().DeadLettered == 1 })
-	close(stop)
-	wg.Wait()
-	msgs := rdb.XRange(ctx, ns+"#wb:dead", "-", "+").Val()
-	if len(msgs) != 1 || msgs[0].Values["k"] != "bad" || msgs[0].Values["v"] != "7" || msgs[0].Values["attempts"] != "3" {
-		t.Fatalf("dead letters = %v", msgs)
-	}
-	// The cache no longer claims a value the source never got.
-	if _, err := c.Get(ctx, "bad"); !errors.Is(err, tiered.ErrNotFound) {
-		t.Errorf("Get(bad) after dead-letter: %v, want ErrNotFound", err)
-	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := w.Close(cctx); err != nil {
-		t.Fatal(err)
-	}
-	if v, ok := src.get("good1"); !ok || v == 0 {
-		t.Errorf("good writes were held back by the poison one")
-	}
+		eventually(t, 10*time.Second, "dead letter", func() bool { return w.Stats().DeadLettered == 1 })
+		close(stop)
+		wg.Wait()
+		msgs := rdb.XRange(ctx, ns+"#wb:dead", "-", "+").Val()
+		if len(msgs) != 1 || msgs[0].Values["k"] != "bad" || msgs[0].Values["v"] != "7" || msgs[0].Values["attempts"] != "3" {
+			t.Fatalf("dead letters = %v", msgs)
+		}
+		// The cache no longer claims a value the source never got.
+		if _, err := c.Get(ctx, "bad"); !errors.Is(err, tiered.ErrNotFound) {
+			t.Errorf("Get(bad) after dead-letter: %v, want ErrNotFound", err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := w.Close(cctx); err != nil {
+			t.Fatal(err)
+		}
+		if v, ok := src.get("good1"); !ok || v == 0 {
+			t.Errorf("good writes were held back by the poison one")
+		}
+	})
 }
 
 func TestWriteBehindSourceOutage(t *testing.T) {
 	// The source refuses every write for 5 s while writes go on: none is
 	// lost or dead-lettered, the lag rises and then drains.
 	ctx := context.Background()
-	rdb, ns := wbNamespace(t)
+	rdb, ns := wbNamespace(t, redistest.Single(t))
 	src := newMemSource()
 	reader := sdkmetric.NewManualReader()
 	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))})
@@ -373,7 +383,7 @@ func TestWriteBehindBadInput(t *testing.T) {
 	if _, err := tiered.NewWriteBehind(newTestCache[int64](t, tiered.Config{}), fastWB(newMemSource().flush)); err == nil {
 		t.Error("NewWriteBehind on an L1-only cache: no error")
 	}
-	rdb, ns := wbNamespace(t)
+	rdb, ns := wbNamespace(t, redistest.Single(t))
 	c := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns, MaxKeyBytes: 8})
 	if _, err := tiered.NewWriteBehind(c, tiered.WriteBehindConfig[int64]{}); err == nil {
 		t.Error("NewWriteBehind without Flush: no error")
@@ -424,93 +434,96 @@ func (h *scriptHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 
 // hookedClient returns a client of the test Redis with hook, closed when
 // t ends.
-func hookedClient(t *testing.T, hook redis.Hook) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: redistest.Addr(t), ContextTimeoutEnabled: true})
+func hookedClient(t *testing.T, r redistest.Target, hook redis.Hook) redis.UniversalClient {
+	c := r.Client(t)
 	c.AddHook(hook)
-	t.Cleanup(func() { c.Close() })
 	return c
 }
 
 func TestWriteBehindLateSetDoesNotOverwriteANewerWrite(t *testing.T) {
-	// A appends write 1, then stalls before writing L2; B writes 2, which
-	// is flushed and settled; A's L2 write lands last. The cache must keep
-	// 2, with its TTL, as the source does.
-	ctx := context.Background()
-	rdb, ns := wbNamespace(t)
-	appended := make(chan struct{})
-	var once sync.Once
-	slow := hookedClient(t, &scriptHook{mark: "put", before: func() error {
-		once.Do(func() { close(appended); time.Sleep(300 * time.Millisecond) })
-		return nil
-	}})
-	src := newMemSource()
-	a := newTestCache[int64](t, tiered.Config{Redis: slow, Namespace: ns, L2Timeout: time.Second})
-	b := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
-	wa := newWriteBehind(t, a, tiered.WriteBehindConfig[int64]{NoFlusher: true})
-	wb := newWriteBehind(t, b, fastWB(src.flush))
-	done := make(chan error)
-	go func() { done <- wa.Set(ctx, "k", 1) }()
-	<-appended
-	if err := wb.Set(ctx, "k", 2); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 2*time.Second, "flush of 2", func() bool { v, _ := src.get("k"); return v == 2 })
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 2*time.Second, "write 1 flushed too", func() bool { return wb.Stats().Flushed == 2 })
-	if v, _ := src.get("k"); v != 2 {
-		t.Errorf("source = %d, want 2", v)
-	}
-	if v, err := b.Get(ctx, "k"); err != nil || v != 2 {
-		t.Errorf("cache = %d, %v; want 2", v, err)
-	}
-	if ttl := rdb.PTTL(ctx, ns+":k").Val(); ttl <= 0 {
-		t.Errorf("L2 PTTL = %v: the late write left a value that never expires", ttl)
-	}
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		// A appends write 1, then stalls before writing L2; B writes 2, which
+		// is flushed and settled; A's L2 write lands last. The cache must keep
+		// 2, with its TTL, as the source does.
+		ctx := context.Background()
+		rdb, ns := wbNamespace(t, r)
+		appended := make(chan struct{})
+		var once sync.Once
+		slow := hookedClient(t, r, &scriptHook{mark: "put", before: func() error {
+			once.Do(func() { close(appended); time.Sleep(300 * time.Millisecond) })
+			return nil
+		}})
+		src := newMemSource()
+		a := newTestCache[int64](t, tiered.Config{Redis: slow, Namespace: ns, L2Timeout: time.Second})
+		b := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns})
+		wa := newWriteBehind(t, a, tiered.WriteBehindConfig[int64]{NoFlusher: true, Shards: fastWB(nil).Shards})
+		wb := newWriteBehind(t, b, fastWB(src.flush))
+		done := make(chan error)
+		go func() { done <- wa.Set(ctx, "k", 1) }()
+		<-appended
+		if err := wb.Set(ctx, "k", 2); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 2*time.Second, "flush of 2", func() bool { v, _ := src.get("k"); return v == 2 })
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 2*time.Second, "write 1 flushed too", func() bool { return wb.Stats().Flushed == 2 })
+		if v, _ := src.get("k"); v != 2 {
+			t.Errorf("source = %d, want 2", v)
+		}
+		if v, err := b.Get(ctx, "k"); err != nil || v != 2 {
+			t.Errorf("cache = %d, %v; want 2", v, err)
+		}
+		if ttl := rdb.PTTL(ctx, ns+":k").Val(); ttl <= 0 {
+			t.Errorf("L2 PTTL = %v: the late write left a value that never expires", ttl)
+		}
+	})
 }
 
 func TestWriteBehindFailedAckReplaysInOrder(t *testing.T) {
-	// The first acknowledgement fails after the source took write 1: the
-	// flusher gives its shard up, and the replay must not apply write 1
-	// after write 2.
-	ctx := context.Background()
-	_, ns := wbNamespace(t)
-	var acks atomic.Int64
-	flaky := hookedClient(t, &scriptHook{mark: "tiercache", before: func() error {
-		if acks.Add(1) == 1 {
-			return errors.New("injected: ack lost")
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		// The first acknowledgement fails after the source took write 1: the
+		// flusher gives its shard up, and the replay must not apply write 1
+		// after write 2.
+		ctx := context.Background()
+		_, ns := wbNamespace(t, r)
+		var acks atomic.Int64
+		flaky := hookedClient(t, r, &scriptHook{mark: "tiercache", before: func() error {
+			if acks.Add(1) == 1 {
+				return errors.New("injected: ack lost")
+			}
+			return nil
+		}})
+		src := newMemSource()
+		c := newTestCache[int64](t, tiered.Config{Redis: flaky, Namespace: ns})
+		cfg := fastWB(src.flush)
+		cfg.Shards = 1
+		w := newWriteBehind(t, c, cfg)
+		if err := w.Set(ctx, "k", 1); err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	}})
-	src := newMemSource()
-	c := newTestCache[int64](t, tiered.Config{Redis: flaky, Namespace: ns})
-	cfg := fastWB(src.flush)
-	cfg.Shards = 1
-	w := newWriteBehind(t, c, cfg)
-	if err := w.Set(ctx, "k", 1); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 2*time.Second, "first flush", func() bool { return acks.Load() >= 1 })
-	if err := w.Set(ctx, "k", 2); err != nil {
-		t.Fatal(err)
-	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := w.Close(cctx); err != nil {
-		t.Fatal(err)
-	}
-	src.mu.Lock()
-	ids := src.applied["k"]
-	src.mu.Unlock()
-	for i := 1; i < len(ids); i++ {
-		if idLess(ids[i], ids[i-1]) {
-			t.Errorf("applied %v: an older write after a newer one", ids)
+		eventually(t, 2*time.Second, "first flush", func() bool { return acks.Load() >= 1 })
+		if err := w.Set(ctx, "k", 2); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if v, _ := src.get("k"); v != 2 || len(ids) < 2 {
-		t.Errorf("source = %d after %v, want 2 and a replay", v, ids)
-	}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := w.Close(cctx); err != nil {
+			t.Fatal(err)
+		}
+		src.mu.Lock()
+		ids := src.applied["k"]
+		src.mu.Unlock()
+		for i := 1; i < len(ids); i++ {
+			if idLess(ids[i], ids[i-1]) {
+				t.Errorf("applied %v: an older write after a newer one", ids)
+			}
+		}
+		if v, _ := src.get("k"); v != 2 || len(ids) < 2 {
+			t.Errorf("source = %d after %v, want 2 and a replay", v, ids)
+		}
+	})
 }
 
 func TestWriteBehindCrashLosesNoAcknowledgedWrite(t *testing.T) {
@@ -518,7 +531,7 @@ func TestWriteBehindCrashLosesNoAcknowledgedWrite(t *testing.T) {
 	// batches and hangs in the next, holding writes it was handed, and is
 	// killed with SIGKILL. Another process starts: the source (a Redis
 	// hash) ends with exactly the last acknowledged value of every key.
-	rdb, ns := wbNamespace(t)
+	rdb, ns := wbNamespace(t, redistest.Single(t))
 	t.Cleanup(func() { rdb.Del(context.Background(), ns+"#source") })
 	pc := peerConfig{Addr: redistest.Addr(t), Namespace: ns, WriteBehind: "write"}
 	writer := startPeer(t, pc)

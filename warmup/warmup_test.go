@@ -82,112 +82,116 @@ func (g *gauge) leave() { g.now.Add(-1) }
 // TestWarmupL2ThenLoader: 10,000 keys with 70 % in L2: exactly the other
 // 30 % reach the loader, never more than Concurrency at a time.
 func TestWarmupL2ThenLoader(t *testing.T) {
-	addr, ns := redistest.Addr(t), redistest.Namespace(t)
-	all := keys(10_000)
-	var inL2, notInL2 []string
-	for i, k := range all {
-		if i%10 < 7 {
-			inL2 = append(inL2, k)
-		} else {
-			notInL2 = append(notInL2, k)
-		}
-	}
-	fill(t, newCache(t, tiered.Config{Redis: newClient(t, addr), Namespace: ns, DisableInvalidation: true}), inL2)
-
-	for _, batch := range []bool{false, true} {
-		t.Run(fmt.Sprintf("batch=%v", batch), func(t *testing.T) {
-			ns := ns
-			if batch {
-				// A second namespace with the same 70 %, for a cold L2 of
-				// the missing 30 % again.
-				ns += "-b"
-				fill(t, newCache(t, tiered.Config{Redis: newClient(t, addr), Namespace: ns, DisableInvalidation: true}), inL2)
-			}
-			c := newCache(t, tiered.Config{Redis: newClient(t, addr), Namespace: ns})
-			var mu sync.Mutex
-			var loaded []string
-			var g gauge
-			cfg := warmup.Config[string]{Concurrency: 4, BatchSize: 250, Logger: discard}
-			if batch {
-				cfg.LoadMany = func(_ context.Context, missing []string) (map[string]string, error) {
-					g.enter()
-					defer g.leave()
-					time.Sleep(5 * time.Millisecond)
-					mu.Lock()
-					loaded = append(loaded, missing...)
-					mu.Unlock()
-					out := make(map[string]string)
-					for _, k := range missing {
-						out[k] = "loaded"
-					}
-					return out, nil
-				}
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ns := redistest.Namespace(t)
+		all := keys(10_000)
+		var inL2, notInL2 []string
+		for i, k := range all {
+			if i%10 < 7 {
+				inL2 = append(inL2, k)
 			} else {
-				cfg.Load = func(_ context.Context, key string) (string, error) {
-					g.enter()
-					defer g.leave()
-					time.Sleep(time.Millisecond)
-					mu.Lock()
-					loaded = append(loaded, key)
-					mu.Unlock()
-					return "loaded", nil
+				notInL2 = append(notInL2, k)
+			}
+		}
+		fill(t, newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, DisableInvalidation: true}), inL2)
+
+		for _, batch := range []bool{false, true} {
+			t.Run(fmt.Sprintf("batch=%v", batch), func(t *testing.T) {
+				ns := ns
+				if batch {
+					// A second namespace with the same 70 %, for a cold L2 of
+					// the missing 30 % again.
+					ns += "-b"
+					fill(t, newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, DisableInvalidation: true}), inL2)
 				}
-			}
-			rep, err := warmup.Run(context.Background(), c, warmup.FromSlice(all), cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			slices.Sort(loaded)
-			if !slices.Equal(loaded, notInL2) {
-				t.Errorf("loader got %d keys, want exactly the %d not in L2", len(loaded), len(notInL2))
-			}
-			if most := g.most.Load(); most > 4 || most < 2 {
-				t.Errorf("at most %d loads in flight, want 2..4 (the cap is 4)", most)
-			}
-			want := warmup.Report{Total: 10_000, FromCache: 7_000, Loaded: 3_000}
-			rep.Duration = 0
-			if rep != want {
-				t.Errorf("report %+v, want %+v", rep, want)
-			}
-			t.Logf("batch=%v: %d keys loaded, at most %d loads in flight", batch, len(loaded), g.most.Load())
-		})
-	}
+				c := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+				var mu sync.Mutex
+				var loaded []string
+				var g gauge
+				cfg := warmup.Config[string]{Concurrency: 4, BatchSize: 250, Logger: discard}
+				if batch {
+					cfg.LoadMany = func(_ context.Context, missing []string) (map[string]string, error) {
+						g.enter()
+						defer g.leave()
+						time.Sleep(5 * time.Millisecond)
+						mu.Lock()
+						loaded = append(loaded, missing...)
+						mu.Unlock()
+						out := make(map[string]string)
+						for _, k := range missing {
+							out[k] = "loaded"
+						}
+						return out, nil
+					}
+				} else {
+					cfg.Load = func(_ context.Context, key string) (string, error) {
+						g.enter()
+						defer g.leave()
+						time.Sleep(time.Millisecond)
+						mu.Lock()
+						loaded = append(loaded, key)
+						mu.Unlock()
+						return "loaded", nil
+					}
+				}
+				rep, err := warmup.Run(context.Background(), c, warmup.FromSlice(all), cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				slices.Sort(loaded)
+				if !slices.Equal(loaded, notInL2) {
+					t.Errorf("loader got %d keys, want exactly the %d not in L2", len(loaded), len(notInL2))
+				}
+				if most := g.most.Load(); most > 4 || most < 2 {
+					t.Errorf("at most %d loads in flight, want 2..4 (the cap is 4)", most)
+				}
+				want := warmup.Report{Total: 10_000, FromCache: 7_000, Loaded: 3_000}
+				rep.Duration = 0
+				if rep != want {
+					t.Errorf("report %+v, want %+v", rep, want)
+				}
+				t.Logf("batch=%v: %d keys loaded, at most %d loads in flight", batch, len(loaded), g.most.Load())
+			})
+		}
+	})
 }
 
 // TestWarmupDoesNotOverwriteAnInvalidation: a key written elsewhere while
 // its warm-up load is in flight keeps the newer value, in L1 and in L2.
 func TestWarmupDoesNotOverwriteAnInvalidation(t *testing.T) {
-	addr, ns := redistest.Addr(t), redistest.Namespace(t)
-	c := newCache(t, tiered.Config{Redis: newClient(t, addr), Namespace: ns})
-	writer := newCache(t, tiered.Config{Redis: newClient(t, addr), Namespace: ns})
-	started, release := make(chan struct{}), make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		_, err := warmup.Run(context.Background(), c, warmup.FromSlice([]string{"k"}), warmup.Config[string]{
-			Logger: discard,
-			Load: func(context.Context, string) (string, error) {
-				close(started)
-				<-release
-				return "old", nil // read before the write below
-			},
-		})
-		done <- err
-	}()
-	<-started
-	if err := writer.Set(context.Background(), "k", "new"); err != nil {
-		t.Fatal(err)
-	}
-	close(release)
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if v, err := c.Get(context.Background(), "k"); err != nil || v != "new" {
-		t.Errorf("after warm-up, Get(k) = %q, %v; want the newer %q", v, err, "new")
-	}
-	other := newCache(t, tiered.Config{Redis: newClient(t, addr), Namespace: ns, DisableInvalidation: true})
-	if v, _ := other.Get(context.Background(), "k"); v != "new" {
-		t.Errorf("L2 holds %q after warm-up, want %q", v, "new")
-	}
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ns := redistest.Namespace(t)
+		c := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		writer := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		started, release := make(chan struct{}), make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			_, err := warmup.Run(context.Background(), c, warmup.FromSlice([]string{"k"}), warmup.Config[string]{
+				Logger: discard,
+				Load: func(context.Context, string) (string, error) {
+					close(started)
+					<-release
+					return "old", nil // read before the write below
+				},
+			})
+			done <- err
+		}()
+		<-started
+		if err := writer.Set(context.Background(), "k", "new"); err != nil {
+			t.Fatal(err)
+		}
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if v, err := c.Get(context.Background(), "k"); err != nil || v != "new" {
+			t.Errorf("after warm-up, Get(k) = %q, %v; want the newer %q", v, err, "new")
+		}
+		other := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, DisableInvalidation: true})
+		if v, _ := other.Get(context.Background(), "k"); v != "new" {
+			t.Errorf("L2 holds %q after warm-up, want %q", v, "new")
+		}
+	})
 }
 
 // TestWarmupCancelled: cancelled midway, warm-up returns a partial report
@@ -260,91 +264,94 @@ func TestWarmupLoaderFailures(t *testing.T) {
 }
 
 func TestSourcesAndProgress(t *testing.T) {
-	addr := redistest.Addr(t)
-	rdb := newClient(t, addr)
-	ns := redistest.Namespace(t)
-	ctx := context.Background()
-	rdb.ZAdd(ctx, ns+":hot", redis.Z{Score: 1, Member: "cold"}, redis.Z{Score: 9, Member: "hot"}, redis.Z{Score: 5, Member: "warm"})
-	rdb.SAdd(ctx, ns+":set", "a", "b")
-	t.Cleanup(func() { rdb.Del(context.Background(), ns+":hot", ns+":set") })
-	for name, tt := range map[string]struct {
-		src  warmup.Source
-		want []string
-	}{
-		"reader":     {warmup.FromReader(strings.NewReader("a\n\n b \nc\n")), []string{"a", "b", "c"}},
-		"sorted set": {warmup.FromRedisSortedSet(rdb, ns+":hot", 2), []string{"hot", "warm"}},
-		"set":        {warmup.FromRedisSet(rdb, ns+":set"), []string{"a", "b"}},
-	} {
-		got, err := tt.src(ctx)
-		slices.Sort(got)
-		want := slices.Clone(tt.want)
-		slices.Sort(want)
-		if err != nil || !slices.Equal(got, want) {
-			t.Errorf("%s: %v, %v; want %v", name, got, err, tt.want)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		rdb := r.Client(t)
+		ns := redistest.Namespace(t)
+		ctx := context.Background()
+		rdb.ZAdd(ctx, ns+":hot", redis.Z{Score: 1, Member: "cold"}, redis.Z{Score: 9, Member: "hot"}, redis.Z{Score: 5, Member: "warm"})
+		rdb.SAdd(ctx, ns+":set", "a", "b")
+		t.Cleanup(func() { rdb.Del(context.Background(), ns+":hot", ns+":set") })
+		for name, tt := range map[string]struct {
+			src  warmup.Source
+			want []string
+		}{
+			"reader":     {warmup.FromReader(strings.NewReader("a\n\n b \nc\n")), []string{"a", "b", "c"}},
+			"sorted set": {warmup.FromRedisSortedSet(rdb, ns+":hot", 2), []string{"hot", "warm"}},
+			"set":        {warmup.FromRedisSet(rdb, ns+":set"), []string{"a", "b"}},
+		} {
+			got, err := tt.src(ctx)
+			slices.Sort(got)
+			want := slices.Clone(tt.want)
+			slices.Sort(want)
+			if err != nil || !slices.Equal(got, want) {
+				t.Errorf("%s: %v, %v; want %v", name, got, err, tt.want)
+			}
 		}
-	}
 
-	var reports []warmup.Progress
-	var mu sync.Mutex
-	tracker := &warmup.Tracker{}
-	e := echo.New()
-	e.GET("/ready", tracker.Handler(0))
-	ready := func() int {
-		rec := httptest.NewRecorder()
-		e.ServeHTTP(rec, httptest.NewRequest("GET", "/ready", nil))
-		return rec.Code
-	}
-	if code := ready(); code != http.StatusServiceUnavailable {
-		t.Errorf("readiness before warm-up = %d, want 503", code)
-	}
-	_, err := warmup.Run(ctx, newCache(t, tiered.Config{}), warmup.FromSlice(keys(300)), warmup.Config[string]{
-		Logger: discard, Tracker: tracker, ProgressEvery: time.Millisecond,
-		Load: func(context.Context, string) (string, error) { time.Sleep(100 * time.Microsecond); return "v", nil },
-		Progress: func(p warmup.Progress) {
-			mu.Lock()
-			reports = append(reports, p)
-			mu.Unlock()
-		},
+		var reports []warmup.Progress
+		var mu sync.Mutex
+		tracker := &warmup.Tracker{}
+		e := echo.New()
+		e.GET("/ready", tracker.Handler(0))
+		ready := func() int {
+			rec := httptest.NewRecorder()
+			e.ServeHTTP(rec, httptest.NewRequest("GET", "/ready", nil))
+			return rec.Code
+		}
+		if code := ready(); code != http.StatusServiceUnavailable {
+			t.Errorf("readiness before warm-up = %d, want 503", code)
+		}
+		_, err := warmup.Run(ctx, newCache(t, tiered.Config{}), warmup.FromSlice(keys(300)), warmup.Config[string]{
+			Logger: discard, Tracker: tracker, ProgressEvery: time.Millisecond,
+			Load: func(context.Context, string) (string, error) { time.Sleep(100 * time.Microsecond); return "v", nil },
+			Progress: func(p warmup.Progress) {
+				mu.Lock()
+				reports = append(reports, p)
+				mu.Unlock()
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code := ready(); code != http.StatusOK {
+			t.Errorf("readiness after warm-up = %d, want 200", code)
+		}
+		if last := reports[len(reports)-1]; len(reports) < 2 || last.Done != 300 || last.Total != 300 {
+			t.Errorf("%d progress reports, last %+v; want several, ending at 300/300", len(reports), last)
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code := ready(); code != http.StatusOK {
-		t.Errorf("readiness after warm-up = %d, want 200", code)
-	}
-	if last := reports[len(reports)-1]; len(reports) < 2 || last.Done != 300 || last.Total != 300 {
-		t.Errorf("%d progress reports, last %+v; want several, ending at 300/300", len(reports), last)
-	}
 }
 
 // TestWarmFromHotKeys: a replica that has been reading records its hot
 // keys; a new replica warms with them.
 func TestWarmFromHotKeys(t *testing.T) {
-	addr, ns := redistest.Addr(t), redistest.Namespace(t)
-	ctx := context.Background()
-	t.Cleanup(func() { newClient(t, addr).Del(context.Background(), ns+"#hot") })
-	old := newCache(t, tiered.Config{Redis: newClient(t, addr), Namespace: ns, HotKeys: 10, HotKeysInterval: 20 * time.Millisecond})
-	all := keys(100)
-	fill(t, old, all)
-	for range 20_000 {
-		if _, err := old.Get(ctx, all[0]); err != nil { // one hot key
-			t.Fatal(err)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ns := redistest.Namespace(t)
+		ctx := context.Background()
+		t.Cleanup(func() { r.Client(t).Del(context.Background(), ns+"#hot") })
+		old := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, HotKeys: 10, HotKeysInterval: 20 * time.Millisecond})
+		all := keys(100)
+		fill(t, old, all)
+		for range 20_000 {
+			if _, err := old.Get(ctx, all[0]); err != nil { // one hot key
+				t.Fatal(err)
+			}
 		}
-	}
-	fresh := newCache(t, tiered.Config{Redis: newClient(t, addr), Namespace: ns})
-	var rep warmup.Report
-	for end := time.Now().Add(3 * time.Second); rep.FromCache == 0 && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		var err error
-		if rep, err = warmup.Run(ctx, fresh, warmup.FromHotKeys(fresh, 10), warmup.Config[string]{Logger: discard}); err != nil {
-			t.Fatal(err)
+		fresh := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+		var rep warmup.Report
+		for end := time.Now().Add(3 * time.Second); rep.FromCache == 0 && time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+			var err error
+			if rep, err = warmup.Run(ctx, fresh, warmup.FromHotKeys(fresh, 10), warmup.Config[string]{Logger: discard}); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	if rep.FromCache == 0 {
-		t.Fatalf("no hot key warmed: %+v", rep)
-	}
-	if s := fresh.Stats(); s.L1Items == 0 {
-		t.Errorf("the warmed replica's L1 is empty")
-	}
+		if rep.FromCache == 0 {
+			t.Fatalf("no hot key warmed: %+v", rep)
+		}
+		if s := fresh.Stats(); s.L1Items == 0 {
+			t.Errorf("the warmed replica's L1 is empty")
+		}
+	})
 }
 
 // TestWarmupRateLimitPastDeadline: a rate limit that cannot be kept within
