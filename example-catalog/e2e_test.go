@@ -173,47 +173,54 @@ func (r *replica) product(t *testing.T, id int) (Product, *http.Response) {
 	return p, res
 }
 
+// TestReplicasSeeWritesWithinTheBound: on one Redis and on a cluster.
 func TestReplicasSeeWritesWithinTheBound(t *testing.T) {
-	rs := startReplicas(t, 3, testPostgres(t), redistest.Addr(t), Config{WriteRate: -1})
-	const bound = 2 * time.Second // tiered's default StalenessBound
-	var lags []time.Duration
-	for i := range 60 {
-		id := 1 + i%20
-		for _, r := range rs { // every replica caches the product (and its response)
-			if _, res := r.product(t, id); res.StatusCode != http.StatusOK {
-				t.Fatalf("GET %d: %d", id, res.StatusCode)
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		sep := "?"
+		if strings.Contains(r.URL, "?") {
+			sep = "&"
+		}
+		rs := startReplicasURL(t, 3, testPostgres(t), r.URL+sep+"read_timeout=1s&write_timeout=1s&pool_timeout=1s&pool_size=64", Config{WriteRate: -1})
+		const bound = 2 * time.Second // tiered's default StalenessBound
+		var lags []time.Duration
+		for i := range 60 {
+			id := 1 + i%20
+			for _, r := range rs { // every replica caches the product (and its response)
+				if _, res := r.product(t, id); res.StatusCode != http.StatusOK {
+					t.Fatalf("GET %d: %d", id, res.StatusCode)
+				}
+			}
+			w := rs[i%3]
+			res, b := w.do(t, http.MethodPut, fmt.Sprintf("/products/%d", id), map[string]int{"price_cents": 1000 + i})
+			if res.StatusCode != http.StatusOK {
+				t.Fatalf("PUT: %d %s", res.StatusCode, b)
+			}
+			var put Product
+			_ = json.Unmarshal(b, &put)
+			returned := time.Now()
+			for j, r := range rs {
+				if r == w {
+					continue
+				}
+				for {
+					p, _ := r.product(t, id)
+					if p.Version == put.Version && p.PriceCents == 1000+i {
+						lags = append(lags, time.Since(returned))
+						break
+					}
+					if p.Version > put.Version {
+						t.Fatalf("replica %d: version %d after PUT returned %d", j, p.Version, put.Version)
+					}
+					if time.Since(returned) > bound {
+						t.Fatalf("replica %d still serves version %d of product %d %v after the PUT returned version %d", j, p.Version, id, bound, put.Version)
+					}
+					time.Sleep(time.Millisecond)
+				}
 			}
 		}
-		w := rs[i%3]
-		res, b := w.do(t, http.MethodPut, fmt.Sprintf("/products/%d", id), map[string]int{"price_cents": 1000 + i})
-		if res.StatusCode != http.StatusOK {
-			t.Fatalf("PUT: %d %s", res.StatusCode, b)
-		}
-		var put Product
-		_ = json.Unmarshal(b, &put)
-		returned := time.Now()
-		for j, r := range rs {
-			if r == w {
-				continue
-			}
-			for {
-				p, _ := r.product(t, id)
-				if p.Version == put.Version && p.PriceCents == 1000+i {
-					lags = append(lags, time.Since(returned))
-					break
-				}
-				if p.Version > put.Version {
-					t.Fatalf("replica %d: version %d after PUT returned %d", j, p.Version, put.Version)
-				}
-				if time.Since(returned) > bound {
-					t.Fatalf("replica %d still serves version %d of product %d %v after the PUT returned version %d", j, p.Version, id, bound, put.Version)
-				}
-				time.Sleep(time.Millisecond)
-			}
-		}
-	}
-	slices.Sort(lags)
-	t.Logf("new version seen by the other replicas: p50 %v, max %v after the PUT returned (%d reads)", lags[len(lags)/2], lags[len(lags)-1], len(lags))
+		slices.Sort(lags)
+		t.Logf("%s: new version seen by the other replicas: p50 %v, max %v after the PUT returned (%d reads)", r.Name, lags[len(lags)/2], lags[len(lags)-1], len(lags))
+	})
 }
 
 func TestCatalogHTTPContract(t *testing.T) {

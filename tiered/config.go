@@ -51,6 +51,14 @@ type Config struct {
 	// the bus to be ready. Default: 2 seconds.
 	StalenessBound time.Duration
 
+	// InvalidationWindow is how long the bus waits, after a write's
+	// invalidation, for more before it sends them in one message: fewer
+	// messages for a namespace with many writers and replicas (see the
+	// capacity model in docs/operations.md), at the cost of that much
+	// latency on every write. Default: 0, which sends at once and still
+	// puts together what is published while a message is in flight.
+	InvalidationWindow time.Duration
+
 	// HotKeys, if positive, makes the cache keep the HotKeys keys it reads
 	// most (sampling one read in 64) and add them every HotKeysInterval to
 	// a sorted set in Redis that Cache.HotKeys reads, so that a new replica
@@ -239,6 +247,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.HotKeys > 0 && cfg.Redis == nil {
 		bad("HotKeys needs Redis, where the hot keys are kept")
+	}
+	if cfg.InvalidationWindow < 0 || cfg.InvalidationWindow >= cfg.StalenessBound/4 {
+		bad("InvalidationWindow %v must be 0 or more and under a quarter of StalenessBound %v", cfg.InvalidationWindow, cfg.StalenessBound)
 	}
 	if cfg.StaleTTL < 0 || cfg.MaxStale < 0 {
 		bad("StaleTTL %v and MaxStale %v must not be negative", cfg.StaleTTL, cfg.MaxStale)

@@ -146,6 +146,7 @@ func New[V any](cfg Config) (*Cache[V], error) {
 			EvictTags:      c.invalidateLocalTags,
 			Flush:          c.flush,
 			StalenessBound: cfg.StalenessBound,
+			Window:         cfg.InvalidationWindow,
 			// A lost publish flushes every other process, so it gets more
 			// time than a read: up to a heartbeat period.
 			PublishTimeout:  max(cfg.L2Timeout, cfg.StalenessBound/4),

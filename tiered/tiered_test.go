@@ -385,6 +385,8 @@ func TestCallerContextBoundsTheWait(t *testing.T) {
 func TestConfigErrors(t *testing.T) {
 	raw := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
 	defer raw.Close()
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": "127.0.0.1:1"}})
+	defer ring.Close()
 	tests := []struct {
 		name string
 		cfg  tiered.Config
@@ -395,6 +397,8 @@ func TestConfigErrors(t *testing.T) {
 		{"negative TTL", tiered.Config{TTL: -time.Second}, "must not be negative"},
 		{"jitter", tiered.Config{Jitter: 1.5}, "Jitter"},
 		{"value limit", tiered.Config{MaxValueBytes: 1 << 30}, "MaxValueBytes"},
+		{"invalidation window", tiered.Config{InvalidationWindow: time.Second}, "InvalidationWindow"},
+		{"ring", tiered.Config{Redis: ring, Namespace: "ns"}, "Ring"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
