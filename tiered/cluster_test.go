@@ -442,3 +442,42 @@ func wbFailover(t *testing.T, replicas int) (lost, reordered int) {
 	}
 	return lost, int(reorders.Load())
 }
+
+// TestWriteBehindShardsSpreadOverMasters: on a cluster, the shards' streams
+// live on every master, so that one master's death holds back only its
+// share of them; the slot write-behind computes is the one Redis does.
+func TestWriteBehindShardsSpreadOverMasters(t *testing.T) {
+	ctx := context.Background()
+	r := redistest.Shared(t)
+	rdb := r.Client(t)
+	for _, key := range []string{"123456789", "k", "tiercache#wb:3.17"} {
+		want, err := rdb.ClusterKeySlot(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := tiered.KeySlot(key); int64(got) != want {
+			t.Errorf("KeySlot(%q) = %d, Redis says %d", key, got, want)
+		}
+	}
+	cl := redistest.SharedCluster(t)
+	for _, shards := range []int{3, 8, 64} {
+		c := newIntCache(t, tiered.Config{Redis: rdb, Namespace: redistest.Namespace(t)})
+		w := newWriteBehind(t, c, tiered.WriteBehindConfig[int64]{NoFlusher: true, Shards: shards})
+		masters := make(map[string]int)
+		for _, s := range tiered.Streams(w) {
+			m, err := cl.MasterOf(ctx, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			masters[m.Addr]++
+		}
+		if len(masters) != 3 {
+			t.Errorf("%d shards live on %d masters (%v), want all 3", shards, len(masters), masters)
+		}
+		for addr, n := range masters {
+			if n < shards/3 {
+				t.Errorf("%d shards: master %s holds %d of them, want at least %d", shards, addr, n, shards/3)
+			}
+		}
+	}
+}

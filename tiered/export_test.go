@@ -30,3 +30,10 @@ func SetOutboxLimit[V any](c *Cache[V], n int) {
 	c.outbox.limit = n
 	c.outbox.mu.Unlock()
 }
+
+// Streams returns the names of w's shard streams.
+func Streams[V any](w *WriteBehind[V]) []string { return w.streams }
+
+// KeySlot is the Redis Cluster hash slot that write-behind computes for a
+// key without a hash tag.
+func KeySlot(key string) int { return keySlot(key) }
