@@ -814,3 +814,75 @@ func TestGivenUpPublishShowsAGap(t *testing.T) {
 	p.Pass()
 	rb.waitFlush(t, "gap", 5*time.Second)
 }
+
+// TestBusFollowsItsChannelsSlot: a manual failover (CLUSTER FAILOVER on the
+// replica, as for maintenance) demotes the master that holds the channel's
+// slot, and Redis unsubscribes its subscribers (SUNSUBSCRIBE). Both buses
+// subscribe again on the new master, count it as a gap (a flush), and are
+// fresh again well within the bound; a publish then reaches the other bus.
+// Without the SUNSUBSCRIBE handling, a bus would learn only from a whole
+// bound's silence.
+func TestBusFollowsItsChannelsSlot(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a cluster of its own")
+	}
+	cl := redistest.StartCluster(t)
+	r := cl.Target()
+	ch := newChannel(t)
+	const bound = 4 * time.Second
+	ra, rb := newRecorder(), newRecorder()
+	ac, bc := ra.config(ch), rb.config(ch)
+	ac.StalenessBound, bc.StalenessBound = bound, bound
+	a := newBus(t, r.Client(t), ac)
+	b := newBus(t, r.Client(t), bc)
+	waitFresh(t, a)
+	waitFresh(t, b)
+	ctx := ctxTimeout(t, 30*time.Second)
+	master, err := cl.MasterOf(ctx, ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heir, err := cl.ReplicaOf(ctx, master)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := newClient(t, heir.Addr)
+	if err := hc.Do(ctx, "CLUSTER", "FAILOVER").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	eventually(t, 20*time.Second, "the replica takes the slot over", func() bool {
+		m, err := cl.MasterOf(ctx, ch)
+		return err == nil && m == heir
+	})
+	promoted := time.Since(start)
+	rb.waitFlush(t, "resubscribe", 10*time.Second)
+	eventually(t, 10*time.Second, "b fresh again", b.Fresh)
+	back := time.Since(start)
+	// Publishes reach b again (one may be lost while the cluster settles,
+	// which b sees as a gap).
+	reached := false
+	for i := 0; !reached && time.Since(start) < 10*time.Second; i++ {
+		key := fmt.Sprintf("after-%d", i)
+		if err := a.Publish(ctx, key); err != nil {
+			continue
+		}
+		deadline := time.After(500 * time.Millisecond)
+	wait:
+		for !reached {
+			select {
+			case keys := <-rb.evicts:
+				reached = slices.Contains(keys, key)
+			case <-deadline:
+				break wait
+			}
+		}
+	}
+	if !reached {
+		t.Errorf("a's publishes did not reach b within 10 s of the failover; b: %+v", b.Stats())
+	}
+	t.Logf("slot moved %v after CLUSTER FAILOVER; b resubscribed and fresh %v after it; b: %+v; flushes %q", promoted, back, b.Stats(), rb.drainFlushes())
+	if back > 3*bound/4 {
+		t.Errorf("b fresh again %v after the failover, want well within the %v bound", back, bound)
+	}
+}
