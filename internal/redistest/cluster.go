@@ -177,25 +177,38 @@ func (c *Cluster) MasterOf(ctx context.Context, key string) (*Server, error) {
 		}
 		n := node(s.Addr)
 		slot, err := n.ClusterKeySlot(ctx, key).Result()
-		var slots []redis.ClusterSlot
+		var shards []redis.ClusterShard
 		if err == nil {
-			slots, err = n.ClusterSlots(ctx).Result()
+			shards, err = n.ClusterShards(ctx).Result()
 		}
 		n.Close()
 		if err != nil {
 			continue
 		}
-		for _, r := range slots {
-			if int64(r.Start) <= slot && slot <= int64(r.End) && len(r.Nodes) > 0 {
-				for _, s := range c.Nodes {
-					if s.Addr == r.Nodes[0].Addr {
-						return s, nil
+		for _, sh := range shards {
+			for _, r := range sh.Slots {
+				if r.Start <= slot && slot <= r.End {
+					addr := shardMaster(sh)
+					for _, s := range c.Nodes {
+						if s.Addr == addr {
+							return s, nil
+						}
 					}
 				}
 			}
 		}
 	}
 	return nil, fmt.Errorf("no node knows the master of %q", key)
+}
+
+// shardMaster returns the address of sh's master, if one is online.
+func shardMaster(sh redis.ClusterShard) string {
+	for _, n := range sh.Nodes {
+		if n.Role == "master" && n.Health == "online" {
+			return net.JoinHostPort(n.IP, strconv.FormatInt(n.Port, 10))
+		}
+	}
+	return ""
 }
 
 // WaitHealthy waits until every running node reports the cluster ok with
@@ -234,16 +247,18 @@ func (c *Cluster) healthy(ctx context.Context) error {
 			if !strings.Contains(info, "cluster_state:ok") {
 				return fmt.Errorf("%s: cluster_state is not ok", s.Addr)
 			}
-			slots, err := n.ClusterSlots(ctx).Result()
+			shards, err := n.ClusterShards(ctx).Result()
 			if err != nil {
 				return err
 			}
 			covered := 0
-			for _, r := range slots {
-				if len(r.Nodes) == 0 || !running[r.Nodes[0].Addr] {
-					return fmt.Errorf("%s: slots %d-%d have no running master", s.Addr, r.Start, r.End)
+			for _, sh := range shards {
+				for _, r := range sh.Slots {
+					if m := shardMaster(sh); !running[m] {
+						return fmt.Errorf("%s: slots %d-%d have no running master", s.Addr, r.Start, r.End)
+					}
+					covered += int(r.End - r.Start + 1)
 				}
-				covered += r.End - r.Start + 1
 			}
 			if covered != 16384 {
 				return fmt.Errorf("%s: %d slots covered", s.Addr, covered)
