@@ -389,28 +389,34 @@ func (a *App) afterWrite(ctx context.Context, id int, categories ...string) erro
 	})
 }
 
-// purgeTwice runs purge now and again secondPurgeAfter later, detached
-// from the request: a client that hangs up must not leave stale copies
-// behind. The HTTP cache stores a response after the client has it, so a
-// GET that read before the purge may store its page after it; the second
-// purge removes that page (the "delayed double delete").
+// purgeTwice runs purge now and again secondPurgeAfter after it has
+// returned, detached from the request: a client that hangs up must not
+// leave stale copies behind. The HTTP cache stores a response after the
+// client has it, so a GET that read before the purge may store its page
+// after it; the second purge removes that page (the "delayed double
+// delete"). It is timed from the first purge's end, not its start: when
+// Redis stalls, the first purge takes as long as the stores it races with,
+// and a second purge timed from its start would run alongside it.
 func (a *App) purgeTwice(ctx context.Context, what string, purge func(ctx context.Context) error) error {
 	run := func() error {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		return purge(ctx)
 	}
+	err := run()
 	time.AfterFunc(secondPurgeAfter, func() {
 		if err := run(); err != nil && !errors.Is(err, tiered.ErrClosed) {
 			a.log.Warn("second purge failed", "what", what, "err", err)
 		}
 	})
-	return run()
+	return err
 }
 
-// secondPurgeAfter is how long after a write its purge is repeated: longer
-// than a GET that started before the write takes to store its response.
-const secondPurgeAfter = 500 * time.Millisecond
+// secondPurgeAfter is how long after a write's first purge returned it is
+// repeated: longer than a GET that read before the write takes to store
+// its response, which under Redis stalls includes a page store's retries
+// (up to the caches' 1 s WriteTimeout). See docs/catalog.md.
+const secondPurgeAfter = 1500 * time.Millisecond
 
 // decodePatch reads a JSON body strictly: application/json, known fields
 // only, one value, at most maxBody bytes. A typo in a field name must be

@@ -474,9 +474,11 @@ func TestWriteBehindShardsSpreadOverMasters(t *testing.T) {
 		if len(masters) != 3 {
 			t.Errorf("%d shards live on %d masters (%v), want all 3", shards, len(masters), masters)
 		}
+		// A master's slot range holds all but the two shards whose ranges
+		// straddle its ends, which may go to its neighbours.
 		for addr, n := range masters {
-			if n < shards/3 {
-				t.Errorf("%d shards: master %s holds %d of them, want at least %d", shards, addr, n, shards/3)
+			if n < shards/3-1 {
+				t.Errorf("%d shards: master %s holds %d of them, want at least %d", shards, addr, n, shards/3-1)
 			}
 		}
 	}

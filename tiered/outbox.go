@@ -182,9 +182,12 @@ func (c *Cache[V]) hold(err error, keys, tags []string, puts map[string]heldPut)
 var errRedisDown = errors.New("known down: the last replay of the outbox failed")
 
 // change makes a write's L2 change with op, retried with backoff until it
-// succeeds or ctx, which WriteTimeout bounds, ends. If it cannot, keys,
-// tags and puts go into the outbox and the error wraps ErrL2Unavailable.
-func (c *Cache[V]) change(ctx context.Context, op func(ctx context.Context) error, keys, tags []string, puts map[string]heldPut) error {
+// succeeds or ctx, which WriteTimeout bounds, ends. If it cannot, it calls
+// keep (if not nil), and then keys, tags and puts go into the outbox and
+// the error wraps ErrL2Unavailable. keep installs the writer's own L1 copy:
+// the outbox's replay, which may run as soon as they are in it, ends that
+// copy, so it must be there first, or it would outlive the replay.
+func (c *Cache[V]) change(ctx context.Context, op func(ctx context.Context) error, keys, tags []string, puts map[string]heldPut, keep func()) error {
 	var err error
 	if c.outbox.held.Load() > 0 && c.outbox.down.Load() {
 		err = errRedisDown
@@ -193,6 +196,9 @@ func (c *Cache[V]) change(ctx context.Context, op func(ctx context.Context) erro
 	}
 	if err != nil {
 		c.counters.failedWrites.Add(1)
+		if keep != nil {
+			keep()
+		}
 		return c.hold(err, keys, tags, puts)
 	}
 	if c.outbox.held.Load() > 0 {

@@ -56,7 +56,7 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) (err erro
 			keys, err := c.purgeTag(ctx, t)
 			removed = append(removed, keys...)
 			return err
-		}, nil, []string{t}, nil)
+		}, nil, []string{t}, nil, nil)
 		if err != nil {
 			c.l2Failed(ctx, "invalidate-tags", t, err)
 			errs = append(errs, fmt.Errorf("tiered: invalidate tag %q: %w", t, err))

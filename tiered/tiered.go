@@ -583,7 +583,7 @@ func (c *Cache[V]) tagWritten(ctx context.Context, key string, tags []string, tt
 	c.l2Failed(ctx, "tag", key, err)
 	wctx, cancel := c.writeContext(ctx)
 	defer cancel()
-	if derr := c.change(wctx, func(ctx context.Context) error { return c.l2.must(ctx, c.delOp(key)) }, []string{key}, nil, nil); derr != nil {
+	if derr := c.change(wctx, func(ctx context.Context) error { return c.l2.must(ctx, c.delOp(key)) }, []string{key}, nil, nil, nil); derr != nil {
 		c.l2Failed(ctx, "delete", key, derr)
 	}
 	return fmt.Errorf("tiered: tag %q: %w", key, err)
@@ -825,6 +825,17 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 	if err != nil {
 		return err // bad input: nothing was written anywhere
 	}
+	// The fence moves after the L2 write: a fill that read L2 before it
+	// holds an older ticket and will not install over v.
+	installed := false
+	install := func() {
+		installed = true
+		c.fence.invalidate(key)
+		if len(t.tags) > 0 {
+			e.tags = &t.tags
+		}
+		c.l1.set(key, e, c.l1TTL(ttl))
+	}
 	var l2err error
 	if c.l2 != nil {
 		l2key := c.l2Key(key)
@@ -837,19 +848,15 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 				return c.l2.must(ctx, func(ctx context.Context) error { return c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, o.tags, ttl) })
 			}
 			return nil
-		}, []string{key}, nil, nil)
+		}, []string{key}, nil, nil, install)
 		if l2err != nil {
 			c.l2Failed(ctx, "set", key, l2err)
 			l2err = fmt.Errorf("tiered: set %q: %w", key, l2err)
 		}
 	}
-	// The fence moves after the L2 write: a fill that read L2 before it
-	// holds an older ticket and will not install over v.
-	c.fence.invalidate(key)
-	if len(t.tags) > 0 {
-		e.tags = &t.tags
+	if !installed {
+		install()
 	}
-	c.l1.set(key, e, c.l1TTL(ttl))
 	return errors.Join(l2err, c.announce(wctx, l2err == nil, []string{key}, nil))
 }
 
@@ -880,7 +887,7 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
 		l2keys := c.l2Keys(keys)
 		l2err = c.change(wctx, func(ctx context.Context) error {
 			return c.l2.must(ctx, func(ctx context.Context) error { return c.l2.delMany(ctx, l2keys) })
-		}, keys, nil, nil)
+		}, keys, nil, nil, nil)
 		if l2err != nil {
 			c.l2Failed(ctx, "delete", keys[0], l2err)
 			l2err = fmt.Errorf("tiered: delete %d keys: %w", len(keys), l2err)

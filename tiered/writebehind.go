@@ -428,22 +428,28 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	b := appendWriteEnvelope(make([]byte, 0, headerSize+writeIDExt+len(payload)), c.cfg.Codec.ID(), id, time.Time{}, time.Time{}, payload)
 	wrote := true
 	l2key := c.l2Key(key)
+	// On a failure too, v goes into L1: it is the newest write this
+	// process knows of, and the outbox puts it into L2 once Redis answers.
+	install := func() {
+		c.fence.invalidate(key)
+		c.l1.set(key, &entry[V]{v: v, filled: time.Now().UnixNano(), cost: entryCost(key, len(b))}, c.l1TTL(0))
+	}
 	l2err := c.change(wctx, func(ctx context.Context) error {
 		return c.l2.must(ctx, func(ctx context.Context) error {
 			n, err := wbPut.Run(ctx, w.rdb, []string{l2key}, b, id.ms, id.seq, 0, "put").Int()
 			wrote = n == 1
 			return err
 		})
-	}, nil, nil, map[string]heldPut{key: {b: b, id: id}})
-	c.fence.invalidate(key)
-	if l2err == nil && !wrote {
+	}, nil, nil, map[string]heldPut{key: {b: b, id: id}}, install)
+	switch {
+	case l2err != nil: // kept
+	case !wrote:
 		// L2 holds a newer write (a concurrent Set), or this one already
 		// (a retry after a lost reply): this process must read it there.
+		c.fence.invalidate(key)
 		c.l1.del(key)
-	} else {
-		// On a failure too: v is the newest write this process knows of,
-		// and the outbox puts it into L2 once Redis answers.
-		c.l1.set(key, &entry[V]{v: v, filled: time.Now().UnixNano(), cost: entryCost(key, len(b))}, c.l1TTL(0))
+	default:
+		install()
 	}
 	if l2err != nil {
 		c.l2Failed(ctx, "write-behind set", key, l2err)
