@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	neturl "net/url"
 	"os"
 	"os/signal"
 	"syscall"
@@ -133,11 +134,20 @@ func connectRedis(ctx context.Context, log *slog.Logger, url, def string) (redis
 	case err == nil:
 		return rdb, "redis", func() { rdb.Close() }, nil
 	case explicit:
-		log.Warn("Redis does not answer; serving from L1 and the database until it does", "url", url, "err", err)
+		log.Warn("Redis does not answer; serving from L1 and the database until it does", "url", redacted(url), "err", err)
 		return rdb, "redis", func() { rdb.Close() }, nil
 	}
 	rdb.Close()
 	return embeddedRedis(log, "no Redis at "+def)
+}
+
+// redacted is rawURL with its password masked, for the log.
+func redacted(rawURL string) string {
+	u, err := neturl.Parse(rawURL)
+	if err != nil {
+		return "(a URL that does not parse)"
+	}
+	return u.Redacted()
 }
 
 // embeddedRedis starts miniredis in process and connects to it.
