@@ -129,8 +129,9 @@ type WriteBehindConfig[V any] struct {
 	// Shards is how many streams the writes are spread over, by key: the
 	// most batches flushed at once, cluster-wide. Every process of a
 	// namespace must use the same number, and change it only when the
-	// streams are empty, or one key's writes could be applied out of order.
-	// Default: 8.
+	// streams are empty, or one key's writes could be applied out of order:
+	// NewWriteBehind records it in Redis ("<ns>#wb:shards") and returns
+	// ErrShardsChanged for another while writes are queued. Default: 8.
 	Shards int
 
 	// BatchSize bounds the writes read from a shard and handed to Flush at
@@ -252,6 +253,10 @@ func newWriteBehind[V any](c *Cache[V], cfg WriteBehindConfig[V], noLock bool) (
 		noLock:   noLock,
 	}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
+	if err := w.checkShards(); err != nil {
+		w.cancel()
+		return nil, err
+	}
 	w.checkEvictionPolicy()
 	if w.cfg.Replicas == 0 {
 		w.cfg.Replicas = w.defaultReplicas()
@@ -274,6 +279,65 @@ func newWriteBehind[V any](c *Cache[V], cfg WriteBehindConfig[V], noLock bool) (
 // than fail it.
 func (w *WriteBehind[V]) bound(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, 5*w.c.cfg.L2Timeout)
+}
+
+// ErrShardsChanged reports a NewWriteBehind whose Shards differs from the
+// count that the namespace's queued writes were made with: its flushers
+// would read other streams, and those writes would wait forever (or a
+// key's writes be applied out of order). Drain the writes with the old
+// count first; with every stream empty, a new count is taken.
+var ErrShardsChanged = errors.New("tiered: write-behind Shards changed while writes are queued")
+
+// checkShards records the namespace's shard count in Redis, or checks it
+// against the one recorded, and refuses a change while any stream of the
+// old count, or (on a cluster) of a version before the streams were spread
+// over the masters, holds writes. Best effort when Redis does not answer:
+// the check is then skipped, with a warning.
+func (w *WriteBehind[V]) checkShards() error {
+	ctx, cancel := w.bound(w.ctx)
+	defer cancel()
+	ns := w.c.cfg.Namespace
+	key := ns + "#wb:shards"
+	warn := func(err error) error {
+		w.c.cfg.Logger.Warn("tiercache: cannot check write-behind's shard count against Redis; every process must use the same Shards",
+			"namespace", ns, "err", err)
+		return nil
+	}
+	old, err := w.rdb.Get(ctx, key).Int()
+	switch {
+	case errors.Is(err, redis.Nil):
+		old = w.cfg.Shards
+	case err != nil:
+		return warn(err)
+	}
+	var queued []string
+	if old != w.cfg.Shards {
+		queued = append(queued, streamKeys(ns, old, w.cluster != nil)...)
+	}
+	if w.cluster != nil {
+		queued = append(queued, streamKeys(ns, max(old, w.cfg.Shards), false)...)
+	}
+	lens := make([]*redis.IntCmd, len(queued))
+	if _, err := w.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range queued {
+			lens[i] = p.XLen(ctx, k)
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return warn(err)
+	}
+	var n int64
+	for _, l := range lens {
+		n += l.Val()
+	}
+	if n > 0 {
+		return fmt.Errorf("%w: %d writes wait in the streams of %d shards (or of an older version's stream names), and this process has Shards %d",
+			ErrShardsChanged, n, old, w.cfg.Shards)
+	}
+	if err := w.rdb.Set(ctx, key, w.cfg.Shards, 0).Err(); err != nil {
+		return warn(err)
+	}
+	return nil
 }
 
 // checkEvictionPolicy warns if Redis may evict keys without a TTL, pending

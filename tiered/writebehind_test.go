@@ -858,3 +858,51 @@ func (p *peer) rereads() int64 {
 		}
 	}
 }
+
+// TestWriteBehindRefusesAShardChange: a process with another Shards than
+// the one the namespace's queued writes were made with would never flush
+// them (or reorder a key's writes): NewWriteBehind refuses it until they
+// are drained. On a cluster, writes queued under the stream names of a
+// version before the streams were spread over the masters are refused the
+// same way.
+func TestWriteBehindRefusesAShardChange(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		rdb, ns := wbNamespace(t, r)
+		c := newIntCache(t, tiered.Config{Redis: rdb, Namespace: ns})
+		appender := newWriteBehind(t, c, tiered.WriteBehindConfig[int64]{NoFlusher: true, Shards: 4})
+		for i := range 20 {
+			if err := appender.Set(ctx, fmt.Sprintf("k%d", i), int64(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := tiered.NewWriteBehind(c, tiered.WriteBehindConfig[int64]{NoFlusher: true, Shards: 8}); !errors.Is(err, tiered.ErrShardsChanged) {
+			t.Fatalf("NewWriteBehind with Shards 8 over 20 queued writes of 4 shards: %v, want ErrShardsChanged", err)
+		}
+		src := newMemSource()
+		cfg := fastWB(src.flush)
+		cfg.Shards = 4
+		drainer := newWriteBehind(t, c, cfg)
+		if err := drainer.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := src.get("k19"); v != 19 {
+			t.Fatalf("k19 = %d after the drain, want 19", v)
+		}
+		w := newWriteBehind(t, c, tiered.WriteBehindConfig[int64]{NoFlusher: true, Shards: 8})
+		if err := w.Set(ctx, "k", 1); err != nil {
+			t.Fatal(err)
+		}
+		if !r.Cluster() {
+			return
+		}
+		ns2 := redistest.Namespace(t)
+		legacy := newTestCache[int64](t, tiered.Config{Redis: rdb, Namespace: ns2})
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: "{" + ns2 + "#wb:0}", Values: []any{"k", "k", "v", "1", "ttl", 1000, "keep", 1000}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tiered.NewWriteBehind(legacy, tiered.WriteBehindConfig[int64]{NoFlusher: true}); !errors.Is(err, tiered.ErrShardsChanged) {
+			t.Errorf("NewWriteBehind over a write queued under an older version's stream name: %v, want ErrShardsChanged", err)
+		}
+	})
+}
