@@ -826,10 +826,9 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 		return err // bad input: nothing was written anywhere
 	}
 	// The fence moves after the L2 write: a fill that read L2 before it
-	// holds an older ticket and will not install over v.
-	installed := false
+	// holds an older ticket and will not install over v. On a failure,
+	// change installs v before the outbox holds the key.
 	install := func() {
-		installed = true
 		c.fence.invalidate(key)
 		if len(t.tags) > 0 {
 			e.tags = &t.tags
@@ -854,7 +853,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 			l2err = fmt.Errorf("tiered: set %q: %w", key, l2err)
 		}
 	}
-	if !installed {
+	if l2err == nil {
 		install()
 	}
 	return errors.Join(l2err, c.announce(wctx, l2err == nil, []string{key}, nil))
