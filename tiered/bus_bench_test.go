@@ -172,11 +172,7 @@ func TestPacedWritesDoNotFlush(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("bus peer not ready")
 		}
-		rdb, err := tiered.NewRedisClient(r.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { rdb.Close() })
+		rdb := libraryClient(t, r.URL)
 		c := newIntCache(t, tiered.Config{Redis: rdb, Namespace: ns})
 		ctx := context.Background()
 		const n = 1000

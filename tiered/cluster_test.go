@@ -50,11 +50,7 @@ func TestClusterFailoverKeepsTheBound(t *testing.T) {
 		}
 	}
 	open := func() *tiered.Cache[int64] {
-		rdb, err := tiered.NewRedisClient(cl.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { rdb.Close() })
+		rdb := libraryClient(t, cl.URL())
 		return newIntCache(t, tiered.Config{Redis: rdb, Namespace: ns})
 	}
 	a, b := open(), open()
@@ -299,11 +295,7 @@ func wbFailover(t *testing.T, replicas int) (lost, reordered int) {
 	}
 	var wbs []*tiered.WriteBehind[int64]
 	for range 2 {
-		rdb, err := tiered.NewRedisClient(cl.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { rdb.Close() })
+		rdb := libraryClient(t, cl.URL())
 		c := newIntCache(t, tiered.Config{Redis: rdb, Namespace: ns})
 		cfg := fastWB(flush)
 		cfg.Shards = 8

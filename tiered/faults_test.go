@@ -180,11 +180,7 @@ func runFault(t *testing.T, fc faultCase, d time.Duration, on bool) faultResult 
 		url += "?read_timeout=100ms&write_timeout=100ms"
 		cfg.L2Timeout, cfg.WriteTimeout = 100*time.Millisecond, -1
 	}
-	rdb, err := tiered.NewRedisClient(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { rdb.Close() })
+	rdb := libraryClient(t, url)
 	cfg.Redis = rdb
 	a := newIntCache(t, cfg)
 	if !on {

@@ -64,6 +64,18 @@ func newClient(t *testing.T) *redis.Client {
 	return c
 }
 
+// libraryClient returns tiered.NewRedisClient(url), the library's client
+// options, closed when t ends.
+func libraryClient(t *testing.T, url string) redis.UniversalClient {
+	t.Helper()
+	c, err := tiered.NewRedisClient(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // discardLogger is for caches under test: the tests check counters, not log lines.
 var discardLogger = slog.New(slog.NewTextHandler(io.Discard, nil))
 
