@@ -24,7 +24,7 @@ import (
 // on the cluster) of the key to a raw go-redis subscriber in the same peer
 // process.
 func BenchmarkPropagation(b *testing.B) {
-	for _, r := range []redistest.Target{redistest.Single(b), redistest.Shared(b)} {
+	for _, r := range []redistest.Target{redistest.Single(b), redistest.SharedCluster(b).Target()} {
 		b.Run("redis="+r.Name, func(b *testing.B) { benchPropagation(b, r) })
 	}
 }

@@ -440,8 +440,8 @@ func wbFailover(t *testing.T, replicas int) (lost, reordered int) {
 // share of them; the slot write-behind computes is the one Redis does.
 func TestWriteBehindShardsSpreadOverMasters(t *testing.T) {
 	ctx := context.Background()
-	r := redistest.Shared(t)
-	rdb := r.Client(t)
+	cl := redistest.SharedCluster(t)
+	rdb := cl.Target().Client(t)
 	for _, key := range []string{"123456789", "k", "tiercache#wb:3.17"} {
 		want, err := rdb.ClusterKeySlot(ctx, key).Result()
 		if err != nil {
@@ -451,7 +451,6 @@ func TestWriteBehindShardsSpreadOverMasters(t *testing.T) {
 			t.Errorf("KeySlot(%q) = %d, Redis says %d", key, got, want)
 		}
 	}
-	cl := redistest.SharedCluster(t)
 	for _, shards := range []int{3, 8, 64} {
 		c := newIntCache(t, tiered.Config{Redis: rdb, Namespace: redistest.Namespace(t)})
 		w := newWriteBehind(t, c, tiered.WriteBehindConfig[int64]{NoFlusher: true, Shards: shards})

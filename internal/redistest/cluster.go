@@ -313,13 +313,6 @@ func Single(tb testing.TB) Target {
 	return Target{Name: "single", URL: "redis://" + a + "/0", Addrs: []string{a}}
 }
 
-// Shared returns the [SharedCluster] as a Target.
-func Shared(tb testing.TB) Target {
-	tb.Helper()
-	c := SharedCluster(tb)
-	return c.Target()
-}
-
 // Target returns c as a Target.
 func (c *Cluster) Target() Target { return Target{Name: "cluster", URL: c.URL(), Addrs: c.Addrs()} }
 
@@ -337,7 +330,7 @@ func Each(t *testing.T, f func(t *testing.T, r Target)) {
 			if name == "single" {
 				f(t, Single(t))
 			} else {
-				f(t, Shared(t))
+				f(t, SharedCluster(t).Target())
 			}
 		})
 	}
