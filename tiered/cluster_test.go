@@ -149,7 +149,7 @@ func TestClusterFailoverKeepsTheBound(t *testing.T) {
 	var replayed int64
 	for i := 0; recovered.IsZero() && time.Since(promoted) < 10*time.Second; i++ {
 		write()
-		if replayed == 0 && a.Stats().OutboxHeld == 0 && time.Since(promoted) > 0 {
+		if replayed == 0 && a.Stats().OutboxHeld == 0 {
 			replayed = time.Now().UnixNano()
 		}
 		key := fmt.Sprintf("probe%d", i)
@@ -326,15 +326,13 @@ func wbFailover(t *testing.T, replicas int) (lost, reordered int) {
 					acked[k] = tried[k]
 					return nil
 				}
-				for done := false; !done; {
+			rounds:
+				for {
 					for k := from + g; k < to; k += writers {
 						select {
 						case <-stop:
-							done = true
+							break rounds
 						default:
-						}
-						if done {
-							break
 						}
 						_ = set(k)
 						time.Sleep(time.Millisecond)

@@ -21,7 +21,7 @@ import (
 // Redis nothing at all, and L2 must be used again once Redis is back.
 func TestRedisOutage(t *testing.T) {
 	srv := redistest.Start(t)
-	client := libraryClient(t, "redis://" + srv.Addr + "/0")
+	client := libraryClient(t, "redis://"+srv.Addr+"/0")
 	reads := &commandCounter{}
 	client.AddHook(reads)
 	reader := sdkmetric.NewManualReader()
@@ -121,7 +121,7 @@ func TestRedisOutage(t *testing.T) {
 // strict mode.
 func TestWritesReturnL2Errors(t *testing.T) {
 	srv := redistest.Start(t)
-	client := libraryClient(t, "redis://" + srv.Addr)
+	client := libraryClient(t, "redis://"+srv.Addr)
 	ns := redistest.Namespace(t)
 	strict := newCache(t, tiered.Config{Redis: client, Namespace: ns, Strict: true, WriteTimeout: 50 * time.Millisecond})
 	open := newCache(t, tiered.Config{Redis: client, Namespace: ns, WriteTimeout: 50 * time.Millisecond})

@@ -23,7 +23,7 @@ import (
 func TestBusDownServesOnlyYoungCopies(t *testing.T) {
 	ctx := context.Background()
 	srv := redistest.Start(t)
-	client := libraryClient(t, "redis://" + srv.Addr + "/0")
+	client := libraryClient(t, "redis://"+srv.Addr+"/0")
 	const bound = 200 * time.Millisecond
 	c := newCache(t, tiered.Config{Redis: client, Namespace: redistest.Namespace(t), StalenessBound: bound, L1TTL: time.Hour})
 	src := &countingLoader{}
