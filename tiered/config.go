@@ -107,8 +107,9 @@ type Config struct {
 	// about 12 % of it. Default: 64 MiB.
 	L1MaxBytes int64
 
-	// Jitter spreads expiries over ±Jitter of each TTL so that entries
-	// written together do not expire together. Default: 0.1; negative: none.
+	// Jitter shortens each TTL by a random fraction of up to Jitter, so
+	// that entries written together do not expire together; it never
+	// lengthens one, so a TTL stays a bound. Default: 0.1; negative: none.
 	Jitter float64
 
 	// NegativeTTL is how long a loader's ErrNotFound is remembered in both

@@ -9,12 +9,12 @@ func DisableFences[V any](c *Cache[V]) { c.noFence = true }
 // PeekL1 returns what c's L1 holds for key, without touching L2, once
 // ristretto has applied the stores queued so far.
 func PeekL1[V any](c *Cache[V], key string) (v V, negative, ok bool) {
-	c.l1.wait()
-	e, ok := c.l1.lookup(key)
+	c.l1.Wait()
+	e, ok := c.l1.Lookup(key)
 	if !ok {
 		return v, false, false
 	}
-	return e.v, e.negative, true
+	return e.Value.v, e.Value.negative, true
 }
 
 // NewWriteBehindUnlocked is NewWriteBehind without the shard locks: every

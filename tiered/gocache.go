@@ -10,7 +10,7 @@ import (
 // Gocache returns c as a gocache cache.CacheInterface[V], for code written
 // against gocache. Keys must be strings or implement
 // cache.CacheKeyGenerator; per-call store options are ignored (the Config
-// decides TTLs). Invalidate and Clear are not supported yet: gocache's
+// decides TTLs). Invalidate and Clear are not supported: gocache's
 // Redis store would implement Clear with FLUSHALL, which is not a cache's
 // call to make on a shared Redis.
 //
@@ -50,7 +50,8 @@ func (a GocacheAdapter[V]) Delete(ctx context.Context, key any) error {
 	return a.c.Delete(ctx, k)
 }
 
-// Invalidate returns store.ErrNotSupported until tags exist.
+// Invalidate returns store.ErrNotSupported: gocache's invalidation options
+// are its own tags, not this cache's; use Cache.InvalidateTags.
 func (a GocacheAdapter[V]) Invalidate(context.Context, ...store.InvalidateOption) error {
 	return fmt.Errorf("tiered: Invalidate: %w", store.ErrNotSupported)
 }

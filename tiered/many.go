@@ -62,7 +62,7 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 	var missing []string
 	var fallback map[string]*entry[V] // L1 copies past their stale window, for stale-if-error
 	seen := make(map[string]struct{}, len(keys))
-	now := c.clock.now()
+	now := c.clock.Now()
 	refresh := c.refresher(ctx, load, o)
 	for _, k := range keys {
 		if _, dup := seen[k]; dup {
@@ -72,15 +72,16 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 		if c.hot != nil {
 			c.hot.sample(k)
 		}
-		if e, ok := c.l1.get(k); ok && c.servable(e) {
-			if c.usable(k, e, o, now, refresh) {
+		if e, ok := c.l1.Get(k); ok && c.servable(e) {
+			st := c.state(e, now, o, refresh != nil)
+			if c.serve(k, e, st, refresh) {
 				c.counters.l1Hits.add(k)
-				if !e.negative {
-					out[k] = e.v
+				if !e.Value.negative {
+					out[k] = e.Value.v
 				}
 				continue
 			}
-			if now < e.hard {
+			if st == entryStaleIfError {
 				if fallback == nil {
 					fallback = make(map[string]*entry[V])
 				}
@@ -98,8 +99,8 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 		// A read: no flights to share, one pipelined L2 read.
 		res, err := c.readMany(ctx, missing, o)
 		for k, e := range res {
-			if !e.negative {
-				out[k] = e.v
+			if !e.Value.negative {
+				out[k] = e.Value.v
 			}
 		}
 		return out, c.strict(err)
@@ -110,7 +111,7 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 	fls := make(map[string]*flight[V], len(missing))
 	var led []string
 	for _, k := range missing {
-		fl, leader := c.flights.join("l" + k)
+		fl, leader := c.flights.join(flightKey{flightLoad, k})
 		fls[k] = fl
 		if leader {
 			led = append(led, k)
@@ -125,7 +126,7 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 		if !c.spawn(func() { defer cancel(); c.fillMany(fctx, led, ledFls, load, o) }) {
 			cancel()
 			for i, k := range led {
-				c.flights.finish("l"+k, ledFls[i], flightResult[V]{err: ErrClosed})
+				c.flights.finish(flightKey{flightLoad, k}, ledFls[i], flightResult[V]{err: ErrClosed})
 			}
 		}
 	}
@@ -142,15 +143,15 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 			c.counters.shared.Add(1)
 		}
 		fr := fl.res
-		if e := fallback[k]; fr.e == nil && fr.err != nil && e != nil && c.clock.now() < e.hard {
+		if e := fallback[k]; fr.e == nil && fr.err != nil && e != nil && withinMaxStale(e, c.clock.Now()) {
 			c.counters.staleOnError.Add(1)
-			fr = flightResult[V]{e: e, tier: "stale"}
+			fr = flightResult[V]{e: e, tier: tierStale}
 		}
-		if fr.tier == "stale" {
+		if fr.tier == tierStale {
 			c.counters.staleServed.Add(1)
 		}
-		if fr.e != nil && !fr.e.negative {
-			out[k] = fr.e.v
+		if fr.e != nil && !fr.e.Value.negative {
+			out[k] = fr.e.Value.v
 		}
 		if fr.err != nil && (fr.e == nil || c.cfg.Strict) {
 			if failed++; firstErr == nil {
@@ -205,12 +206,12 @@ func (c *Cache[V]) readMany(ctx context.Context, keys []string, o callOptions) (
 			continue
 		}
 		e, ttl, state := c.decodeL2(ctx, k, raw[i])
-		if state != l2Value || !c.usable(k, e, o, c.clock.now(), nil) {
+		if state != l2Value || !c.usable(k, e, o, c.clock.Now(), nil) {
 			c.counters.l2Misses.Add(1)
 			continue
 		}
 		c.counters.l2Hits.Add(1)
-		e.filled = started
+		e.Value.filled = started
 		c.install(k, e, c.l1TTL(ttl), tickets[i], false)
 		found[k] = e
 	}
@@ -235,7 +236,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 			if perr != nil && res.e == nil {
 				res.err = perr
 			}
-			c.flights.finish("l"+k, fls[i], res)
+			c.flights.finish(flightKey{flightLoad, k}, fls[i], res)
 		}
 	}()
 	tickets := make(map[string]ticket, len(keys))
@@ -243,8 +244,8 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 		tickets[k] = c.fence.ticket(k, o.tags)
 	}
 	started := time.Now().UnixNano()
-	install := func(k string, e *entry[V], ttl time.Duration, tier string) {
-		e.filled = started
+	install := func(k string, e *entry[V], ttl time.Duration, tier tier) {
+		e.Value.filled = started
 		c.install(k, e, ttl, tickets[k], false)
 		results[k] = flightResult[V]{e: e, tier: tier}
 	}
@@ -263,7 +264,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 		l2err = err
 		for _, k := range keys {
 			if e, ok := found[k]; ok {
-				results[k] = flightResult[V]{e: e, tier: "l2"}
+				results[k] = flightResult[V]{e: e, tier: tierL2}
 			} else {
 				toLoad = append(toLoad, k)
 			}
@@ -288,10 +289,10 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 	delta := int64(time.Since(loadStart))
 	if err != nil {
 		for _, k := range toLoad {
-			results[k] = flightResult[V]{tier: "loader", err: err}
-			if e := stale[k]; e != nil && c.clock.now() < e.hard {
+			results[k] = flightResult[V]{tier: tierLoader, err: err}
+			if e := stale[k]; e != nil && withinMaxStale(e, c.clock.Now()) {
 				c.counters.staleOnError.Add(1)
-				results[k] = flightResult[V]{e: e, tier: "stale"}
+				results[k] = flightResult[V]{e: e, tier: tierStale}
 			}
 		}
 		c.releaseMany(ctx, toLoad, leases)
@@ -307,11 +308,11 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 	reqs := make([]fillReq, 0, len(toLoad))
 	var unlease []string
 	for _, k := range toLoad {
-		e := &entry[V]{negative: true}
+		e := &entry[V]{Value: item[V]{negative: true}}
 		if v, ok := vals[k]; ok {
-			e = &entry[V]{v: v, delta: delta}
+			e = &entry[V]{Value: item[V]{v: v, delta: delta}}
 		}
-		e.filled = started
+		e.Value.filled = started
 		r := fillReq{key: k, e: e, ttl: c.cacheTTL(e, o)}
 		if r.ttl < 0 {
 			r.drop = true
@@ -325,7 +326,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 			unlease = append(unlease, k)
 		}
 		reqs = append(reqs, r)
-		results[k] = flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
+		results[k] = flightResult[V]{e: e, tier: tierLoader, err: c.strict(l2err)}
 	}
 	c.releaseMany(ctx, unlease, leases)
 
@@ -374,12 +375,12 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 		}
 		c.install(r.key, r.e, c.l1TTL(r.ttl), tickets[r.key], false)
 		if l2err != nil {
-			results[r.key] = flightResult[V]{e: r.e, tier: "loader", err: c.strict(l2err)}
+			results[r.key] = flightResult[V]{e: r.e, tier: tierLoader, err: c.strict(l2err)}
 		}
 	}
 	// One wait for ristretto, as a single load's install waits: callers
 	// arriving after this batch must find its keys in L1.
-	c.l1.wait()
+	c.l1.Wait()
 }
 
 // leaseOrReadMany reads keys from L2 and leases the absent ones in one
@@ -389,7 +390,7 @@ func (c *Cache[V]) fillMany(ctx context.Context, keys []string, fls []*flight[V]
 // their lease can be taken, or LeaseTTL has passed (then they are loaded
 // without writing L2).
 func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases map[string][]byte, stale map[string]*entry[V], o callOptions,
-	refresh func(string, int64), install func(string, *entry[V], time.Duration, string)) (toLoad []string, err error) {
+	refresh func(string, int64), install func(string, *entry[V], time.Duration, tier)) (toLoad []string, err error) {
 	wait := c.leaseWait()
 	pending := keys
 	junk := make(map[string][]byte) // what a key held that we judged junk, for the next round to replace
@@ -422,14 +423,14 @@ func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases ma
 			switch state {
 			case l2Value:
 				c.counters.l2Hits.Add(1)
-				if !c.usable(k, e, o, c.clock.now(), refresh) {
+				if !c.usable(k, e, o, c.clock.Now(), refresh) {
 					// Past its stale window: load it again. L2 keeps the old
 					// value until a single GetOrLoad replaces it or it expires.
 					stale[k] = e
 					toLoad = append(toLoad, k)
 					continue
 				}
-				install(k, e, c.l1TTL(ttl), "l2")
+				install(k, e, c.l1TTL(ttl), tierL2)
 			case l2Junk:
 				// Corrupt, foreign or expired bytes, or a lease that never
 				// ends: the next round leases the key in their place, if
@@ -460,23 +461,25 @@ func (c *Cache[V]) leaseOrReadMany(ctx context.Context, keys []string, leases ma
 	return toLoad, nil
 }
 
-// usable reports whether e may be served at now: fresh, or stale within
-// its window (then counted, and refreshed in the background if refresh is
-// not nil); a fresh entry may also draw an early refresh.
+// usable reports whether e may be served at now (see serve).
 func (c *Cache[V]) usable(key string, e *entry[V], o callOptions, now int64, refresh func(string, int64)) bool {
-	switch {
-	case e.checkAt == 0 || now < e.checkAt:
-		return true
-	case now < e.fresh:
-		if refresh != nil && c.xfetch(e, now) {
-			refresh(key, e.fresh)
-		}
-		return true
-	case now < staleUntil(e, o):
-		c.counters.staleServed.Add(1)
+	return c.serve(key, e, c.state(e, now, o, refresh != nil), refresh)
+}
+
+// serve reports whether an entry in state st may be served, and starts
+// the refresh that st asks for if refresh is not nil; a stale entry
+// served is counted.
+func (c *Cache[V]) serve(key string, e *entry[V], st freshness, refresh func(string, int64)) bool {
+	switch st {
+	case entryRefreshEarly, entryStale:
 		if refresh != nil {
-			refresh(key, e.fresh)
+			refresh(key, e.Value.fresh)
 		}
+		if st == entryStale {
+			c.counters.staleServed.Add(1)
+		}
+		return true
+	case entryFresh:
 		return true
 	}
 	return false

@@ -8,8 +8,6 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -29,121 +27,95 @@ import (
 // earlier refresh has probability below e^−10 per read.
 const xfetchSpan = 10
 
-// clock is a coarse wall clock: a goroutine stores the time every
-// clockTick, so that L1 hits check freshness with an atomic load instead
-// of time.Now (53 ns on the CI VM, about as much as the rest of a hit). It
-// starts with the first entry that needs it (one that can be served stale
-// or refreshed early): the ticking goroutine is not free either (about 7 %
-// of a serial L1 hit benchmark on 2 vCPUs), and caches that never need it
-// should not pay.
-type clock struct {
-	ns      atomic.Int64
-	running atomic.Bool
-	mu      sync.Mutex // guards starting and stopping
-	stopped bool
-	stop    chan struct{}
-	done    chan struct{}
-}
-
-// clockTick is the clock's resolution.
-const clockTick = 10 * time.Millisecond
-
-// ensure starts the clock if it is not running.
-func (k *clock) ensure() {
-	if k.running.Load() {
-		return
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.running.Load() || k.stopped {
-		return
-	}
-	k.stop, k.done = make(chan struct{}), make(chan struct{})
-	k.ns.Store(time.Now().UnixNano())
-	k.running.Store(true)
-	go func() {
-		defer close(k.done)
-		t := time.NewTicker(clockTick)
-		defer t.Stop()
-		for {
-			select {
-			case <-k.stop:
-				return
-			case now := <-t.C:
-				k.ns.Store(now.UnixNano())
-			}
-		}
-	}()
-}
-
-// now returns the time, coarsely once the clock runs, exactly before.
-func (k *clock) now() int64 {
-	if k.running.Load() {
-		return k.ns.Load()
-	}
-	return time.Now().UnixNano()
-}
-
-func (k *clock) close() {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.stopped = true
-	if k.running.Load() {
-		close(k.stop)
-		<-k.done
-	}
-}
-
 // schedule sets when a hit on e must look at the clock: at fresh-until, or
 // earlier where XFetch may start drawing. Entries that cannot be served
 // stale or refreshed early (absences; values without stale windows or a
 // load duration) are left to their L1 TTL, which ends by fresh-until.
 func (c *Cache[V]) schedule(e *entry[V]) {
-	early := c.beta > 0 && e.delta > 0
+	early := c.beta > 0 && e.Value.delta > 0
 	switch {
-	case e.fresh == 0, e.fresh >= e.hard && !early:
-		e.checkAt = 0
+	case e.Value.fresh == 0, e.Value.fresh >= e.Value.hard && !early:
+		e.Value.checkAt = 0
 	case early:
-		e.checkAt = e.fresh - int64(xfetchSpan*c.beta*float64(e.delta))
+		e.Value.checkAt = e.Value.fresh - int64(xfetchSpan*c.beta*float64(e.Value.delta))
 	default:
-		e.checkAt = e.fresh
+		e.Value.checkAt = e.Value.fresh
 	}
-	if e.checkAt != 0 {
-		c.clock.ensure()
+	if e.Value.checkAt != 0 {
+		c.clock.Start()
 	}
 }
 
 // xfetch draws whether a read of e at now starts an early refresh.
 func (c *Cache[V]) xfetch(e *entry[V], now int64) bool {
-	if c.beta <= 0 || e.delta <= 0 {
+	if c.beta <= 0 || e.Value.delta <= 0 {
 		return false
 	}
-	return float64(now)-float64(e.delta)*c.beta*math.Log(rand.Float64()) >= float64(e.fresh)
+	return float64(now)-float64(e.Value.delta)*c.beta*math.Log(rand.Float64()) >= float64(e.Value.fresh)
 }
 
-// staleUntil is how long e may be served stale at once: StaleTTL past
-// fresh-until (as the reader's options say), never past what L2 keeps.
-func staleUntil[V any](e *entry[V], o callOptions) int64 {
-	return min(e.fresh+int64(o.staleTTL), e.hard)
+// freshness is what an entry is to a read at some time.
+type freshness uint8
+
+const (
+	entryFresh        freshness = iota // serve it
+	entryRefreshEarly                  // serve it, and refresh it now: this read drew XFetch
+	entryStale                         // past its TTL, within StaleTTL: serve it and refresh it
+	entryStaleIfError                  // past StaleTTL, within MaxStale: serve it only if refreshing fails
+	entryExpired                       // do not serve it
+)
+
+// state is the one place that decides an entry's freshness: e's at now,
+// for a read with options o (whose StaleTTL may differ from the writer's).
+// draw lets a fresh entry near its TTL draw an early refresh; only reads
+// with a loader can refresh.
+func (c *Cache[V]) state(e *entry[V], now int64, o callOptions, draw bool) freshness {
+	switch {
+	case quietAt(e, now):
+		return entryFresh
+	case now < e.Value.fresh:
+		if draw && c.xfetch(e, now) {
+			return entryRefreshEarly
+		}
+		return entryFresh
+	case now < min(e.Value.fresh+int64(o.staleTTL), e.Value.hard): // never past what L2 keeps
+		return entryStale
+	case withinMaxStale(e, now):
+		return entryStaleIfError
+	}
+	return entryExpired
 }
+
+// quietAt reports that e needs no look at its freshness at now: it is
+// fresh, and not yet in XFetch's window. L1 hits ask only this, on the
+// coarse clock, and not at all for entries that the L1 TTL alone bounds
+// (checkAt 0).
+func quietAt[V any](e *entry[V], now int64) bool {
+	return e.Value.checkAt == 0 || now < e.Value.checkAt
+}
+
+// withinMaxStale reports whether e may still be served when refreshing it
+// fails: a stale-if-error copy, kept aside by a read, is checked again
+// when the refresh has failed.
+func withinMaxStale[V any](e *entry[V], now int64) bool { return now < e.Value.hard }
 
 // refreshAsync starts one background refresh of key in this process, unless
 // one is running or the cache is closing. than is the fresh-until of the
 // entry that asked: a value fresher than it in L2 means another process
 // refreshed already.
 func (c *Cache[V]) refreshAsync(ctx context.Context, key string, load LoadFunc[V], o callOptions, than int64) {
-	fl, leader := c.flights.join("r" + key)
+	fl, leader := c.flights.join(flightKey{flightRefresh, key})
 	if !leader {
 		return
 	}
 	fctx, cancel := c.detach(ctx)
 	started := c.spawn(func() {
 		defer cancel()
-		c.flights.finish("r"+key, fl, c.safely(key, func() flightResult[V] { return c.refresh(fctx, key, load, o, than) }))
+		c.flights.finish(flightKey{flightRefresh, key}, fl, c.safely(key, func() flightResult[V] { return c.refresh(fctx, key, load, o, than) }))
 	})
 	if !started {
 		cancel()
-		c.flights.finish("r"+key, fl, flightResult[V]{err: ErrClosed})
+		c.flights.finish(flightKey{flightRefresh, key}, fl, flightResult[V]{err: ErrClosed})
 		return
 	}
 	c.counters.refreshes.Add(1)
@@ -162,17 +134,17 @@ func (c *Cache[V]) refresh(ctx context.Context, key string, load LoadFunc[V], o 
 		return c.fill(ctx, key, load, o) // gone from L2: an ordinary leased load
 	case err != nil:
 		c.l2Failed(ctx, "refresh", key, err)
-		return flightResult[V]{tier: "l2", err: err}
+		return flightResult[V]{tier: tierL2, err: err}
 	}
 	e, ttl, state := c.decodeL2(ctx, key, b)
 	switch {
 	case state != l2Value:
 		return c.fill(ctx, key, load, o)
-	case e.fresh > than:
+	case e.Value.fresh > than:
 		// Another process refreshed it already.
-		e.filled = started
+		e.Value.filled = started
 		c.install(key, e, c.l1TTL(ttl), t, false)
-		return flightResult[V]{e: e, tier: "l2"}
+		return flightResult[V]{e: e, tier: tierL2}
 	}
 	return c.reload(ctx, key, load, o, t, started, b, e)
 }
@@ -226,21 +198,21 @@ func (c *Cache[V]) reload(ctx context.Context, key string, load LoadFunc[V], o c
 	}
 	e, err := c.runLoad(ctx, key, load)
 	if err != nil {
-		if oldE != nil && c.clock.now() < oldE.hard {
+		if oldE != nil && withinMaxStale(oldE, c.clock.Now()) {
 			c.counters.staleOnError.Add(1)
-			return flightResult[V]{e: oldE, tier: "stale"}
+			return flightResult[V]{e: oldE, tier: tierStale}
 		}
-		return flightResult[V]{tier: "loader", err: err}
+		return flightResult[V]{tier: tierLoader, err: err}
 	}
-	e.filled = started
+	e.Value.filled = started
 	ttl := c.cacheTTL(e, o)
 	if ttl < 0 {
-		return flightResult[V]{e: e, tier: "loader"}
+		return flightResult[V]{e: e, tier: tierLoader}
 	}
 	b, l2ttl, err := c.encode(key, e, c.jitter(ttl), o)
 	if err != nil {
 		c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", key, "err", err)
-		return flightResult[V]{e: e, tier: "loader"}
+		return flightResult[V]{e: e, tier: tierLoader}
 	}
 	var l2err error
 	switch {
@@ -257,7 +229,7 @@ func (c *Cache[V]) reload(ctx context.Context, key string, load LoadFunc[V], o c
 		if l2err == nil && n == 0 {
 			// Written or deleted since we read it: ours may be older.
 			c.counters.leaseLost.Add(1)
-			return flightResult[V]{e: e, tier: "loader"}
+			return flightResult[V]{e: e, tier: tierLoader}
 		}
 		if l2err == nil && len(o.tags) > 0 {
 			l2err = c.tagWritten(ctx, key, o.tags, l2ttl)
@@ -267,7 +239,7 @@ func (c *Cache[V]) reload(ctx context.Context, key string, load LoadFunc[V], o c
 		c.l2Failed(ctx, "refresh-write", key, l2err)
 	}
 	c.install(key, e, c.l1TTL(l2ttl), t, true)
-	return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
+	return flightResult[V]{e: e, tier: tierLoader, err: c.strict(l2err)}
 }
 
 // awaitRefresh polls L2, as awaitLease does, while another process
@@ -305,9 +277,9 @@ func (c *Cache[V]) awaitRefresh(ctx context.Context, key, rk string, t ticket, s
 			return flightResult[V]{}, false
 		}
 		if e, ttl, state := c.decodeL2(ctx, key, b); state == l2Value {
-			e.filled = started
+			e.Value.filled = started
 			c.install(key, e, c.l1TTL(ttl), t, false)
-			return flightResult[V]{e: e, tier: "l2"}, true
+			return flightResult[V]{e: e, tier: tierL2}, true
 		}
 		return flightResult[V]{}, false
 	}

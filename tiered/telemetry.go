@@ -115,11 +115,6 @@ type instruments struct {
 	attrs        metric.MeasurementOption
 }
 
-var (
-	tierL1 = attribute.String("tier", "l1")
-	tierL2 = attribute.String("tier", "l2")
-)
-
 // newInstruments registers the cache's metrics with meter. Every instrument
 // carries the namespace, so several caches in one process stay apart.
 func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error) {
@@ -210,8 +205,8 @@ func newInstruments[V any](c *Cache[V], meter metric.Meter) (*instruments, error
 		return metric.WithAttributes(append([]attribute.KeyValue{ns}, kv...)...)
 	}
 	var (
-		l1 = with(tierL1)
-		l2 = with(tierL2)
+		l1 = with(attribute.String("tier", tierL1.String()))
+		l2 = with(attribute.String("tier", tierL2.String()))
 		// The option values are built once: building attribute sets on
 		// every collection would be waste.
 		call, decode       = with(attribute.String("kind", "call")), with(attribute.String("kind", "decode"))

@@ -13,6 +13,8 @@ import (
 	gocacheredis "github.com/eko/gocache/store/redis/v4"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
+	"github.com/tiercache/tiercache/internal/clock"
+	"github.com/tiercache/tiercache/internal/l1"
 	"github.com/tiercache/tiercache/invalidation"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -43,7 +45,7 @@ type LoadFunc[V any] func(ctx context.Context, key string) (V, error)
 // of a shared L2. It is safe for concurrent use.
 type Cache[V any] struct {
 	cfg      Config
-	l1       *l1[V]
+	l1       localTier[V]
 	l2       *l2 // nil: L1 only
 	fence    *fence
 	outbox   *outbox
@@ -59,7 +61,7 @@ type Cache[V any] struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 
-	clock clock
+	clock clock.Coarse
 	beta  float64
 	hot   *hotKeys // nil: Config.HotKeys off // XFetch's β; 0: no early refresh
 	// bg counts the goroutines that fill flights and refresh in the
@@ -78,13 +80,20 @@ type Cache[V any] struct {
 // New returns a Cache configured by cfg. With cfg.Redis (or cfg.Store) set it
 // has both tiers; otherwise it is an L1-only cache.
 func New[V any](cfg Config) (*Cache[V], error) {
+	return newCache(cfg, func(c *Cache[V]) (localTier[V], error) {
+		return l1.New[item[V]](c.cfg.L1MaxBytes, &c.clock, c.l1Requests)
+	})
+}
+
+// newCache is New with the L1 that local makes for c.
+func newCache[V any](cfg Config, local func(c *Cache[V]) (localTier[V], error)) (*Cache[V], error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	c := &Cache[V]{cfg: cfg, fence: newFence(), outbox: newOutbox(), logL2: rate.Sometimes{Interval: time.Second}, beta: max(cfg.EarlyRefresh, 0)}
 	c.closing, c.closeAll = context.WithCancel(context.Background())
-	if c.l1, err = newL1[V](cfg.L1MaxBytes, &c.clock, c.l1Requests); err != nil {
+	if c.l1, err = local(c); err != nil {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
 	}
 	st := cfg.Store
@@ -135,8 +144,8 @@ func New[V any](cfg Config) (*Cache[V], error) {
 		mp = otel.GetMeterProvider()
 	}
 	if c.metrics, err = newInstruments(c, mp.Meter(instrumentationName)); err != nil {
-		c.l1.close()
-		c.clock.close()
+		c.l1.Close()
+		c.clock.Close()
 		return nil, fmt.Errorf("tiered: metrics: %w", err)
 	}
 	if cfg.Redis != nil && !cfg.DisableInvalidation {
@@ -157,8 +166,8 @@ func New[V any](cfg Config) (*Cache[V], error) {
 		})
 		if err != nil {
 			_ = c.metrics.reg.Unregister()
-			c.l1.close()
-			c.clock.close()
+			c.l1.Close()
+			c.clock.Close()
 			return nil, fmt.Errorf("tiered: invalidation bus: %w", err)
 		}
 		// Wait briefly for the bus, so that the first fills are not
@@ -205,8 +214,8 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V], 
 // flightResult is what one flight hands to every caller that shared it.
 type flightResult[V any] struct {
 	e    *entry[V]
-	tier string // "l1", "l2", "loader", or "none" for a Get that found nothing
-	err  error  // L2 failures that Strict makes visible; the value may still be good
+	tier tier
+	err  error // L2 failures that Strict makes visible; the value may still be good
 }
 
 func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], opts []Option) (V, error) {
@@ -222,13 +231,13 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], op
 	if c.hot != nil {
 		c.hot.sample(key)
 	}
-	if e, ok := c.l1.get(key); ok && c.servable(e) && (e.checkAt == 0 || c.clock.now() < e.checkAt) {
+	if e, ok := c.l1.Get(key); ok && c.servable(e) && (e.Value.checkAt == 0 || quietAt(e, c.clock.Now())) {
 		c.counters.l1Hits.add(key)
 		if parent := trace.SpanFromContext(ctx); parent.IsRecording() {
 			_, span := c.tracer.Start(ctx, op, trace.WithAttributes(attribute.String("tiercache.tier", "l1")))
 			span.End()
 		}
-		return e.result()
+		return result(e)
 	}
 	return c.getMiss(ctx, op, key, load, opts)
 }
@@ -238,11 +247,11 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], op
 // staleness bound, which no write older than the bound can have outdated.
 // Either way, none of its tags may have been invalidated since its fill.
 func (c *Cache[V]) servable(e *entry[V]) bool {
-	return (c.bus == nil || c.bus.Fresh() || c.young(e)) && (e.tags == nil || c.fence.tagsValid(*e.tags))
+	return (c.bus == nil || c.bus.Fresh() || c.young(e)) && (e.Value.tags == nil || c.fence.tagsValid(*e.Value.tags))
 }
 
 func (c *Cache[V]) young(e *entry[V]) bool {
-	if time.Now().UnixNano()-e.filled <= int64(c.cfg.StalenessBound) {
+	if time.Now().UnixNano()-e.Value.filled <= int64(c.cfg.StalenessBound) {
 		return true
 	}
 	c.counters.staleSkips.Add(1)
@@ -308,23 +317,22 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	// early refresh, stale within StaleTTL (served at once, refreshed in
 	// the background), or kept only for stale-if-error.
 	var fallback *entry[V]
-	if e, ok := c.l1.lookup(key); ok && c.servable(e) && e.checkAt != 0 {
-		now := c.clock.now()
-		switch {
-		case now < e.fresh:
-			if load != nil && c.xfetch(e, now) {
-				c.refreshAsync(ctx, key, load, o, e.fresh)
-			}
+	if e, ok := c.l1.Lookup(key); ok && c.servable(e) {
+		switch c.state(e, c.clock.Now(), o, load != nil) {
+		case entryRefreshEarly:
+			c.refreshAsync(ctx, key, load, o, e.Value.fresh)
+			fallthrough
+		case entryFresh:
 			c.counters.l1Hits.add(key)
-			return e.result()
-		case now < staleUntil(e, o):
+			return result(e)
+		case entryStale:
 			if load != nil {
-				c.refreshAsync(ctx, key, load, o, e.fresh)
+				c.refreshAsync(ctx, key, load, o, e.Value.fresh)
 			}
 			c.counters.l1Hits.add(key)
 			c.counters.staleServed.Add(1)
-			return e.result()
-		case now < e.hard:
+			return result(e)
+		case entryStaleIfError:
 			fallback = e
 		}
 	}
@@ -334,9 +342,9 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 
 	// Gets and loads fly separately: a Get must not make a GetOrLoad of the
 	// same key give up on loading because the Get found nothing.
-	fkey := "g" + key
+	fkey := flightKey{flightGet, key}
 	if load != nil {
-		fkey = "l" + key
+		fkey.kind = flightLoad
 	}
 	fl, leader := c.flights.join(fkey)
 	if leader {
@@ -362,16 +370,16 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	if shared {
 		c.counters.shared.Add(1)
 	}
-	if fr.e == nil && fr.err != nil && load != nil && fallback != nil && c.clock.now() < fallback.hard {
+	if fr.e == nil && fr.err != nil && load != nil && fallback != nil && withinMaxStale(fallback, c.clock.Now()) {
 		// Stale-if-error: the refresh failed (L2 or the loader), and the
 		// L1 copy is within MaxStale.
 		c.counters.staleOnError.Add(1)
-		fr = flightResult[V]{e: fallback, tier: "stale"}
+		fr = flightResult[V]{e: fallback, tier: tierStale}
 	}
-	if fr.tier == "stale" {
+	if fr.tier == tierStale {
 		c.counters.staleServed.Add(1)
 	}
-	span.SetAttributes(attribute.String("tiercache.tier", fr.tier), attribute.Bool("tiercache.shared", shared))
+	span.SetAttributes(attribute.String("tiercache.tier", fr.tier.String()), attribute.Bool("tiercache.shared", shared))
 	if fr.e == nil {
 		if fr.err != nil {
 			span.RecordError(fr.err)
@@ -380,7 +388,7 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 		}
 		return zero, ErrNotFound
 	}
-	v, err := fr.e.result()
+	v, err := result(fr.e)
 	if fr.err != nil && c.cfg.Strict {
 		err = errors.Join(err, fr.err)
 	}
@@ -398,8 +406,8 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o callOptions) flightResult[V] {
 	t := c.fence.ticket(key, o.tags)
 	started := time.Now().UnixNano()
-	if e, ok := c.l1.lookup(key); ok && c.servable(e) && (e.checkAt == 0 || c.clock.now() < e.fresh) {
-		return flightResult[V]{e: e, tier: "l1"}
+	if e, ok := c.l1.Lookup(key); ok && c.servable(e) && c.state(e, c.clock.Now(), o, false) == entryFresh {
+		return flightResult[V]{e: e, tier: tierL1}
 	}
 	var l2err error
 	var junk []byte
@@ -419,24 +427,24 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 				break
 			}
 			c.counters.l2Hits.Add(1)
-			e.filled = started
-			now := c.clock.now()
+			e.Value.filled = started
+			st := c.state(e, c.clock.Now(), o, load != nil)
 			switch {
-			case e.fresh == 0 || now < e.fresh:
+			case st == entryFresh || st == entryRefreshEarly:
 				c.install(key, e, c.l1TTL(ttl), t, false)
-				if load != nil && c.xfetch(e, now) {
-					c.refreshAsync(ctx, key, load, o, e.fresh)
+				if st == entryRefreshEarly {
+					c.refreshAsync(ctx, key, load, o, e.Value.fresh)
 				}
-				return flightResult[V]{e: e, tier: "l2"}
-			case now < staleUntil(e, o):
+				return flightResult[V]{e: e, tier: tierL2}
+			case st == entryStale:
 				c.install(key, e, c.l1TTL(ttl), t, false)
 				if load != nil {
-					c.refreshAsync(ctx, key, load, o, e.fresh)
+					c.refreshAsync(ctx, key, load, o, e.Value.fresh)
 				}
-				return flightResult[V]{e: e, tier: "stale"}
+				return flightResult[V]{e: e, tier: tierStale}
 			case load == nil:
 				// Past the stale window, a Get finds nothing.
-				return flightResult[V]{tier: "none"}
+				return flightResult[V]{tier: tierNone}
 			default:
 				// Past the stale window: reload now, and serve this value
 				// if that fails, within MaxStale.
@@ -454,7 +462,7 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 		}
 	}
 	if load == nil {
-		return flightResult[V]{tier: "none", err: c.strict(l2err)}
+		return flightResult[V]{tier: tierNone, err: c.strict(l2err)}
 	}
 	// Take the L2 lease before loading, so that a Set or Delete during the
 	// load can void it. An L2 that just failed is not asked.
@@ -475,9 +483,9 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 			if e != nil {
 				// Another process loaded it while we waited.
 				c.counters.l2Hits.Add(1)
-				e.filled = started
+				e.Value.filled = started
 				c.install(key, e, c.l1TTL(ttl), t, false)
-				return flightResult[V]{e: e, tier: "l2"}
+				return flightResult[V]{e: e, tier: tierL2}
 			}
 		}
 		if l2err != nil {
@@ -495,14 +503,14 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 	e, err := c.runLoad(ctx, key, load)
 	if err != nil {
 		unlease()
-		return flightResult[V]{tier: "loader", err: err}
+		return flightResult[V]{tier: tierLoader, err: err}
 	}
-	e.filled = started
+	e.Value.filled = started
 	ttl := c.cacheTTL(e, o)
 	if ttl < 0 {
 		// Negative caching is off: answer, but remember nothing.
 		unlease()
-		return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
+		return flightResult[V]{e: e, tier: tierLoader, err: c.strict(l2err)}
 	}
 	// The value fills L2 first, then L1: a reader in another process must be
 	// able to find in L2 anything this process already serves from L1.
@@ -511,7 +519,7 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 		// The loaded value is good; it just cannot be cached.
 		c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", key, "err", err)
 		unlease()
-		return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
+		return flightResult[V]{e: e, tier: tierLoader, err: c.strict(l2err)}
 	}
 	switch {
 	case l2err != nil:
@@ -523,7 +531,7 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 			// A write or delete replaced the lease while we loaded: our
 			// value may predate it, so it goes nowhere but to our callers.
 			c.counters.leaseLost.Add(1)
-			return flightResult[V]{e: e, tier: "loader"}
+			return flightResult[V]{e: e, tier: tierLoader}
 		}
 		if err != nil {
 			c.l2Failed(ctx, "fill", key, err)
@@ -541,7 +549,7 @@ func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o cal
 	// land: a caller arriving just after this flight must not load again,
 	// and the wait is small beside a load.
 	c.install(key, e, c.l1TTL(ttl), t, true)
-	return flightResult[V]{e: e, tier: "loader", err: c.strict(l2err)}
+	return flightResult[V]{e: e, tier: tierLoader, err: c.strict(l2err)}
 }
 
 // l1Requests reports the L1 hits and misses so far, for L1's window.
@@ -559,15 +567,15 @@ func (c *Cache[V]) install(key string, e *entry[V], ttl time.Duration, t ticket,
 		return
 	}
 	if len(t.tags) > 0 {
-		e.tags = &t.tags
+		e.Value.tags = &t.tags
 	}
 	if wait {
-		c.l1.set(key, e, ttl)
+		c.l1.Set(key, e, ttl)
 	} else {
-		c.l1.fill(key, e, ttl)
+		c.l1.Fill(key, e, ttl)
 	}
 	if !c.noFence && !c.fence.valid(t) {
-		c.l1.del(key)
+		c.l1.Delete(key)
 		c.counters.fenced.Add(1)
 	}
 }
@@ -599,11 +607,11 @@ func (c *Cache[V]) runLoad(ctx context.Context, key string, load LoadFunc[V]) (*
 	})
 	switch {
 	case errors.Is(err, ErrNotFound):
-		return &entry[V]{negative: true}, nil
+		return &entry[V]{Value: item[V]{negative: true}}, nil
 	case err != nil:
 		return nil, fmt.Errorf("tiered: load %q: %w", key, err)
 	}
-	return &entry[V]{v: v, delta: int64(time.Since(start))}, nil
+	return &entry[V]{Value: item[V]{v: v, delta: int64(time.Since(start))}}, nil
 }
 
 // guardLoad runs a loader call: bounded by Config.LoadTimeout, counted and
@@ -632,7 +640,7 @@ func (c *Cache[V]) guardLoad(ctx context.Context, call func(ctx context.Context)
 // cacheTTL is how long e, just loaded, stays fresh: o's TTL, or
 // NegativeTTL for an absence; negative means not cached.
 func (c *Cache[V]) cacheTTL(e *entry[V], o callOptions) time.Duration {
-	if e.negative {
+	if e.Value.negative {
 		return c.cfg.NegativeTTL
 	}
 	return o.ttl
@@ -654,7 +662,7 @@ func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V
 		c.decodeFailed(ctx, key, err)
 		return nil, 0, l2Junk
 	}
-	now := time.Unix(0, c.clock.now())
+	now := time.Unix(0, c.clock.Now())
 	ttl, live := env.remaining(now)
 	switch {
 	case !live:
@@ -668,16 +676,16 @@ func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V
 	case env.lease:
 		return nil, 0, l2Lease
 	}
-	e := &entry[V]{negative: env.negative, cost: entryCost(key, len(b))}
+	e := &entry[V]{Value: item[V]{negative: env.negative}, Cost: l1.EntryCost(key, len(b))}
 	if env.fresh != 0 && !env.negative {
-		e.fresh, e.hard, e.delta = env.fresh*1e6, env.expiry*1e6, env.delta*1e3
+		e.Value.fresh, e.Value.hard, e.Value.delta = env.fresh*1e6, env.expiry*1e6, env.delta*1e3
 		if env.expiry == 0 {
-			e.hard = math.MaxInt64
+			e.Value.hard = math.MaxInt64
 		}
 		c.schedule(e)
 	}
 	if !env.negative {
-		if err := c.cfg.Codec.Unmarshal(env.payload, &e.v); err != nil {
+		if err := c.cfg.Codec.Unmarshal(env.payload, &e.Value.v); err != nil {
 			c.decodeFailed(ctx, key, err)
 			return nil, 0, l2Junk
 		}
@@ -760,24 +768,24 @@ func (c *Cache[V]) writeL2(ctx context.Context, key string, b []byte, ttl time.D
 // an L2) and its freshness.
 func (c *Cache[V]) encode(key string, e *entry[V], ttl time.Duration, o callOptions) ([]byte, time.Duration, error) {
 	var payload []byte
-	if !e.negative {
+	if !e.Value.negative {
 		var err error
-		if payload, err = c.marshal(key, e.v); err != nil {
+		if payload, err = c.marshal(key, e.Value.v); err != nil {
 			return nil, 0, err
 		}
 	}
-	now := time.Unix(0, c.clock.now())
-	if e.negative {
-		e.cost = entryCost(key, headerSize)
+	now := time.Unix(0, c.clock.Now())
+	if e.Value.negative {
+		e.Cost = l1.EntryCost(key, headerSize)
 		return appendEnvelope(make([]byte, 0, headerSize), 0, flagNegative, now.Add(ttl), nil), ttl, nil
 	}
 	keep := ttl + max(o.staleTTL, o.maxStale)
 	fresh, hard := now.Add(ttl), now.Add(keep)
-	e.fresh, e.hard = fresh.UnixNano(), hard.UnixNano()
+	e.Value.fresh, e.Value.hard = fresh.UnixNano(), hard.UnixNano()
 	c.schedule(e)
-	e.cost = entryCost(key, headerSize+freshExt+len(payload))
+	e.Cost = l1.EntryCost(key, headerSize+freshExt+len(payload))
 	b := make([]byte, 0, headerSize+freshExt+len(payload))
-	return appendFreshEnvelope(b, c.cfg.Codec.ID(), 0, fresh, hard, time.Duration(e.delta), payload), keep, nil
+	return appendFreshEnvelope(b, c.cfg.Codec.ID(), 0, fresh, hard, time.Duration(e.Value.delta), payload), keep, nil
 }
 
 // marshal encodes v for L2, refusing a payload over MaxValueBytes.
@@ -820,7 +828,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 	defer cancel()
 
 	t := c.fence.ticket(key, o.tags) // for its tags: an InvalidateTags during Set ends the L1 copy
-	e := &entry[V]{v: v, filled: time.Now().UnixNano()}
+	e := &entry[V]{Value: item[V]{v: v, filled: time.Now().UnixNano()}}
 	b, ttl, err := c.encode(key, e, c.jitter(o.ttl), o)
 	if err != nil {
 		return err // bad input: nothing was written anywhere
@@ -831,9 +839,9 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 	install := func() {
 		c.fence.invalidate(key)
 		if len(t.tags) > 0 {
-			e.tags = &t.tags
+			e.Value.tags = &t.tags
 		}
-		c.l1.set(key, e, c.l1TTL(ttl))
+		c.l1.Set(key, e, c.l1TTL(ttl))
 	}
 	var l2err error
 	if c.l2 != nil {
@@ -908,7 +916,7 @@ func (c *Cache[V]) delOp(key string) func(ctx context.Context) error {
 func (c *Cache[V]) invalidateLocal(keys ...string) {
 	for _, k := range keys {
 		c.fence.invalidate(k)
-		c.l1.del(k)
+		c.l1.Delete(k)
 	}
 }
 
@@ -924,10 +932,12 @@ func (c *Cache[V]) invalidateLocalTags(tags []string) {
 	}
 }
 
-// flush empties this process's L1 and fences every fill in flight.
+// flush empties this process's L1 and fences every fill in flight. The
+// bus calls it when it may have missed invalidations, and logs and counts
+// the reason itself.
 func (c *Cache[V]) flush(string) {
 	c.fence.invalidateAll()
-	c.l1.clear()
+	c.l1.Clear()
 	c.counters.flushes.Add(1)
 }
 
@@ -977,8 +987,8 @@ func (c *Cache[V]) Close() error {
 		if c.hot != nil {
 			c.hot.close()
 		}
-		c.l1.close()
-		c.clock.close()
+		c.l1.Close()
+		c.clock.Close()
 		err = errors.Join(err, c.metrics.reg.Unregister())
 	})
 	return err
@@ -991,7 +1001,6 @@ func (c *Cache[V]) Stats() Stats {
 		L2Hits: c.counters.l2Hits.Load(), L2Misses: c.counters.l2Misses.Load(),
 		L2Errors: c.counters.l2Errors.Load(), DecodeErrors: c.counters.decodeErrs.Load(),
 		Loads: c.counters.loads.Load(), SharedLoads: c.counters.shared.Load(), LoadErrors: c.counters.loadEr.Load(),
-		L1Items: c.l1.items.Load(), L1Bytes: c.l1.cost.Load(), L1WindowBytes: c.l1.windowBytes(),
 		LeaseWaits: c.counters.leaseWaits.Load(),
 		Refreshes:  c.counters.refreshes.Load(), StaleServed: c.counters.staleServed.Load(), StaleOnError: c.counters.staleOnError.Load(),
 		FencedFills: c.counters.fenced.Load(), LeasesLost: c.counters.leaseLost.Load(),
@@ -1000,6 +1009,8 @@ func (c *Cache[V]) Stats() Stats {
 		OutboxHeld: c.outbox.held.Load(), OutboxDropped: c.outbox.dropped.Load(), OutboxReplays: c.outbox.replays.Load(),
 		Breaker: "none", BreakerOpens: c.counters.breakerOpens.Load(),
 	}
+	l := c.l1.Stats()
+	s.L1Items, s.L1Bytes, s.L1WindowBytes = l.Items, l.Bytes, l.WindowBytes
 	if c.bus != nil {
 		s.Bus = c.bus.Stats()
 	}
@@ -1009,12 +1020,13 @@ func (c *Cache[V]) Stats() Stats {
 	return s
 }
 
-func (e *entry[V]) result() (V, error) {
-	if e.negative {
+// result is what a read of e returns.
+func result[V any](e *entry[V]) (V, error) {
+	if e.Value.negative {
 		var zero V
 		return zero, ErrNotFound
 	}
-	return e.v, nil
+	return e.Value.v, nil
 }
 
 func (c *Cache[V]) checkKey(key string) error {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/tiercache/tiercache/internal/l1"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -486,7 +487,7 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	w.stats.appended.Add(1)
 	id, err := parseEntryID(sid)
 	if err != nil {
-		c.l1.del(key)
+		c.l1.Delete(key)
 		return nil // acknowledged; Redis made the ID, so this cannot be, but the flush settles L2 anyway
 	}
 	b := appendWriteEnvelope(make([]byte, 0, headerSize+writeIDExt+len(payload)), c.cfg.Codec.ID(), id, time.Time{}, time.Time{}, payload)
@@ -496,7 +497,7 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	// process knows of, and the outbox puts it into L2 once Redis answers.
 	install := func() {
 		c.fence.invalidate(key)
-		c.l1.set(key, &entry[V]{v: v, filled: time.Now().UnixNano(), cost: entryCost(key, len(b))}, c.l1TTL(0))
+		c.l1.Set(key, &entry[V]{Value: item[V]{v: v, filled: time.Now().UnixNano()}, Cost: l1.EntryCost(key, len(b))}, c.l1TTL(0))
 	}
 	l2err := c.change(wctx, func(ctx context.Context) error {
 		return c.l2.must(ctx, func(ctx context.Context) error {
@@ -511,7 +512,7 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 		// L2 holds a newer write (a concurrent Set), or this one already
 		// (a retry after a lost reply): this process must read it there.
 		c.fence.invalidate(key)
-		c.l1.del(key)
+		c.l1.Delete(key)
 	default:
 		install()
 	}

@@ -1,4 +1,4 @@
-package tiered
+package l1
 
 import (
 	"sync"
@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
+	"github.com/tiercache/tiercache/internal/clock"
 )
 
 // window is L1's admission window: the newest values, in a share of the
@@ -45,7 +46,7 @@ type window[V any] struct {
 // node is a value in the window.
 type node[V any] struct {
 	key        string
-	e          *entry[V]
+	e          *Entry[V]
 	deadline   int64 // Unix ns; 0: none
 	ref        atomic.Bool
 	offered    atomic.Bool // its value is in ristretto's queue; it is not in the list
@@ -89,11 +90,11 @@ func (w *window[V]) lookup(key string) (*node[V], bool) {
 
 func (w *window[V]) oldest() *node[V] { return w.head }
 
-func (w *window[V]) push(key string, e *entry[V], deadline int64) {
+func (w *window[V]) push(key string, e *Entry[V], deadline int64) {
 	n := &node[V]{key: key, e: e, deadline: deadline}
 	w.link(n)
 	w.count++
-	w.used += e.cost
+	w.used += e.Cost
 	w.nodes.Store(key, n)
 }
 
@@ -107,7 +108,7 @@ func (w *window[V]) offer(n *node[V]) {
 
 // settle forgets the offered nodes, oldest first, whose values ristretto
 // has stored or refused by now. GetTTL does not count as a read.
-func (w *window[V]) settle(r *ristretto.Cache[string, *entry[V]]) {
+func (w *window[V]) settle(r *ristretto.Cache[string, *Entry[V]]) {
 	i := 0
 	for ; i < len(w.offered); i++ {
 		n := w.offered[i]
@@ -150,7 +151,7 @@ func (w *window[V]) link(n *node[V]) {
 // unlink takes n out of the list; the caller forgets or offers it.
 func (w *window[V]) unlink(n *node[V]) {
 	w.count--
-	w.used -= n.e.cost
+	w.used -= n.e.Cost
 	if n.prev != nil {
 		n.prev.next = n.next
 	} else {
@@ -271,14 +272,14 @@ func (g *ghost) has(kh uint64) bool { return g.in[kh] > 0 }
 // answers for values far from their deadline, which is the common case;
 // near it (within the clock's worst lag, with room to spare) the exact
 // time does, so that a window value expires when a ristretto one would.
-func (n *node[V]) live(k *clock) bool {
+func (n *node[V]) live(k *clock.Coarse) bool {
 	if n.deadline == 0 {
 		return true
 	}
-	if n.deadline-k.now() > int64(time.Second) {
+	if n.deadline-k.Now() > int64(time.Second) {
 		return true
 	}
-	return time.Now().UnixNano() < n.deadline
+	return k.Exact() < n.deadline
 }
 
 // ttl reports how long n's value has left, and whether it has any.

@@ -1,4 +1,4 @@
-package tiered
+package l1
 
 import (
 	"math"
@@ -9,32 +9,20 @@ import (
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
+	"github.com/tiercache/tiercache/internal/clock"
 )
 
-// entry is what L1 holds for a key: the decoded value, never bytes, so a hit
-// costs no decoding.
-type entry[V any] struct {
-	// checkAt and negative come first: with v they are all a hit reads,
-	// and kept together they share a cache line for small values.
-	//
-	// checkAt is when a hit must look at the clock (Unix ns; 0: never, the
-	// L1 TTL is enough); fresh is when the value stops being fresh, hard
-	// when it may no longer be served even stale. delta is how long the
-	// load that produced it took, for early refresh.
-	checkAt  int64
-	negative bool
+// Entry is what L1 holds for a key. Value is the caller's (the facade
+// keeps decoded values and their freshness there, so a hit decodes
+// nothing) and Cost what the entry counts against the budget (see
+// EntryCost); both are set before the entry is stored and read-only after.
+// The rest is L1's bookkeeping.
+type Entry[V any] struct {
+	Value V
+	Cost  int64
 	// at is the entry's index in L1's residents while it is one, guarded
-	// by residents.mu; it sits in negative's padding.
-	at    int32
-	v     V
-	fresh int64
-	hard  int64
-	delta int64
-	cost  int64
-	// filled is when the read or load that produced the value started
-	// (Unix ns): a copy can be no staler than its age. Set only when an
-	// invalidation bus may need it.
-	filled int64
+	// by residents.mu.
+	at int32
 	// state drives the item and cost accounting: ristretto admits and evicts
 	// on its own goroutine, so the writer and the OnExit hook race to settle
 	// each entry. entryPending → entryCounted (queued) → entryGone (evicted,
@@ -54,9 +42,6 @@ type entry[V any] struct {
 	kh   uint64
 	hits atomic.Uint64
 	key  string
-	// tags holds the generations of the tags the value was filled with
-	// (nil: none known), which it is not served past; see fence.
-	tags *[]tagTicket
 }
 
 // touch counts a read of e at now, L1's clock (l1.now), whose low 4 bits
@@ -66,7 +51,7 @@ type entry[V any] struct {
 // which of two values was read last. A read in the same tick as the last
 // one to a saturated count only loads the word, so that a hot key's
 // readers do not bounce its cache line between cores.
-func (e *entry[V]) touch(now uint64) {
+func (e *Entry[V]) touch(now uint64) {
 	old := e.hits.Load()
 	if old == now|15 {
 		return
@@ -75,7 +60,7 @@ func (e *entry[V]) touch(now uint64) {
 }
 
 // reads returns e's read count as of now.
-func (e *entry[V]) reads(now uint64) uint32 { return readsAt(e.hits.Load(), now) }
+func (e *Entry[V]) reads(now uint64) uint32 { return readsAt(e.hits.Load(), now) }
 
 // readsAt returns the read count that hits (see touch) holds as of now.
 func readsAt(hits, now uint64) uint32 {
@@ -89,21 +74,18 @@ const (
 	entryGone
 )
 
-// entryOverhead is what L1 holds for an entry besides its key and value:
-// the entry itself, ristretto's item, map and policy slots, and the
-// admission gate's share of its sketch, its residents and the window's
-// ghosts: about 272 bytes on amd64 as measured with runtime.MemStats over
-// 200,000 small entries (256 before the residents were a slice and the
-// window had ghosts, 200 before the gate). Counting it keeps L1MaxBytes a
-// bound on memory for small values, which otherwise took five times their
-// budget.
-const entryOverhead = 272
+// EntryOverhead is what L1 holds for an entry besides its key and value
+// (the entry, ristretto's item, map and policy slots, the gate's share of
+// its sketch and residents, the window's ghosts), as measured in
+// docs/benchmarks.md. Counting it keeps the budget a bound on memory for
+// small values too.
+const EntryOverhead = 272
 
-// entryCost is what an entry for key with an encoded value of n bytes
-// counts against L1MaxBytes.
-func entryCost(key string, n int) int64 { return int64(len(key)+n) + entryOverhead }
+// EntryCost is what an entry for key with an encoded value of n bytes
+// counts against the budget.
+func EntryCost(key string, n int) int64 { return int64(len(key)+n) + EntryOverhead }
 
-// l1 is the in-process tier: an admission window in front of ristretto
+// Cache is the in-process tier: an admission window in front of ristretto
 // (W-TinyLFU, as Caffeine), with ristretto's sharp edges filed off.
 //
 // Why the window: ristretto admits a new key only if its TinyLFU sketch
@@ -120,14 +102,14 @@ func entryCost(key string, n int) int64 { return int64(len(key)+n) + entryOverhe
 // Set of a key whose first Set is still queued is refused by the policy
 // ("already present"), so the older value is the one that lands. Every
 // write therefore queues a Del of the key before ristretto can see the new
-// value (ristretto applies its queue in order), and l1.set waits for the
-// queue, so that after set returns L1 holds the new value or nothing, never
-// an older one. l1.fill, on the read path, does not wait.
+// value (ristretto applies its queue in order), and Set waits for the
+// queue, so that after Set returns L1 holds the new value or nothing, never
+// an older one. Fill, on the read path, does not wait.
 //
 // It is safe for concurrent use.
-type l1[V any] struct {
-	r      *ristretto.Cache[string, *entry[V]]
-	clk    *clock // coarse: the window's TTLs
+type Cache[V any] struct {
+	r      *ristretto.Cache[string, *Entry[V]]
+	clk    *clock.Coarse // the window's TTLs
 	items  atomic.Int64
 	cost   atomic.Int64
 	closed atomic.Bool
@@ -161,23 +143,23 @@ type l1[V any] struct {
 	tickedAt int64
 }
 
-func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64)) (*l1[V], error) {
-	entries := max(maxCost/entryOverhead, 1)
-	c := &l1[V]{
+func New[V any](maxCost int64, clk *clock.Coarse, requests func() (hits, misses int64)) (*Cache[V], error) {
+	entries := max(maxCost/EntryOverhead, 1)
+	c := &Cache[V]{
 		clk: clk,
 		sk:  newSketch(entries),
 		rng: rand.Uint64() | 1,
 	}
 	// NumCounters should be about ten times the number of items the cache
 	// holds when full (ristretto's README). Entries cost at least
-	// entryOverhead (272) bytes plus their key and value, so maxCost/64
+	// EntryOverhead (272) bytes plus their key and value, so maxCost/64
 	// gives four counters or more per entry, for a sketch of about 5 % of
 	// the budget: twice that bought no hit ratio worth having and slowed
 	// hits (the policy goroutine's cache misses). A small cache gets at
 	// least 100k: the longer the sketch's memory, the better it tells
 	// frequent keys from the rest.
 	counters := max(maxCost/64, 100_000)
-	r, err := ristretto.NewCache(&ristretto.Config[string, *entry[V]]{
+	r, err := ristretto.NewCache(&ristretto.Config[string, *Entry[V]]{
 		NumCounters: counters,
 		MaxCost:     maxCost,
 		BufferItems: 64,
@@ -196,11 +178,11 @@ func newL1[V any](maxCost int64, clk *clock, requests func() (hits, misses int64
 	return c, nil
 }
 
-// get returns the live entry for key, and counts the read for the
+// Get returns the live entry for key, and counts the read for the
 // admission gate: a miss in the sketch, a hit in the entry. It takes no
 // lock and does not allocate on a hit.
-func (c *l1[V]) get(key string) (*entry[V], bool) {
-	e, ok := c.lookup(key)
+func (c *Cache[V]) Get(key string) (*Entry[V], bool) {
+	e, ok := c.Lookup(key)
 	if !ok {
 		c.sk.add(c.sk.hash(key), 1)
 		return nil, false
@@ -209,11 +191,11 @@ func (c *l1[V]) get(key string) (*entry[V], bool) {
 	return e, true
 }
 
-// lookup is get without counting the read, for a second look at a key
+// Lookup is Get without counting the read, for a second look at a key
 // within one request. Ristretto comes first, also for keys in the window:
 // it holds most of L1, and its Get records the access in the sketch its
 // own admission uses.
-func (c *l1[V]) lookup(key string) (*entry[V], bool) {
+func (c *Cache[V]) Lookup(key string) (*Entry[V], bool) {
 	if e, ok := c.r.Get(key); ok && !e.dead.Load() {
 		return e, true
 	}
@@ -233,10 +215,10 @@ func (c *l1[V]) lookup(key string) (*entry[V], bool) {
 	return n.e, true
 }
 
-// set stores e under key for ttl (0: no expiry) and reports whether L1 holds
+// Set stores e under key for ttl (0: no expiry) and reports whether L1 holds
 // it afterwards: this is what gives Set read-your-write. See the type comment
 // for why it waits.
-func (c *l1[V]) set(key string, e *entry[V], ttl time.Duration) bool {
+func (c *Cache[V]) Set(key string, e *Entry[V], ttl time.Duration) bool {
 	c.life.RLock()
 	defer c.life.RUnlock()
 	if c.closed.Load() || ttl < 0 {
@@ -261,10 +243,10 @@ func (c *l1[V]) set(key string, e *entry[V], ttl time.Duration) bool {
 	return ok && got == e
 }
 
-// fill stores e, read from L2 or loaded, without waiting for ristretto's
+// Fill stores e, read from L2 or loaded, without waiting for ristretto's
 // policy goroutine: a fill is on the miss path of a read, and the wait
 // costs more than the L2 round trip's other overheads together.
-func (c *l1[V]) fill(key string, e *entry[V], ttl time.Duration) {
+func (c *Cache[V]) Fill(key string, e *Entry[V], ttl time.Duration) {
 	c.life.RLock()
 	defer c.life.RUnlock()
 	if !c.closed.Load() && ttl >= 0 {
@@ -276,7 +258,7 @@ func (c *l1[V]) fill(key string, e *entry[V], ttl time.Duration) {
 // the oldest values into ristretto as needed. A value larger than the
 // window goes to ristretto directly; queued reports whether ristretto took
 // it into its queue (a full queue drops it).
-func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queued bool) {
+func (c *Cache[V]) put(key string, e *Entry[V], ttl time.Duration) (inWindow, queued bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// The new node replaces the old one in the map before the Del removes
@@ -303,13 +285,13 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 	if old == nil {
 		c.win.missed(e.kh) // or a write of a key L1 did not hold: rare enough
 	}
-	now := time.Now().UnixNano()
+	now := c.clk.Exact()
 	var deadline int64
 	if ttl > 0 {
-		c.clk.ensure()
+		c.clk.Start()
 		deadline = now + int64(min(ttl, time.Duration(math.MaxInt64-now)))
 	}
-	if e.cost > c.win.max {
+	if e.Cost > c.win.max {
 		n := &node[V]{key: key, e: e, deadline: deadline}
 		c.win.offer(n)
 		c.r.Del(key)
@@ -329,7 +311,7 @@ func (c *l1[V]) put(key string, e *entry[V], ttl time.Duration) (inWindow, queue
 
 // evict moves the window's oldest values into ristretto until the window
 // is within its budget. c.mu is held.
-func (c *l1[V]) evict(now int64) {
+func (c *Cache[V]) evict(now int64) {
 	for c.win.used > c.win.max {
 		n := c.win.victim()
 		c.win.unlink(n)
@@ -364,8 +346,8 @@ func (c *l1[V]) evict(now int64) {
 //
 // As in Caffeine, a warm candidate still gets in one time in 128, so that
 // an attacker cannot pin residents by inflating their counts. c.mu is held.
-func (c *l1[V]) admit(e *entry[V]) bool {
-	if c.over(e.cost) <= 0 {
+func (c *Cache[V]) admit(e *Entry[V]) bool {
+	if c.over(e.Cost) <= 0 {
 		return true
 	}
 	now := c.now.Load()
@@ -384,10 +366,10 @@ func (c *l1[V]) admit(e *entry[V]) bool {
 // victim returns the least read of a few values ristretto holds, sampled,
 // and how often it was read; nil if it found none. Ties go to the value
 // read longest ago, by the tick of its last read. c.mu is held.
-func (c *l1[V]) victim(now uint64) (*entry[V], uint32) {
+func (c *Cache[V]) victim(now uint64) (*Entry[V], uint32) {
 	c.res.mu.Lock()
 	defer c.res.mu.Unlock()
-	var v *entry[V]
+	var v *Entry[V]
 	vfreq, vlast, found := uint32(math.MaxUint32), uint32(0), 0
 	for range admitDraws {
 		if len(c.res.es) == 0 {
@@ -415,7 +397,7 @@ func (c *l1[V]) victim(now uint64) (*entry[V], uint32) {
 // and the gate may refuse every value for a long time: without shed, a
 // budget that the climber shrank would not take effect meanwhile, and L1
 // would hold more than L1MaxBytes. c.mu is held.
-func (c *l1[V]) shed(over int64) {
+func (c *Cache[V]) shed(over int64) {
 	for range admitDraws {
 		if over <= 0 {
 			return
@@ -425,7 +407,7 @@ func (c *l1[V]) shed(over int64) {
 			return
 		}
 		if c.drop(v) {
-			over -= v.cost
+			over -= v.Cost
 		}
 	}
 }
@@ -433,7 +415,7 @@ func (c *l1[V]) shed(over int64) {
 // drop deletes v from ristretto, unless a newer value of its key is on
 // its way there. (The window may still list v itself, offered to
 // ristretto and not yet settled.) c.mu is held.
-func (c *l1[V]) drop(v *entry[V]) bool {
+func (c *Cache[V]) drop(v *Entry[V]) bool {
 	if n, ok := c.win.lookup(v.key); ok && n.e != v {
 		return false
 	}
@@ -458,10 +440,10 @@ const (
 // Del.
 type residents[V any] struct {
 	mu sync.Mutex
-	es []*entry[V]
+	es []*Entry[V]
 }
 
-func (r *residents[V]) add(e *entry[V]) {
+func (r *residents[V]) add(e *Entry[V]) {
 	r.mu.Lock()
 	e.at = int32(len(r.es))
 	r.es = append(r.es, e)
@@ -470,7 +452,7 @@ func (r *residents[V]) add(e *entry[V]) {
 
 // remove takes e out if it is in: ristretto may let go of a value twice
 // (a Del, then the queued delete behind it).
-func (r *residents[V]) remove(e *entry[V]) {
+func (r *residents[V]) remove(e *Entry[V]) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	i := e.at
@@ -487,12 +469,12 @@ func (r *residents[V]) remove(e *entry[V]) {
 // over returns by how many bytes ristretto would exceed its share of the
 // budget with n more: the values L1 counts, less the window's. c.mu is
 // held.
-func (c *l1[V]) over(n int64) int64 {
+func (c *Cache[V]) over(n int64) int64 {
 	return c.cost.Load() - c.win.used + n - (c.win.total - c.win.max)
 }
 
 // rand returns the next of a xorshift64* sequence. c.mu is held.
-func (c *l1[V]) rand() uint64 {
+func (c *Cache[V]) rand() uint64 {
 	c.rng ^= c.rng >> 12
 	c.rng ^= c.rng << 25
 	c.rng ^= c.rng >> 27
@@ -509,7 +491,7 @@ func (c *l1[V]) rand() uint64 {
 // catalog's outage test under -race). A gate that remembers longer there
 // loses nothing: it refuses values only when ristretto is full. n is the
 // requests L1 has seen. c.mu is held.
-func (c *l1[V]) age(n int64) {
+func (c *Cache[V]) age(n int64) {
 	items := c.items.Load()
 	now := c.now.Load()
 	next := now
@@ -531,13 +513,13 @@ const epochBits = 1<<32 - 1<<4 // of l1.now
 
 // fold returns e's reads to the sketch as it leaves L1, so that they
 // still count if its key comes back soon.
-func (c *l1[V]) fold(e *entry[V]) {
+func (c *Cache[V]) fold(e *Entry[V]) {
 	c.sk.add(e.kh, e.reads(c.now.Load()))
 }
 
 // remove takes key out of the window, and out of reads if ristretto has
 // it queued. c.mu is held.
-func (c *l1[V]) remove(key string) {
+func (c *Cache[V]) remove(key string) {
 	if n := c.detach(key); n != nil {
 		c.win.forget(n)
 	}
@@ -547,7 +529,7 @@ func (c *l1[V]) remove(key string) {
 // leaves it readable, for put to replace. An offered value is marked dead,
 // for the case that ristretto stores it before the Del queued after it.
 // c.mu is held.
-func (c *l1[V]) detach(key string) *node[V] {
+func (c *Cache[V]) detach(key string) *node[V] {
 	n, ok := c.win.lookup(key)
 	switch {
 	case !ok:
@@ -563,25 +545,25 @@ func (c *l1[V]) detach(key string) *node[V] {
 }
 
 // count and uncount keep the items and bytes that Stats reports.
-func (c *l1[V]) count(e *entry[V]) {
+func (c *Cache[V]) count(e *Entry[V]) {
 	c.items.Add(1)
-	c.cost.Add(e.cost)
+	c.cost.Add(e.Cost)
 }
 
-func (c *l1[V]) uncount(e *entry[V]) {
+func (c *Cache[V]) uncount(e *Entry[V]) {
 	c.items.Add(-1)
-	c.cost.Add(-e.cost)
+	c.cost.Add(-e.Cost)
 }
 
 // add queues e and counts it; onExit uncounts it when ristretto lets go of
 // it, including when the policy rejects it. e joins the residents first:
 // ristretto may let go of it before SetWithTTL returns.
-func (c *l1[V]) add(key string, e *entry[V], ttl time.Duration) bool {
+func (c *Cache[V]) add(key string, e *Entry[V], ttl time.Duration) bool {
 	if c.closed.Load() || ttl < 0 {
 		return false
 	}
 	c.res.add(e)
-	if !c.r.SetWithTTL(key, e, e.cost, ttl) {
+	if !c.r.SetWithTTL(key, e, e.Cost, ttl) {
 		c.res.remove(e)
 		return false
 	}
@@ -591,7 +573,7 @@ func (c *l1[V]) add(key string, e *entry[V], ttl time.Duration) bool {
 	return true
 }
 
-func (c *l1[V]) del(key string) {
+func (c *Cache[V]) Delete(key string) {
 	c.life.RLock()
 	defer c.life.RUnlock()
 	if c.closed.Load() {
@@ -603,15 +585,19 @@ func (c *l1[V]) del(key string) {
 	c.mu.Unlock()
 }
 
-// windowBytes returns the window's budget now.
-func (c *l1[V]) windowBytes() int64 {
+// Stats is what L1 holds now: entries, their bytes, and the share of the
+// budget that the admission window has (it adapts to the traffic).
+type Stats struct{ Items, Bytes, WindowBytes int64 }
+
+// Stats returns what c holds now.
+func (c *Cache[V]) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.win.max
+	return Stats{Items: c.items.Load(), Bytes: c.cost.Load(), WindowBytes: c.win.max}
 }
 
-// wait waits for ristretto to apply the writes queued so far.
-func (c *l1[V]) wait() {
+// Wait waits for ristretto to apply the writes queued so far.
+func (c *Cache[V]) Wait() {
 	c.life.RLock()
 	defer c.life.RUnlock()
 	if !c.closed.Load() {
@@ -619,9 +605,9 @@ func (c *l1[V]) wait() {
 	}
 }
 
-// clear removes every entry. Callers bump the fence's global generation
+// Clear removes every entry. Callers bump the fence's global generation
 // first, so that fills racing with the clear do not survive it.
-func (c *l1[V]) clear() {
+func (c *Cache[V]) Clear() {
 	c.life.Lock()
 	defer c.life.Unlock()
 	if !c.closed.Load() {
@@ -630,7 +616,7 @@ func (c *l1[V]) clear() {
 	}
 }
 
-func (c *l1[V]) clearWindow() {
+func (c *Cache[V]) clearWindow() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for n := c.win.oldest(); n != nil; n = c.win.oldest() {
@@ -640,7 +626,7 @@ func (c *l1[V]) clearWindow() {
 }
 
 // onExit runs when ristretto lets go of an entry for any reason.
-func (c *l1[V]) onExit(e *entry[V]) {
+func (c *Cache[V]) onExit(e *Entry[V]) {
 	if e == nil {
 		return
 	}
@@ -651,7 +637,7 @@ func (c *l1[V]) onExit(e *entry[V]) {
 	c.fold(e)
 }
 
-func (c *l1[V]) close() {
+func (c *Cache[V]) Close() {
 	c.life.Lock()
 	defer c.life.Unlock()
 	if c.closed.CompareAndSwap(false, true) {

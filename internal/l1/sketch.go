@@ -1,4 +1,4 @@
-package tiered
+package l1
 
 import (
 	"hash/maphash"

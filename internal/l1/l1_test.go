@@ -1,24 +1,96 @@
-package tiered
+package l1
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/tiercache/tiercache/internal/clock"
 )
 
-// newL1TestCache returns an L1-only Cache of ints that t closes.
-func newL1TestCache(t *testing.T, cfg Config) *Cache[int] {
+// Config is what these tests need of the facade's Config.
+type Config struct {
+	L1MaxBytes int64
+	TTL, L1TTL time.Duration
+}
+
+// testCache drives a Cache of ints as the facade does: values cost their
+// envelope's size, reads count hits and misses for the window's climber,
+// and loads and writes wait for their value to land.
+type testCache struct {
+	*Cache[int]
+	ttl          time.Duration
+	hits, misses atomic.Int64
+}
+
+var errNotFound = errors.New("not found")
+
+// newL1TestCache returns a testCache that t closes.
+func newL1TestCache(t *testing.T, cfg Config) *testCache {
 	t.Helper()
-	c, err := New[int](cfg)
+	if cfg.L1MaxBytes == 0 {
+		cfg.L1MaxBytes = 64 << 20
+	}
+	c := &testCache{ttl: time.Minute}
+	if cfg.L1TTL != 0 {
+		c.ttl = cfg.L1TTL
+	}
+	var err error
+	c.Cache, err = New[int](cfg.L1MaxBytes, &clock.Coarse{}, func() (int64, int64) { return c.hits.Load(), c.misses.Load() })
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
+	t.Cleanup(c.Close)
 	return c
+}
+
+func (c *testCache) Set(_ context.Context, key string, v int) error {
+	c.Cache.Set(key, &Entry[int]{Value: v, Cost: EntryCost(key, 16+len(strconv.Itoa(v)))}, c.ttl)
+	return nil
+}
+
+func (c *testCache) Get(_ context.Context, key string) (int, error) {
+	e, ok := c.Cache.Get(key)
+	if !ok {
+		c.misses.Add(1)
+		return 0, errNotFound
+	}
+	c.hits.Add(1)
+	return e.Value, nil
+}
+
+func (c *testCache) GetOrLoad(ctx context.Context, key string, load func(context.Context, string) (int, error)) (int, error) {
+	if v, err := c.Get(ctx, key); err == nil {
+		return v, nil
+	}
+	v, err := load(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	return v, c.Set(ctx, key, v)
+}
+
+func (c *testCache) Delete(_ context.Context, keys ...string) error {
+	for _, k := range keys {
+		c.Cache.Delete(k)
+	}
+	return nil
+}
+
+// testStats has the names of the facade's Stats.
+type testStats struct{ L1Items, L1Bytes, L1WindowBytes, L1Hits, L1Misses int64 }
+
+func (c *testCache) Stats() testStats {
+	s := c.Cache.Stats()
+	return testStats{s.Items, s.Bytes, s.WindowBytes, c.hits.Load(), c.misses.Load()}
 }
 
 // TestL1ReadYourWriteAcrossTheWindow: values are written into a window
@@ -31,7 +103,7 @@ func newL1TestCache(t *testing.T, cfg Config) *Cache[int] {
 // a Get finds neither copy when other writers pushed the value out of the
 // window meanwhile.
 func TestL1ReadYourWriteAcrossTheWindow(t *testing.T) {
-	c := newL1TestCache(t, Config{L1MaxBytes: 200 * (entryOverhead + 100)}) // room for every key: the test is about order, not eviction
+	c := newL1TestCache(t, Config{L1MaxBytes: 200 * (EntryOverhead + 100)}) // room for every key: the test is about order, not eviction
 	ctx := context.Background()
 	const writers, keysEach, rounds = 4, 50, 2000
 	stop := make(chan struct{})
@@ -75,12 +147,12 @@ func TestL1ReadYourWriteAcrossTheWindow(t *testing.T) {
 // TestL1WindowEvictsIntoRistretto: new values enter the window; those it
 // evicts are offered to ristretto, which admits them while it has room.
 func TestL1WindowEvictsIntoRistretto(t *testing.T) {
-	c := newL1TestCache(t, Config{L1MaxBytes: 1000 * (entryOverhead + 64)})
+	c := newL1TestCache(t, Config{L1MaxBytes: 1000 * (EntryOverhead + 64)})
 	ctx := context.Background()
 	if err := c.Set(ctx, "k", 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := c.l1.r.Get("k"); ok {
+	if _, ok := c.r.Get("k"); ok {
 		t.Fatal("a new value went straight to ristretto, not to the window")
 	}
 	for i := range 100 { // more than the window's 1 %
@@ -88,11 +160,11 @@ func TestL1WindowEvictsIntoRistretto(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c.l1.wait()
-	if _, ok := c.l1.r.Get("k"); !ok {
+	c.Wait()
+	if _, ok := c.r.Get("k"); !ok {
 		t.Fatal("a value the window evicted is not in ristretto")
 	}
-	if _, ok := c.l1.win.lookup("k"); ok {
+	if _, ok := c.win.lookup("k"); ok {
 		t.Fatal("a value moved to ristretto is still in the window")
 	}
 	if v, err := c.Get(ctx, "k"); err != nil || v != 1 {
@@ -103,7 +175,7 @@ func TestL1WindowEvictsIntoRistretto(t *testing.T) {
 // TestL1Accounting: items and bytes follow values in and out of both
 // places, and L1 keeps to its budget.
 func TestL1Accounting(t *testing.T) {
-	const budget = 100 * (entryOverhead + 64)
+	const budget = 100 * (EntryOverhead + 64)
 	c := newL1TestCache(t, Config{L1MaxBytes: budget})
 	ctx := context.Background()
 	var keys []string
@@ -113,7 +185,7 @@ func TestL1Accounting(t *testing.T) {
 		_, _ = c.GetOrLoad(ctx, k, func(context.Context, string) (int, error) { return i, nil })
 		_, _ = c.Get(ctx, keys[i/2]) // reads promote some
 	}
-	c.l1.wait()
+	c.Wait()
 	s := c.Stats()
 	if s.L1Items == 0 || s.L1Bytes > budget {
 		t.Errorf("after 1000 loads: %d items, %d bytes; want some, within %d", s.L1Items, s.L1Bytes, budget)
@@ -121,7 +193,7 @@ func TestL1Accounting(t *testing.T) {
 	if err := c.Delete(ctx, keys...); err != nil {
 		t.Fatal(err)
 	}
-	c.l1.wait()
+	c.Wait()
 	if s := c.Stats(); s.L1Items != 0 || s.L1Bytes != 0 {
 		t.Errorf("after deleting every key: %d items, %d bytes; want 0, 0", s.L1Items, s.L1Bytes)
 	}
@@ -200,7 +272,7 @@ func TestGhostForgetsTheOldest(t *testing.T) {
 // because TinyLFU refuses the new keys that the reads go to; Stats reports it.
 func TestL1WindowAdapts(t *testing.T) {
 	const entries = 500
-	c := newL1TestCache(t, Config{L1MaxBytes: entries * (entryOverhead + 16)})
+	c := newL1TestCache(t, Config{L1MaxBytes: entries * (EntryOverhead + 16)})
 	ctx := context.Background()
 	start := c.Stats().L1WindowBytes
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -217,7 +289,7 @@ func TestL1WindowAdapts(t *testing.T) {
 	if s.L1WindowBytes < 4*start {
 		t.Errorf("window after recency-heavy traffic: %d bytes, from %d; want it grown fourfold", s.L1WindowBytes, start)
 	}
-	t.Logf("window %d → %d bytes of %d; hit ratio %.1f %%", start, s.L1WindowBytes, int64(entries*(entryOverhead+16)),
+	t.Logf("window %d → %d bytes of %d; hit ratio %.1f %%", start, s.L1WindowBytes, int64(entries*(EntryOverhead+16)),
 		100*float64(s.L1Hits)/float64(s.L1Hits+s.L1Misses))
 }
 
@@ -226,11 +298,11 @@ func TestL1WindowAdapts(t *testing.T) {
 // be readable after the delete returns, even when ristretto stores it
 // before the Del queued after it.
 func TestL1DeleteBeatsAQueuedValue(t *testing.T) {
-	c, err := newL1[int](1<<20, &clock{}, nil)
+	c, err := New[int](1<<20, &clock.Coarse{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.close()
+	defer c.Close()
 	stop := make(chan struct{})
 	var busy sync.WaitGroup
 	for g := range 3 { // other writers keep ristretto's queue busy
@@ -241,24 +313,24 @@ func TestL1DeleteBeatsAQueuedValue(t *testing.T) {
 					return
 				default:
 				}
-				c.fill(fmt.Sprintf("busy%d-%d", g, i), &entry[int]{cost: 300}, 0)
+				c.Fill(fmt.Sprintf("busy%d-%d", g, i), &Entry[int]{Cost: 300}, 0)
 			}
 		})
 	}
 	defer func() { close(stop); busy.Wait() }()
 	for trial := range 2000 {
 		k := fmt.Sprintf("k%d", trial)
-		old := &entry[int]{v: trial, cost: 300}
-		c.set(k, old, 0)
+		old := &Entry[int]{Value: trial, Cost: 300}
+		c.Set(k, old, 0)
 		for i := 0; ; i++ { // push it out of the window
 			if n, ok := c.win.lookup(k); !ok || n.offered.Load() {
 				break
 			}
-			c.fill(fmt.Sprintf("push%d-%d", trial, i), &entry[int]{cost: 300}, 0)
+			c.Fill(fmt.Sprintf("push%d-%d", trial, i), &Entry[int]{Cost: 300}, 0)
 		}
-		c.del(k)
+		c.Delete(k)
 		for range 2000 {
-			if e, ok := c.get(k); ok && e == old {
+			if e, ok := c.Get(k); ok && e == old {
 				t.Fatalf("trial %d: the deleted value is readable after del returned", trial)
 			}
 		}
@@ -286,7 +358,7 @@ func TestL1HugeTTL(t *testing.T) {
 // lets ties in and churns.
 func TestL1GateHoldsALoop(t *testing.T) {
 	const entries = 1000
-	c := newL1TestCache(t, Config{L1MaxBytes: entries * (entryOverhead + 40)})
+	c := newL1TestCache(t, Config{L1MaxBytes: entries * (EntryOverhead + 40)})
 	ctx := context.Background()
 	load := func(context.Context, string) (int, error) { return 1, nil }
 	keys := make([]string, entries*3/2)
@@ -310,20 +382,20 @@ func TestL1GateHoldsALoop(t *testing.T) {
 
 // fullL1 returns an L1 with room for entries values of cost bytes, after
 // twice as many fills, with ristretto full; and the keys it filled.
-func fullL1(t *testing.T, entries, cost int64) (*l1[int], []string) {
+func fullL1(t *testing.T, entries, cost int64) (*Cache[int], []string) {
 	t.Helper()
-	c, err := newL1[int](entries*cost, &clock{}, nil)
+	c, err := New[int](entries*cost, &clock.Coarse{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.close)
+	t.Cleanup(c.Close)
 	var keys []string
 	for i := range 2 * entries {
 		k := fmt.Sprintf("r%04d", i)
 		keys = append(keys, k)
-		c.fill(k, &entry[int]{cost: cost}, 0)
+		c.Fill(k, &Entry[int]{Cost: cost}, 0)
 	}
-	c.wait()
+	c.Wait()
 	if over := c.over(cost); over <= 0 {
 		t.Fatalf("ristretto has room for %d more bytes after %d fills; the test needs it full", cost-over, 2*entries)
 	}
@@ -334,15 +406,15 @@ func fullL1(t *testing.T, entries, cost int64) (*l1[int], []string) {
 // times each, the gate refuses a value never read and admits one read
 // more often than they were.
 func TestL1GateAdmitsByFrequency(t *testing.T) {
-	const entries, cost = 200, entryOverhead + 16
+	const entries, cost = 200, EntryOverhead + 16
 	c, keys := fullL1(t, entries, cost)
 	for _, k := range keys {
 		for range 5 {
-			c.get(k)
+			c.Get(k)
 		}
 	}
-	cold := &entry[int]{cost: cost, kh: c.sk.hash("cold")}
-	hot := &entry[int]{cost: cost, kh: c.sk.hash("hot")}
+	cold := &Entry[int]{Cost: cost, kh: c.sk.hash("cold")}
+	hot := &Entry[int]{Cost: cost, kh: c.sk.hash("hot")}
 	c.sk.add(hot.kh, 10)
 	c.mu.Lock()
 	coldIn, hotIn := c.admit(cold), c.admit(hot)
@@ -362,16 +434,16 @@ func TestL1GateAdmitsByFrequency(t *testing.T) {
 // and L1 scored a point less on the loop trace.
 func TestL1GateSamplesEveryResident(t *testing.T) {
 	const n = 1000
-	c, err := newL1[int](4*n*entryOverhead, &clock{}, nil)
+	c, err := New[int](4*n*EntryOverhead, &clock.Coarse{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.close()
-	seen := make(map[*entry[int]]bool, n)
+	defer c.Close()
+	seen := make(map[*Entry[int]]bool, n)
 	c.mu.Lock()
 	for i := range n {
 		k := fmt.Sprintf("r%04d", i)
-		e := &entry[int]{cost: entryOverhead, kh: c.sk.hash(k), key: k}
+		e := &Entry[int]{Cost: EntryOverhead, kh: c.sk.hash(k), key: k}
 		if !c.add(k, e, 0) {
 			c.mu.Unlock()
 			t.Fatalf("ristretto dropped value %d", i)
@@ -379,7 +451,7 @@ func TestL1GateSamplesEveryResident(t *testing.T) {
 		seen[e] = false
 	}
 	c.mu.Unlock()
-	c.wait()
+	c.Wait()
 	c.mu.Lock()
 	// All are read alike, so a draw returns its first sample: 40 draws
 	// per resident miss one with a chance of e^-40.
@@ -406,20 +478,20 @@ func TestL1GateSamplesEveryResident(t *testing.T) {
 // apart values read more than 15 times, and it would evict a hot one as
 // readily as a lukewarm one.
 func TestL1GateDeletesItsVictim(t *testing.T) {
-	const entries, cost, admitted = 200, entryOverhead + 16, 20
+	const entries, cost, admitted = 200, EntryOverhead + 16, 20
 	c, _ := fullL1(t, entries, cost)
 	c.res.mu.Lock()
 	before := slices.Clone(c.res.es)
 	c.res.mu.Unlock()
 	for _, e := range before {
 		for range 3 {
-			c.get(e.key)
+			c.Get(e.key)
 		}
 	}
 	c.mu.Lock()
 	for i := range admitted {
 		k := fmt.Sprintf("hot%02d", i)
-		e := &entry[int]{cost: cost, kh: c.sk.hash(k), key: k}
+		e := &Entry[int]{Cost: cost, kh: c.sk.hash(k), key: k}
 		c.sk.add(e.kh, 15)
 		if !c.admit(e) || !c.add(k, e, 0) {
 			c.mu.Unlock()
@@ -427,7 +499,7 @@ func TestL1GateDeletesItsVictim(t *testing.T) {
 		}
 	}
 	c.mu.Unlock()
-	c.wait()
+	c.Wait()
 	left, chosen := 0, 0
 	for _, e := range before {
 		gone := e.state.Load() == entryGone
@@ -453,12 +525,12 @@ func TestL1GateDeletesItsVictim(t *testing.T) {
 // key comes back. Run it with -race: the readers count reads in the entry
 // while onExit reads them on ristretto's goroutine.
 func TestL1ExitClearsResidentAndFolds(t *testing.T) {
-	c, err := newL1[int](1<<20, &clock{}, nil)
+	c, err := New[int](1<<20, &clock.Coarse{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.close()
-	e := &entry[int]{cost: entryOverhead}
+	defer c.Close()
+	e := &Entry[int]{Cost: EntryOverhead}
 	c.mu.Lock()
 	e.kh = c.sk.hash("k")
 	ok := c.add("k", e, 0) // straight into ristretto, as the window's evictions go
@@ -466,7 +538,7 @@ func TestL1ExitClearsResidentAndFolds(t *testing.T) {
 	if !ok {
 		t.Fatal("ristretto dropped the value")
 	}
-	c.wait()
+	c.Wait()
 	resident := func() bool {
 		c.res.mu.Lock()
 		defer c.res.mu.Unlock()
@@ -476,7 +548,7 @@ func TestL1ExitClearsResidentAndFolds(t *testing.T) {
 		t.Fatal("a value ristretto stores is not in the gate's sample")
 	}
 	for range 8 {
-		if _, ok := c.get("k"); !ok {
+		if _, ok := c.Get("k"); !ok {
 			t.Fatal("miss on a stored value")
 		}
 	}
@@ -484,13 +556,13 @@ func TestL1ExitClearsResidentAndFolds(t *testing.T) {
 	for range 2 {
 		readers.Go(func() {
 			for range 1000 {
-				c.get("k")
+				c.Get("k")
 			}
 		})
 	}
-	c.del("k")
+	c.Delete("k")
 	readers.Wait()
-	c.wait()
+	c.Wait()
 	if resident() {
 		t.Error("a value ristretto let go of is still in the gate's sample")
 	}
