@@ -201,7 +201,15 @@ func (c *Cache[V]) Lookup(key string) (*Entry[V], bool) {
 	}
 	n, ok := c.win.lookup(key)
 	switch {
-	case !ok || !n.live(c.clk):
+	case !ok:
+		// The window forgets an offered value once ristretto has stored
+		// it, so a value that moved between the two looks is in ristretto
+		// now: look again, or a read could find it in neither place.
+		if e, ok := c.r.Get(key); ok && !e.dead.Load() {
+			return e, true
+		}
+		return nil, false
+	case !n.live(c.clk):
 		return nil, false
 	case n.offered.Load():
 		// On its way into ristretto: serve it until ristretto has it,
