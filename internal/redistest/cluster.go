@@ -59,7 +59,7 @@ func StartCluster(tb testing.TB) *Cluster {
 	return c
 }
 
-func startCluster() (c *Cluster, err error) {
+func startCluster() (*Cluster, error) {
 	if err := ensureInstalled(); err != nil {
 		return nil, err
 	}
@@ -70,27 +70,19 @@ func startCluster() (c *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	c = &Cluster{dir: dir}
-	defer func() {
-		if err != nil {
-			c.Stop()
-		}
-	}()
-	ports, err := clusterPorts(6)
-	if err != nil {
+	c := &Cluster{dir: dir}
+	if err := c.start(); err != nil {
+		c.Stop()
 		return nil, err
 	}
-	for _, p := range ports {
-		s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(p), args: []string{
-			"--cluster-enabled", "yes",
-			"--cluster-config-file", fmt.Sprintf("%s/nodes-%d.conf", dir, p),
-			"--cluster-node-timeout", strconv.Itoa(int(NodeTimeout / time.Millisecond)),
-			// A replica may always take over, however long its link was down.
-			"--cluster-replica-validity-factor", "0",
-			"--dir", dir,
-		}}
-		if err := s.Restart(); err != nil {
-			return nil, err
+	return c, nil
+}
+
+func (c *Cluster) start() error {
+	for len(c.Nodes) < 6 {
+		s, err := c.startNode()
+		if err != nil {
+			return err
 		}
 		c.Nodes = append(c.Nodes, s)
 	}
@@ -99,28 +91,41 @@ func startCluster() (c *Cluster, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, "redis-cli", args...).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
+		return fmt.Errorf("redis-cli --cluster create: %w\n%s", err, out)
 	}
-	if err := c.WaitHealthy(ctx); err != nil {
-		return nil, err
-	}
-	return c, nil
+	return c.WaitHealthy(ctx)
 }
 
-// clusterPorts picks n loopback ports p that are free, with p+10000 (the
-// cluster bus port) free too.
-func clusterPorts(n int) ([]int, error) {
-	var ports []int
-	for tries := 0; len(ports) < n && tries < 1000; tries++ {
-		p := 20000 + rand.IntN(25000)
-		if free(p) && free(p+10000) {
-			ports = append(ports, p)
+// startNode starts one cluster node on a port p, with p+10000 (the cluster
+// bus port) beside it. Both lie below the kernel's ephemeral range, so the
+// clients of tests running beside this one cannot take them; another
+// process still can, so a node that exits at once is tried on other ports.
+func (c *Cluster) startNode() (*Server, error) {
+	var err error
+	for range 20 {
+		p := 10000 + rand.IntN(12000)
+		if !free(p) || !free(p+10000) {
+			continue
+		}
+		s := &Server{Addr: "127.0.0.1:" + strconv.Itoa(p), args: []string{
+			"--cluster-enabled", "yes",
+			"--cluster-config-file", fmt.Sprintf("%s/nodes-%d.conf", c.dir, p),
+			"--cluster-node-timeout", strconv.Itoa(int(NodeTimeout / time.Millisecond)),
+			// A replica may always take over, however long its link was down.
+			"--cluster-replica-validity-factor", "0",
+			"--dir", c.dir,
+		}}
+		if err = s.Restart(); err == nil {
+			return s, nil
+		}
+		if !errors.Is(err, errExited) {
+			return nil, err
 		}
 	}
-	if len(ports) < n {
-		return nil, errors.New("no free loopback ports for a cluster")
+	if err == nil {
+		err = errors.New("no free loopback ports")
 	}
-	return ports, nil
+	return nil, fmt.Errorf("start a cluster node: %w", err)
 }
 
 func free(port int) bool {

@@ -12,9 +12,11 @@ package redistest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -88,10 +90,11 @@ func unavailable(tb testing.TB, err error) {
 
 // Server is a redis-server process owned by one test.
 type Server struct {
-	Addr string
-	args []string // beyond the port and the defaults (a cluster node's)
-	cmd  *exec.Cmd
-	mu   sync.Mutex // protects cmd
+	Addr   string
+	args   []string // beyond the port and the defaults (a cluster node's)
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when cmd has been waited for
+	mu     sync.Mutex    // protects cmd and exited
 }
 
 // Start starts a private redis-server on a free loopback port; it is stopped
@@ -131,25 +134,40 @@ func (s *Server) Restart() error {
 	args := append([]string{"--port", port, "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"}, s.args...)
 	cmd := exec.Command("redis-server", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	// The server dies with the test binary, even when that is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
 	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		err := ping(s.Addr)
 		if err == nil {
 			break
 		}
+		select {
+		case <-exited:
+			return fmt.Errorf("%w: redis-server at %s exited: %s", errExited, s.Addr, bytes.TrimSpace(out.Bytes()))
+		default:
+		}
 		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
+			<-exited
 			return fmt.Errorf("redis-server at %s did not answer: %w", s.Addr, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	s.cmd = cmd
+	s.cmd, s.exited = cmd, exited
 	return nil
 }
+
+// errExited reports a server that exited while starting, most often because
+// its port was taken after it was chosen.
+var errExited = errors.New("redis-server exited")
 
 // Stop kills the server (SIGKILL: an abrupt failure, not a shutdown) and
 // waits for it to exit. It is safe to call more than once, and on a frozen
@@ -161,7 +179,7 @@ func (s *Server) Stop() {
 		return
 	}
 	_ = s.cmd.Process.Kill()
-	_ = s.cmd.Wait()
+	<-s.exited
 	s.cmd = nil
 }
 
