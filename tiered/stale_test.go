@@ -91,32 +91,46 @@ func TestStaleWhileRevalidate(t *testing.T) {
 
 // TestStaleIfError: past its TTL, while the loader fails, the stale value
 // is served up to MaxStale, counted; after MaxStale, the error.
+//
+// The L1-only cache runs under testing/synctest: its time is the bubble's
+// fake clock, so that "past the TTL" and "past TTL + MaxStale" are exact
+// whatever the machine's load (on real time, the cache's coarse clock, a
+// goroutine that ticks every 10 ms, and the test's own sleeps and reads,
+// all wait on a loaded machine's scheduler). With Redis the TTLs are
+// Redis's real ones too, so that case runs on real time, with margins.
 func TestStaleIfError(t *testing.T) {
-	for _, mode := range []string{"l1-only", "redis"} {
-		t.Run(mode, func(t *testing.T) {
-			ctx := context.Background()
-			cfg := tiered.Config{TTL: 200 * time.Millisecond, MaxStale: time.Second, Jitter: -1, EarlyRefresh: -1}
-			if mode == "redis" {
-				cfg.Redis, cfg.Namespace = newClient(t), redistest.Namespace(t)
-			}
-			c := newIntCache(t, cfg)
-			src := &versionLoader{}
-			if v, err := c.GetOrLoad(ctx, "k", src.load); err != nil || v != 1 {
-				t.Fatalf("first load = %d, %v", v, err)
-			}
-			src.fail.Store(true)
-			time.Sleep(300 * time.Millisecond)
-			if v, err := c.GetOrLoad(ctx, "k", src.load); err != nil || v != 1 {
-				t.Errorf("within MaxStale with the loader failing = %d, %v; want the stale 1", v, err)
-			}
-			if s := c.Stats(); s.StaleOnError != 1 {
-				t.Errorf("StaleOnError = %d, want 1", s.StaleOnError)
-			}
-			time.Sleep(1100 * time.Millisecond) // past TTL + MaxStale
-			if _, err := c.GetOrLoad(ctx, "k", src.load); err == nil {
-				t.Errorf("past MaxStale with the loader failing: no error")
-			}
-		})
+	cfg := tiered.Config{TTL: 200 * time.Millisecond, MaxStale: time.Second, Jitter: -1, EarlyRefresh: -1}
+	t.Run("l1-only", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) { testStaleIfError(t, cfg) })
+	})
+	t.Run("redis", func(t *testing.T) {
+		cfg := cfg
+		cfg.Redis, cfg.Namespace = newClient(t), redistest.Namespace(t)
+		testStaleIfError(t, cfg)
+	})
+}
+
+func testStaleIfError(t *testing.T, cfg tiered.Config) {
+	ctx := context.Background()
+	c := newIntCache(t, cfg)
+	src := &versionLoader{}
+	if v, err := c.GetOrLoad(ctx, "k", src.load); err != nil || v != 1 {
+		t.Fatalf("first load = %d, %v", v, err)
+	}
+	src.fail.Store(true)
+	time.Sleep(300 * time.Millisecond) // past the TTL, within TTL + MaxStale
+	if v, err := c.GetOrLoad(ctx, "k", src.load); err != nil || v != 1 {
+		t.Errorf("within MaxStale with the loader failing = %d, %v; want the stale 1", v, err)
+	}
+	if s := c.Stats(); s.StaleOnError != 1 {
+		t.Errorf("StaleOnError = %d, want 1", s.StaleOnError)
+	}
+	if n := src.calls.Load(); n != 2 {
+		t.Errorf("%d loads, want 2: the stale value must be served after a failed refresh", n)
+	}
+	time.Sleep(1100 * time.Millisecond) // past TTL + MaxStale
+	if _, err := c.GetOrLoad(ctx, "k", src.load); err == nil {
+		t.Errorf("past MaxStale with the loader failing: no error")
 	}
 }
 

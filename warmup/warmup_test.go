@@ -81,7 +81,16 @@ func (g *gauge) leave() { g.now.Add(-1) }
 
 // TestWarmupL2ThenLoader: 10,000 keys with 70 % in L2: exactly the other
 // 30 % reach the loader, never more than Concurrency at a time.
+//
+// Nothing here depends on the machine's speed: every cache has an
+// L2Timeout far beyond any stall of a loaded machine (at the 250 ms
+// default, a pipelined read that timed out under load counted as "not in
+// L2" and sent its keys to the loader), the fills are Strict so that an L2
+// write they could not make fails the test instead of leaving keys out of
+// L2, and the first loader call waits for a second one to start, so that
+// loads overlapping is a fact of the warm-up, not of scheduling luck.
 func TestWarmupL2ThenLoader(t *testing.T) {
+	const l2Timeout = time.Minute
 	redistest.Each(t, func(t *testing.T, r redistest.Target) {
 		ns := redistest.Namespace(t)
 		all := keys(10_000)
@@ -93,7 +102,7 @@ func TestWarmupL2ThenLoader(t *testing.T) {
 				notInL2 = append(notInL2, k)
 			}
 		}
-		fill(t, newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, DisableInvalidation: true}), inL2)
+		fill(t, newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, DisableInvalidation: true, L2Timeout: l2Timeout, Strict: true}), inL2)
 
 		for _, batch := range []bool{false, true} {
 			t.Run(fmt.Sprintf("batch=%v", batch), func(t *testing.T) {
@@ -102,17 +111,31 @@ func TestWarmupL2ThenLoader(t *testing.T) {
 					// A second namespace with the same 70 %, for a cold L2 of
 					// the missing 30 % again.
 					ns += "-b"
-					fill(t, newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, DisableInvalidation: true}), inL2)
+					fill(t, newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, DisableInvalidation: true, L2Timeout: l2Timeout, Strict: true}), inL2)
 				}
-				c := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns})
+				c := newCache(t, tiered.Config{Redis: r.Client(t), Namespace: ns, L2Timeout: l2Timeout})
 				var mu sync.Mutex
 				var loaded []string
 				var g gauge
+				// The first loader call holds its slot until a second call
+				// is in flight (or 10 s pass, when loads never overlap and
+				// the 2..4 check below fails): only a warm-up that runs
+				// loads concurrently gets past it, however slow the machine.
+				var started atomic.Bool
+				overlap := func() {
+					if started.Swap(true) {
+						return
+					}
+					for end := time.Now().Add(10 * time.Second); g.most.Load() < 2 && time.Now().Before(end); {
+						time.Sleep(time.Millisecond)
+					}
+				}
 				cfg := warmup.Config[string]{Concurrency: 4, BatchSize: 250, Logger: discard}
 				if batch {
 					cfg.LoadMany = func(_ context.Context, missing []string) (map[string]string, error) {
 						g.enter()
 						defer g.leave()
+						overlap()
 						time.Sleep(5 * time.Millisecond)
 						mu.Lock()
 						loaded = append(loaded, missing...)
@@ -127,6 +150,7 @@ func TestWarmupL2ThenLoader(t *testing.T) {
 					cfg.Load = func(_ context.Context, key string) (string, error) {
 						g.enter()
 						defer g.leave()
+						overlap()
 						time.Sleep(time.Millisecond)
 						mu.Lock()
 						loaded = append(loaded, key)
