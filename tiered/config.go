@@ -164,6 +164,13 @@ type Config struct {
 	// return theirs.
 	Strict bool
 
+	// Clock is the time the cache judges freshness, TTLs, stale windows and
+	// leases by; nil: the system clock. Tests pass a fake one, so that they
+	// move time instead of sleeping through it. Redis's own expiries (a
+	// key's PX) run on Redis's clock, and the breaker's and the waits'
+	// durations on the system's.
+	Clock Clock
+
 	// Logger receives structured logs. Default: slog.Default().
 	Logger *slog.Logger
 
@@ -295,3 +302,8 @@ func (cfg Config) withDefaults() (Config, error) {
 }
 
 func isSpaceOrControl(r rune) bool { return r <= ' ' || r == 0x7f }
+
+// Clock is a source of the time (see Config.Clock).
+type Clock interface {
+	Now() time.Time
+}

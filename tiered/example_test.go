@@ -103,16 +103,6 @@ func ExampleNewRedisClient() {
 	defer products.Close()
 }
 
-func ExampleCache_Gocache() {
-	products, _ := tiered.New[Product](tiered.Config{})
-	defer products.Close()
-	gc := products.Gocache() // satisfies gocache's cache.CacheInterface[Product]
-	_ = gc.Set(context.Background(), "product:1", Product{ID: 1})
-	p, err := gc.Get(context.Background(), "product:1")
-	fmt.Println(p.ID, err, gc.GetType())
-	// Output: 1 <nil> tiered
-}
-
 func ExampleCache_InvalidateTags() {
 	// With Redis, InvalidateTags removes exactly the tagged keys, from L2
 	// and from the L1 of every process; an L1-only cache, as here, clears

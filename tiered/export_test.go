@@ -1,10 +1,36 @@
 package tiered
 
+import (
+	"context"
+
+	gocacheredis "github.com/eko/gocache/store/redis/v4"
+
+	"github.com/tiercache/tiercache/internal/l2"
+)
+
 // Test hooks for package tiered_test.
 
 // DisableFences switches off the L1 tickets and the L2 leases of c, so that
-// a test can show the stale fill they prevent.
-func DisableFences[V any](c *Cache[V]) { c.noFence = true }
+// a test can show the stale fill they prevent: its fence lets every fill in,
+// and its L2 is Config.Redis through gocache alone, which has no leases.
+// Call it before c is used.
+func DisableFences[V any](c *Cache[V]) {
+	c.fence = openFence{}
+	c.l2 = l2.New(l2.Config{
+		Store: gocacheredis.NewRedis(c.cfg.Redis), Timeout: c.cfg.L2Timeout, Name: c.cfg.Namespace,
+		BreakerFailures: c.cfg.BreakerFailures, BreakerCooldown: c.cfg.BreakerCooldown, Held: c.outbox.Held(),
+	})
+}
+
+// openFence lets every fill in.
+type openFence struct{}
+
+func (openFence) ticket(string, []string) ticket { return ticket{} }
+func (openFence) valid(ticket) bool              { return true }
+func (openFence) tagsValid([]tagTicket) bool     { return true }
+func (openFence) invalidate(string)              {}
+func (openFence) invalidateTag(string)           {}
+func (openFence) invalidateAll()                 {}
 
 // PeekL1 returns what c's L1 holds for key, without touching L2, once
 // ristretto has applied the stores queued so far.
@@ -20,20 +46,26 @@ func PeekL1[V any](c *Cache[V], key string) (v V, negative, ok bool) {
 // NewWriteBehindUnlocked is NewWriteBehind without the shard locks: every
 // process flushes every shard, as a bare consumer group would have it.
 func NewWriteBehindUnlocked[V any](c *Cache[V], cfg WriteBehindConfig[V]) (*WriteBehind[V], error) {
-	return newWriteBehind(c, cfg, true)
+	return newWriteBehind(c, cfg, noLocks{})
 }
+
+// noLocks grant every shard to everyone.
+type noLocks struct{}
+
+func (noLocks) Acquire(context.Context, string) bool { return true }
+func (noLocks) Renew(context.Context, string) error  { return nil }
+func (noLocks) Release(context.Context, string)      {}
+func (noLocks) Owner() string                        { return "" }
 
 // SetOutboxLimit changes how many invalidations c's outbox holds; 0 makes
 // it keep none, so that a test can show what the outbox prevents.
 func SetOutboxLimit[V any](c *Cache[V], n int) {
-	c.outbox.mu.Lock()
-	c.outbox.limit = n
-	c.outbox.mu.Unlock()
+	c.outbox.SetLimit(n)
 }
 
 // Streams returns the names of w's shard streams.
-func Streams[V any](w *WriteBehind[V]) []string { return w.streams }
+func Streams[V any](w *WriteBehind[V]) []string { return w.q.Streams() }
 
 // KeySlot is the Redis Cluster hash slot that write-behind computes for a
 // key without a hash tag.
-func KeySlot(key string) int { return keySlot(key) }
+func KeySlot(key string) int { return l2.KeySlot(key) }

@@ -39,6 +39,17 @@ type tagTicket struct {
 	gen    uint64
 }
 
+// fencer is what a Cache asks of its fence: a test seam, which a test fills
+// with a fence that lets every fill in, to show the races the fence closes.
+type fencer interface {
+	ticket(key string, tags []string) ticket
+	valid(t ticket) bool
+	tagsValid(tt []tagTicket) bool
+	invalidate(key string)
+	invalidateTag(tag string)
+	invalidateAll()
+}
+
 func newFence() *fence { return &fence{seed: maphash.MakeSeed()} }
 
 func (f *fence) stripe(key string) uint32 {

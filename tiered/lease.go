@@ -1,157 +1,229 @@
 package tiered
 
 import (
+	"bytes"
 	"context"
-	"crypto/rand"
-	"errors"
-	"fmt"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/tiercache/tiercache/internal/l2"
 )
 
-// Leases fence L2 fills, after Facebook's memcache leases: a process that
-// misses and is about to load puts a lease (an envelope with flagLease and
-// a random token) on the key with SET NX, and writes its loaded value only
-// through casFill, which replaces the lease if it is still there. A Set
-// overwrites the lease and a Delete removes it, so a load that started
-// before either can no longer write its older value over theirs.
-//
-// These calls need the go-redis client itself (a gocache store has no SET
-// NX or scripts); with Config.Store alone, loads write without a lease.
+// Leases, the fill protocol's third step (see fill.go): one load of a key
+// for the whole cluster, and no fill over a newer write.
 
-// casFill sets KEYS[1] to ARGV[2] for ARGV[3] ms if it still holds the
-// lease ARGV[1]; it returns nil (redis.Nil) when the lease is gone.
-var casFill = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-end
-return false`)
-
-// leaseOrGet puts the lease ARGV[2] on KEYS[1] for ARGV[3] ms if the key
-// is absent, holds another Redis type than a string (garbage: no writer
-// of ours makes one), or still holds ARGV[1] (bytes the reader judged
-// junk: corrupt, foreign or expired; "" for none), and returns 1;
-// otherwise it returns what the key holds (a value, or another process's
-// lease). One round trip, so a waiting process polls with one command.
-var leaseOrGet = redis.NewScript(`
-local t = redis.call('TYPE', KEYS[1]).ok
-if t ~= 'string' and t ~= 'none' then
-  redis.call('DEL', KEYS[1])
-end
-local v = redis.call('GET', KEYS[1])
-if v == false or v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return v`)
-
-// leaseRelease deletes KEYS[1] if it still holds the lease ARGV[1].
-var leaseRelease = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0`)
-
-// tagAdd adds ARGV[1] to the tag set KEYS[1] and makes the set live at
-// least ARGV[2] ms, as long as the longest-lived value it lists. A key of
-// another type in its place is garbage, which it replaces.
-var tagAdd = redis.NewScript(`
-local t = redis.call('TYPE', KEYS[1]).ok
-if t ~= 'set' and t ~= 'none' then
-  redis.call('DEL', KEYS[1])
-end
-redis.call('SADD', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 1`)
-
-// dropUnlessType deletes KEYS[1] if it holds another Redis type than
-// ARGV[1]: garbage in the place of a key of ours, which a write must not
-// trip over forever.
-var dropUnlessType = redis.NewScript(`
-local t = redis.call('TYPE', KEYS[1]).ok
-if t ~= ARGV[1] and t ~= 'none' then
-  return redis.call('DEL', KEYS[1])
-end
-return 0`)
-
-// leaseSkew is how much later than LeaseTTL from now a lease may end
-// before it is taken for garbage: clocks of the processes may differ.
-const leaseSkew = time.Second
-
-// errBadLease is a lease that ends later than any lease can.
-var errBadLease = errors.New("lease without an end in reach: garbage")
-
-// errLeaseLost reports a fill refused because its lease was gone.
-var errLeaseLost = errors.New("tiered: lease lost to a write, delete or expiry")
-
-// acquireLease puts a lease on key and returns its bytes. When it cannot
-// (held false), cur is what the key holds instead: a value written since,
-// or another process's lease. junk is the bytes a reader judged junk (nil
-// if none), which the lease may replace.
-func (l *l2) acquireLease(ctx context.Context, key string, junk []byte, ttl time.Duration) (lease []byte, held bool, cur []byte, err error) {
-	lease = newLease(ttl)
-	err = l.call(ctx, func(ctx context.Context) error {
-		v, err := leaseOrGet.Run(ctx, l.rdb, []string{key}, junk, lease, max(ttl.Milliseconds(), 1)).Result()
-		if err != nil {
-			return err
+// leaseAll takes the leases of the keys left to load: the L2 lease of a key
+// L2 lacks (its tags first, so that an InvalidateTags during the load finds
+// it and deletes the lease), the refresh lease of a value L2 holds. Without
+// the go-redis client there are no leases: those keys are written plainly.
+func (c *Cache[V]) leaseAll(ctx context.Context, fs []filling[V], load loader[V], o callOptions, started int64) error {
+	var fresh []*filling[V]
+	for _, f := range pending(fs) {
+		if f.old == nil {
+			fresh = append(fresh, f)
 		}
-		switch v := v.(type) {
-		case int64:
-			held = v == 1
-		case string:
-			cur = []byte(v)
-		default:
-			return fmt.Errorf("lease script returned %T", v)
+	}
+	if c.l2.Redis() == nil {
+		for _, f := range pending(fs) {
+			f.plain = true
 		}
 		return nil
-	})
-	return lease, held, cur, err
-}
-
-// newLease returns a lease envelope with a random token, expiring after ttl.
-func newLease(ttl time.Duration) []byte {
-	var token [16]byte
-	_, _ = rand.Read(token[:])
-	return appendEnvelope(nil, 0, flagLease, time.Now().Add(ttl), token[:])
-}
-
-// fillLeased writes b under key for ttl if key still holds lease.
-func (l *l2) fillLeased(ctx context.Context, key string, lease, b []byte, ttl time.Duration) error {
-	return l.call(ctx, func(ctx context.Context) error {
-		err := casFill.Run(ctx, l.rdb, []string{key}, lease, b, max(ttl.Milliseconds(), 1)).Err()
-		if errors.Is(err, redis.Nil) {
-			return errLeaseLost
-		}
-		return err
-	})
-}
-
-// releaseLease gives up a lease that will not be filled (the load failed,
-// or its value is not to be cached), so that the next process to miss can
-// take one instead of waiting out LeaseTTL.
-func (l *l2) releaseLease(ctx context.Context, key string, lease []byte) error {
-	return l.call(ctx, func(ctx context.Context) error {
-		return leaseRelease.Run(ctx, l.rdb, []string{key}, lease).Err()
-	})
-}
-
-// addTags records each key in the set of each tag, for call or must. One
-// round trip: the scripts are pipelined, and on Redis Cluster go-redis
-// splits the pipeline by node.
-func (l *l2) addTags(ctx context.Context, ns string, keys, tags []string, ttl time.Duration) error {
-	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, k := range keys {
-			for _, t := range tags {
-				// Eval, not Run: a pipeline cannot fall back from EVALSHA.
-				tagAdd.Eval(ctx, p, []string{tagKey(ns, t)}, k, max(ttl.Milliseconds(), 1))
+	}
+	if len(fresh) > 0 {
+		if len(o.tags) > 0 {
+			if err := c.tagKeys(ctx, keyList(fresh), o.tags, o.ttl+c.cfg.LeaseTTL); err != nil {
+				return err
 			}
 		}
-		return nil
-	})
-	return err
+		if err := c.leaseKeys(ctx, fresh, load, o, started); err != nil {
+			return err
+		}
+	}
+	for i := range fs {
+		f := &fs[i]
+		// Values past their stale window, read first or by the lease script.
+		if !f.done && f.old != nil && f.lease == nil {
+			c.leaseRefresh(ctx, f, started)
+		}
+	}
+	return nil
 }
 
-func tagKey(ns, tag string) string { return ns + "#tag:" + tag }
+// leaseKeys leases keys in one pipelined round trip (leaseOrGet), which
+// also returns what a key holds instead. Values found are served; keys
+// another process holds a lease on are polled until they are filled, their
+// lease can be taken, or LeaseTTL has passed (then they are loaded without
+// writing L2). Junk is replaced on the next round; junk that comes back is
+// loaded without writing L2.
+func (c *Cache[V]) leaseKeys(ctx context.Context, fs []*filling[V], load loader[V], o callOptions, started int64) error {
+	wait := c.leaseWait()
+	waited := false
+	for round := 0; len(fs) > 0; round++ {
+		l2keys := make([]string, len(fs))
+		junks := make([][]byte, len(fs))
+		for i, f := range fs {
+			l2keys[i], junks[i] = c.l2Key(f.key), f.junk
+		}
+		ls, held, cur, err := c.l2.LeaseMany(ctx, l2keys, junks, c.cfg.LeaseTTL)
+		if err != nil {
+			// Some leases may have been taken (on Cluster, a pipeline
+			// can fail on one node only): give back every one we made.
+			_ = c.l2.ReleaseMany(context.WithoutCancel(ctx), l2keys, ls)
+			c.l2Failed(ctx, "lease", fs[0].key, err)
+			return err
+		}
+		var again []*filling[V]
+		for i, f := range fs {
+			if held[i] {
+				if !f.read {
+					c.counters.l2Misses.Add(1)
+				}
+				f.read, f.lease = true, ls[i]
+				continue
+			}
+			e, ttl, state := c.decodeL2(ctx, f.key, cur[i])
+			if !f.read && state != l2Value {
+				c.counters.l2Misses.Add(1)
+			}
+			f.read = true
+			switch {
+			case state == l2Value:
+				// Written since the read, or (a batch) never read.
+				c.counters.l2Hits.Add(1)
+				c.found(ctx, f, cur[i], e, ttl, load, o, 0, started, c.clock.Now())
+			case state == l2Junk && f.junk == nil:
+				f.junk = cur[i]
+				again = append(again, f)
+			case state == l2Lease:
+				if !waited {
+					waited = true
+					c.counters.leaseWaits.Add(1)
+				}
+				again = append(again, f)
+			}
+		}
+		fs = again
+		if len(fs) > 0 && !wait.next(ctx) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// leaseRefresh takes f's refresh lease. If another process holds it, it
+// waits for that process's value, as leaseKeys waits, and serves it; if
+// none comes, or L2 fails, the key is loaded without writing L2.
+func (c *Cache[V]) leaseRefresh(ctx context.Context, f *filling[V], started int64) {
+	f.rkey = l2.RefreshKey(c.cfg.Namespace, f.key)
+	var held bool
+	err := c.l2.Call(ctx, func(ctx context.Context) (err error) {
+		f.rtok, held, err = c.l2.TakeRefreshLease(ctx, f.rkey, c.cfg.LeaseTTL)
+		return err
+	})
+	switch {
+	case err != nil:
+		c.l2Failed(ctx, "refresh-lease", f.key, err)
+		f.old, f.rtok = nil, nil
+	case !held:
+		f.rtok = nil
+		if e, ttl, ok := c.awaitRefresh(ctx, f.key, f.rkey, f.old); ok {
+			e.Value.filled = started
+			c.install(f.key, e, c.l1TTL(ttl), f.t, false)
+			f.res, f.done = flightResult[V]{e: e, tier: tierL2}, true
+		}
+		f.old = nil
+	}
+}
+
+// awaitRefresh polls L2 while another process refreshes key, until it
+// holds another value than old. ok is false if none came within LeaseTTL,
+// or the refresher gave up.
+func (c *Cache[V]) awaitRefresh(ctx context.Context, key, rk string, old []byte) (*entry[V], time.Duration, bool) {
+	c.counters.leaseWaits.Add(1)
+	for wait := c.leaseWait(); wait.next(ctx); {
+		var b []byte
+		var leased bool
+		err := c.l2.Call(ctx, func(ctx context.Context) (err error) {
+			b, leased, err = c.l2.PollRefresh(ctx, c.l2Key(key), rk)
+			return err
+		})
+		switch {
+		case err != nil:
+			return nil, 0, false
+		case bytes.Equal(b, old):
+			if !leased {
+				return nil, 0, false // the refresher gave up
+			}
+			continue
+		case b == nil:
+			return nil, 0, false
+		}
+		// The key changed: the refresh landed, or a write or delete.
+		e, ttl, state := c.decodeL2(ctx, key, b)
+		return e, ttl, state == l2Value
+	}
+	return nil, 0, false
+}
+
+// loseLease keeps a value whose lease a write or delete replaced out of
+// both tiers: it may predate that write. Its callers still get it.
+func (c *Cache[V]) loseLease(f *filling[V]) {
+	c.counters.leaseLost.Add(1)
+	f.drop = true
+	f.res = flightResult[V]{e: f.e, tier: tierLoader}
+}
+
+// releaseLeases gives back the L2 leases of keys that will not be filled,
+// so that the next process to miss takes one instead of waiting LeaseTTL.
+func (c *Cache[V]) releaseLeases(ctx context.Context, fs []*filling[V]) {
+	var l2keys []string
+	var leases [][]byte
+	for _, f := range fs {
+		if f.lease != nil {
+			l2keys, leases = append(l2keys, c.l2Key(f.key)), append(leases, f.lease)
+			f.lease = nil
+		}
+	}
+	if len(l2keys) > 0 {
+		if err := c.l2.ReleaseMany(ctx, l2keys, leases); err != nil {
+			c.l2Failed(ctx, "release", fs[0].key, err)
+		}
+	}
+}
+
+// releaseRefreshes gives back the refresh leases held, once the fill is
+// over.
+func (c *Cache[V]) releaseRefreshes(ctx context.Context, fs []filling[V]) {
+	for i := range fs {
+		if f := &fs[i]; f.rtok != nil {
+			if err := c.l2.ReleaseLease(ctx, f.rkey, f.rtok); err != nil {
+				c.l2Failed(ctx, "refresh-release", f.key, err)
+			}
+		}
+	}
+}
+
+// maxLeasePoll caps the wait between two polls of a key whose lease another
+// process holds: it is how late a waiter may see the holder's fill.
+const maxLeasePoll = 16 * time.Millisecond
+
+// pollWait paces the polls of a key that another process is loading or
+// refreshing: from 1 ms, doubling up to maxLeasePoll, for at most LeaseTTL
+// (plus an L2 timeout), after which the holder is taken for dead.
+type pollWait struct {
+	deadline time.Time
+	backoff  time.Duration
+}
+
+func (c *Cache[V]) leaseWait() pollWait {
+	return pollWait{deadline: time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout), backoff: time.Millisecond}
+}
+
+// next sleeps until the next poll and reports whether there is one: false
+// once the deadline would pass, or ctx is done.
+func (w *pollWait) next(ctx context.Context) bool {
+	if time.Now().Add(w.backoff).After(w.deadline) || !sleep(ctx, w.backoff) {
+		return false
+	}
+	w.backoff = min(2*w.backoff, maxLeasePoll)
+	return true
+}

@@ -57,7 +57,7 @@ func (c *Cache[V]) options(opts []Option) (callOptions, error) {
 			return o, fmt.Errorf("tiered: tag: %w", err)
 		}
 	}
-	if len(o.tags) > 0 && c.l2 != nil && c.l2.rdb == nil {
+	if len(o.tags) > 0 && c.l2 != nil && c.l2.Redis() == nil {
 		return o, fmt.Errorf("tiered: tags need Config.Redis; a gocache Store alone cannot index them")
 	}
 	return o, nil

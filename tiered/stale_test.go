@@ -37,8 +37,9 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, r redistest.Target) {
 		ctx := context.Background()
 		ns := redistest.Namespace(t)
+		clk := newFakeClock()
 		cfg := func() tiered.Config {
-			return tiered.Config{Redis: r.Client(t), Namespace: ns, TTL: 300 * time.Millisecond, StaleTTL: 10 * time.Second, Jitter: -1, EarlyRefresh: -1}
+			return tiered.Config{Redis: r.Client(t), Namespace: ns, TTL: 300 * time.Millisecond, StaleTTL: 10 * time.Second, Jitter: -1, EarlyRefresh: -1, Clock: clk}
 		}
 		a, b := newIntCache(t, cfg()), newIntCache(t, cfg())
 		src := &versionLoader{d: 200 * time.Millisecond}
@@ -48,7 +49,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 		if v, err := b.GetOrLoad(ctx, "k", src.load); err != nil || v != 1 {
 			t.Fatalf("b's read = %d, %v", v, err)
 		}
-		time.Sleep(350 * time.Millisecond) // past the TTL
+		clk.Advance(350 * time.Millisecond) // past the TTL
 
 		var took []time.Duration
 		for i := range 20 {
@@ -90,27 +91,24 @@ func TestStaleWhileRevalidate(t *testing.T) {
 }
 
 // TestStaleIfError: past its TTL, while the loader fails, the stale value
-// is served up to MaxStale, counted; after MaxStale, the error.
-//
-// The L1-only cache runs under testing/synctest: its time is the bubble's
-// fake clock, so that "past the TTL" and "past TTL + MaxStale" are exact
-// whatever the machine's load (on real time, the cache's coarse clock, a
-// goroutine that ticks every 10 ms, and the test's own sleeps and reads,
-// all wait on a loaded machine's scheduler). With Redis the TTLs are
-// Redis's real ones too, so that case runs on real time, with margins.
+// is served up to MaxStale, counted; after MaxStale, the error. Time is a
+// fake clock's (an L1-only cache's runs under testing/synctest), so that
+// "past the TTL" and "past TTL + MaxStale" are exact whatever the machine's
+// load.
 func TestStaleIfError(t *testing.T) {
 	cfg := tiered.Config{TTL: 200 * time.Millisecond, MaxStale: time.Second, Jitter: -1, EarlyRefresh: -1}
 	t.Run("l1-only", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) { testStaleIfError(t, cfg) })
+		synctest.Test(t, func(t *testing.T) { testStaleIfError(t, cfg, time.Sleep) })
 	})
 	t.Run("redis", func(t *testing.T) {
 		cfg := cfg
-		cfg.Redis, cfg.Namespace = newClient(t), redistest.Namespace(t)
-		testStaleIfError(t, cfg)
+		clk := newFakeClock()
+		cfg.Redis, cfg.Namespace, cfg.Clock = newClient(t), redistest.Namespace(t), clk
+		testStaleIfError(t, cfg, clk.Advance)
 	})
 }
 
-func testStaleIfError(t *testing.T, cfg tiered.Config) {
+func testStaleIfError(t *testing.T, cfg tiered.Config, pass func(time.Duration)) {
 	ctx := context.Background()
 	c := newIntCache(t, cfg)
 	src := &versionLoader{}
@@ -118,7 +116,7 @@ func testStaleIfError(t *testing.T, cfg tiered.Config) {
 		t.Fatalf("first load = %d, %v", v, err)
 	}
 	src.fail.Store(true)
-	time.Sleep(300 * time.Millisecond) // past the TTL, within TTL + MaxStale
+	pass(300 * time.Millisecond) // past the TTL, within TTL + MaxStale
 	if v, err := c.GetOrLoad(ctx, "k", src.load); err != nil || v != 1 {
 		t.Errorf("within MaxStale with the loader failing = %d, %v; want the stale 1", v, err)
 	}
@@ -128,7 +126,7 @@ func testStaleIfError(t *testing.T, cfg tiered.Config) {
 	if n := src.calls.Load(); n != 2 {
 		t.Errorf("%d loads, want 2: the stale value must be served after a failed refresh", n)
 	}
-	time.Sleep(1100 * time.Millisecond) // past TTL + MaxStale
+	pass(1100 * time.Millisecond) // past TTL + MaxStale
 	if _, err := c.GetOrLoad(ctx, "k", src.load); err == nil {
 		t.Errorf("past MaxStale with the loader failing: no error")
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/tiercache/tiercache/internal/l2"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -44,7 +45,7 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) (err erro
 		c.invalidateLocalTags(tags)
 		return nil
 	}
-	if c.l2.rdb == nil {
+	if c.l2.Redis() == nil {
 		return errors.New("tiered: InvalidateTags needs Config.Redis")
 	}
 	wctx, cancel := c.writeContext(ctx)
@@ -75,17 +76,12 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) (err erro
 // set, so that a retry finds it, or, failing that, into the outbox. A tag
 // key of another Redis type is garbage, and is deleted.
 func (c *Cache[V]) purgeTag(ctx context.Context, tag string) ([]string, error) {
-	tk := tagKey(c.cfg.Namespace, tag)
+	tk := l2.TagKey(c.cfg.Namespace, tag)
 	var n int64
-	err := c.l2.must(ctx, func(ctx context.Context) (err error) {
-		n, err = c.l2.rdb.SCard(ctx, tk).Result()
+	err := c.l2.Must(ctx, func(ctx context.Context) (err error) {
+		n, err = c.l2.TagSize(ctx, tk)
 		return err
 	})
-	if isWrongType(err) {
-		return nil, c.l2.must(ctx, func(ctx context.Context) error {
-			return dropUnlessType.Run(ctx, c.l2.rdb, []string{tk}, "set").Err()
-		})
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -94,8 +90,8 @@ func (c *Cache[V]) purgeTag(ctx context.Context, tag string) ([]string, error) {
 	var removed []string
 	for i := int64(0); i <= n/tagBatch; i++ {
 		var keys []string
-		if err := c.l2.must(ctx, func(ctx context.Context) (err error) {
-			keys, err = c.l2.rdb.SPopN(ctx, tk, tagBatch).Result()
+		if err := c.l2.Must(ctx, func(ctx context.Context) (err error) {
+			keys, err = c.l2.PopTag(ctx, tk, tagBatch)
 			return err
 		}); err != nil {
 			return removed, err
@@ -103,17 +99,13 @@ func (c *Cache[V]) purgeTag(ctx context.Context, tag string) ([]string, error) {
 		if len(keys) == 0 {
 			break
 		}
-		err := c.l2.must(ctx, func(ctx context.Context) error { return c.l2.delMany(ctx, c.l2Keys(keys)) })
+		err := c.l2.Must(ctx, func(ctx context.Context) error { return c.l2.DelMany(ctx, c.l2Keys(keys)) })
 		// Some keys may be gone even if the pipeline failed: evict them
 		// all here (an extra eviction is harmless).
 		c.invalidateLocal(keys...)
 		if err != nil {
-			members := make([]any, len(keys))
-			for i, k := range keys {
-				members[i] = k
-			}
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.L2Timeout)
-			if aerr := c.l2.rdb.SAdd(rctx, tk, members...).Err(); aerr != nil {
+			if aerr := c.l2.RestoreTag(rctx, tk, keys); aerr != nil {
 				_ = c.hold(aerr, keys, nil, nil)
 			}
 			cancel()
@@ -138,12 +130,12 @@ func (c *Cache[V]) TaggedKeys(ctx context.Context, tag string) ([]string, error)
 	if c.isClosed() {
 		return nil, ErrClosed
 	}
-	if c.l2 == nil || c.l2.rdb == nil {
+	if c.l2 == nil || c.l2.Redis() == nil {
 		return nil, fmt.Errorf("tiered: TaggedKeys needs Config.Redis: %w", errors.ErrUnsupported)
 	}
 	var keys []string
-	err := c.l2.call(ctx, func(ctx context.Context) (err error) {
-		keys, err = c.l2.rdb.SMembers(ctx, tagKey(c.cfg.Namespace, tag)).Result()
+	err := c.l2.Call(ctx, func(ctx context.Context) (err error) {
+		keys, err = c.l2.TagMembers(ctx, l2.TagKey(c.cfg.Namespace, tag))
 		return err
 	})
 	if err != nil {

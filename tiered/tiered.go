@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -14,7 +13,11 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 	"github.com/tiercache/tiercache/internal/clock"
+	"github.com/tiercache/tiercache/internal/hotkeys"
 	"github.com/tiercache/tiercache/internal/l1"
+	"github.com/tiercache/tiercache/internal/l2"
+	"github.com/tiercache/tiercache/internal/outbox"
+	"github.com/tiercache/tiercache/internal/redisclient"
 	"github.com/tiercache/tiercache/invalidation"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -31,6 +34,14 @@ var ErrNotFound = errors.New("tiered: not found")
 // ErrClosed is returned by every method called after Close.
 var ErrClosed = errors.New("tiered: cache closed")
 
+// ErrL2Unavailable reports that L2 could not be used. Writes (Set, Delete,
+// InvalidateTags, the write strategies) return it whenever they could not
+// make their L2 change or their invalidation within Config.WriteTimeout;
+// reads return it only in strict mode: while the circuit breaker is open,
+// or while this process holds invalidations that Redis has not had yet (it
+// reads nothing from L2 then). Errors that wrap it also wrap the cause.
+var ErrL2Unavailable = l2.ErrUnavailable
+
 // ErrInvalidKey and ErrValueTooLarge report input over the Config limits.
 var (
 	ErrInvalidKey    = errors.New("tiered: invalid key")
@@ -46,9 +57,9 @@ type LoadFunc[V any] func(ctx context.Context, key string) (V, error)
 type Cache[V any] struct {
 	cfg      Config
 	l1       localTier[V]
-	l2       *l2 // nil: L1 only
-	fence    *fence
-	outbox   *outbox
+	l2       *l2.Tier // nil: L1 only
+	fence    fencer
+	outbox   *outbox.Outbox
 	bus      *invalidation.Bus // nil: no Redis, or DisableInvalidation
 	flights  flights[V]
 	counters counters
@@ -62,8 +73,8 @@ type Cache[V any] struct {
 	closed    atomic.Bool
 
 	clock clock.Coarse
-	beta  float64
-	hot   *hotKeys // nil: Config.HotKeys off // XFetch's β; 0: no early refresh
+	beta  float64          // XFetch's β; 0: no early refresh
+	hot   *hotkeys.Sampler // nil: Config.HotKeys off
 	// bg counts the goroutines that fill flights and refresh in the
 	// background, which Close cancels (closing) and waits for; bgMu keeps
 	// one from starting once Close has begun.
@@ -71,10 +82,6 @@ type Cache[V any] struct {
 	bgMu     sync.Mutex
 	closing  context.Context
 	closeAll context.CancelFunc
-
-	// noFence switches off both fences (L1 tickets, L2 leases), so that
-	// tests can show the races they close. Set only by tests.
-	noFence bool
 }
 
 // New returns a Cache configured by cfg. With cfg.Redis (or cfg.Store) set it
@@ -91,7 +98,7 @@ func newCache[V any](cfg Config, local func(c *Cache[V]) (localTier[V], error)) 
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache[V]{cfg: cfg, fence: newFence(), outbox: newOutbox(), logL2: rate.Sometimes{Interval: time.Second}, beta: max(cfg.EarlyRefresh, 0)}
+	c := &Cache[V]{cfg: cfg, clock: clock.Coarse{Source: cfg.Clock}, fence: newFence(), outbox: outbox.New(), logL2: rate.Sometimes{Interval: time.Second}, beta: max(cfg.EarlyRefresh, 0)}
 	c.closing, c.closeAll = context.WithCancel(context.Background())
 	if c.l1, err = local(c); err != nil {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
@@ -99,40 +106,31 @@ func newCache[V any](cfg Config, local func(c *Cache[V]) (localTier[V], error)) 
 	st := cfg.Store
 	if st == nil && cfg.Redis != nil {
 		st = gocacheredis.NewRedis(cfg.Redis)
-		warnIfUnbounded(cfg.Logger, cfg.Redis)
+		redisclient.WarnIfUnbounded(cfg.Logger, cfg.Redis)
 		if cc, ok := cfg.Redis.(*redis.ClusterClient); ok {
-			watchTopology(cc)
+			redisclient.Watch(cc)
 		}
 	}
 	c.counters.breaker.Store(int32(gobreaker.StateClosed))
 	if st != nil {
-		failures := uint32(cfg.BreakerFailures)
-		// The failures must also span two L2 timeouts: one stall of the
-		// machine or the network fails every call in flight at once, and
-		// must not cut L2 off for a whole cooldown.
-		span := 2 * cfg.L2Timeout
-		c.l2 = &l2{
-			store:   st,
-			rdb:     cfg.Redis,
-			timeout: cfg.L2Timeout,
-			held:    &c.outbox.held,
-			breaker: gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-				Name:    cfg.Namespace,
-				Timeout: cfg.BreakerCooldown,
-				ReadyToTrip: func(n gobreaker.Counts) bool {
-					return n.ConsecutiveFailures >= failures && c.l2.failingFor() >= span
-				},
-				IsExcluded: func(err error) bool { return err == errExcluded },
-				OnStateChange: func(_ string, from, to gobreaker.State) {
-					c.counters.breaker.Store(int32(to))
-					if to == gobreaker.StateOpen {
-						c.counters.breakerOpens.Add(1)
-					}
-					cfg.Logger.Warn("tiercache: L2 circuit breaker changed state",
-						"namespace", cfg.Namespace, "from", breakerName(from), "to", breakerName(to))
-				},
-			}),
-		}
+		c.l2 = l2.New(l2.Config{
+			Store:           st,
+			Redis:           cfg.Redis,
+			Timeout:         cfg.L2Timeout,
+			BreakerFailures: cfg.BreakerFailures,
+			BreakerCooldown: cfg.BreakerCooldown,
+			Name:            cfg.Namespace,
+			Held:            c.outbox.Held(),
+			Clock:           cfg.Clock,
+			OnStateChange: func(from, to gobreaker.State) {
+				c.counters.breaker.Store(int32(to))
+				if to == gobreaker.StateOpen {
+					c.counters.breakerOpens.Add(1)
+				}
+				cfg.Logger.Warn("tiercache: L2 circuit breaker changed state",
+					"namespace", cfg.Namespace, "from", breakerName(from), "to", breakerName(to))
+			},
+		})
 	}
 	tp := cfg.TracerProvider
 	if tp == nil {
@@ -178,8 +176,8 @@ func newCache[V any](cfg Config, local func(c *Cache[V]) (localTier[V], error)) 
 		cancel()
 	}
 	if cfg.HotKeys > 0 && cfg.Redis != nil {
-		c.hot = newHotKeys(cfg.HotKeys, cfg.HotKeysInterval)
-		go c.hot.run(c.publishHot)
+		c.hot = hotkeys.New(cfg.HotKeys, cfg.HotKeysInterval)
+		go c.hot.Run(c.publishHot)
 	}
 	return c, nil
 }
@@ -229,7 +227,7 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], op
 	// The L1 hit path: no allocation, and no span unless the caller's span
 	// is recording (a span costs ~20× the hit itself; metrics count hits).
 	if c.hot != nil {
-		c.hot.sample(key)
+		c.hot.Sample(key)
 	}
 	if e, ok := c.l1.Get(key); ok && c.servable(e) && (e.Value.checkAt == 0 || quietAt(e, c.clock.Now())) {
 		c.counters.l1Hits.add(key)
@@ -251,7 +249,7 @@ func (c *Cache[V]) servable(e *entry[V]) bool {
 }
 
 func (c *Cache[V]) young(e *entry[V]) bool {
-	if time.Now().UnixNano()-e.Value.filled <= int64(c.cfg.StalenessBound) {
+	if c.clock.Exact()-e.Value.filled <= int64(c.cfg.StalenessBound) {
 		return true
 	}
 	c.counters.staleSkips.Add(1)
@@ -320,14 +318,14 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	if e, ok := c.l1.Lookup(key); ok && c.servable(e) {
 		switch c.state(e, c.clock.Now(), o, load != nil) {
 		case entryRefreshEarly:
-			c.refreshAsync(ctx, key, load, o, e.Value.fresh)
+			c.refreshAsync(ctx, key, one(load), o, e.Value.fresh)
 			fallthrough
 		case entryFresh:
 			c.counters.l1Hits.add(key)
 			return result(e)
 		case entryStale:
 			if load != nil {
-				c.refreshAsync(ctx, key, load, o, e.Value.fresh)
+				c.refreshAsync(ctx, key, one(load), o, e.Value.fresh)
 			}
 			c.counters.l1Hits.add(key)
 			c.counters.staleServed.Add(1)
@@ -354,7 +352,7 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 		fctx, cancel := c.detach(ctx)
 		if !c.spawn(func() {
 			defer cancel()
-			c.flights.finish(fkey, fl, c.safely(key, func() flightResult[V] { return c.fill(fctx, key, load, o) }))
+			c.flights.finish(fkey, fl, c.safely(key, func() flightResult[V] { return c.fill(fctx, []string{key}, one(load), o, 0)[0] }))
 		}) {
 			cancel()
 			c.flights.finish(fkey, fl, flightResult[V]{err: ErrClosed})
@@ -395,163 +393,6 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	return v, err
 }
 
-// fill runs once per key among concurrent callers: L1 again, L2, then the
-// loader. Re-checking L1 matters: consider a caller that misses L1, is
-// descheduled while another caller's flight fills L1 and returns, and then
-// starts a flight of its own; without the re-check it would read L2 again.
-//
-// The fence ticket is taken before L2 is read: an invalidation of key that
-// arrives while the read or the load is in flight keeps its result out of
-// L1 (the callers still get it).
-func (c *Cache[V]) fill(ctx context.Context, key string, load LoadFunc[V], o callOptions) flightResult[V] {
-	t := c.fence.ticket(key, o.tags)
-	started := time.Now().UnixNano()
-	if e, ok := c.l1.Lookup(key); ok && c.servable(e) && c.state(e, c.clock.Now(), o, false) == entryFresh {
-		return flightResult[V]{e: e, tier: tierL1}
-	}
-	var l2err error
-	var junk []byte
-	if c.l2 != nil {
-		b, err := c.l2.get(ctx, c.l2Key(key))
-		switch {
-		case errors.Is(err, errL2WrongType):
-			// Garbage of another type: a miss, which the lease replaces.
-			c.counters.l2Misses.Add(1)
-		case err == nil:
-			e, ttl, state := c.decodeL2(ctx, key, b)
-			if state == l2Junk {
-				junk = b
-			}
-			if state != l2Value {
-				c.counters.l2Misses.Add(1)
-				break
-			}
-			c.counters.l2Hits.Add(1)
-			e.Value.filled = started
-			st := c.state(e, c.clock.Now(), o, load != nil)
-			switch {
-			case st == entryFresh || st == entryRefreshEarly:
-				c.install(key, e, c.l1TTL(ttl), t, false)
-				if st == entryRefreshEarly {
-					c.refreshAsync(ctx, key, load, o, e.Value.fresh)
-				}
-				return flightResult[V]{e: e, tier: tierL2}
-			case st == entryStale:
-				c.install(key, e, c.l1TTL(ttl), t, false)
-				if load != nil {
-					c.refreshAsync(ctx, key, load, o, e.Value.fresh)
-				}
-				return flightResult[V]{e: e, tier: tierStale}
-			case load == nil:
-				// Past the stale window, a Get finds nothing.
-				return flightResult[V]{tier: tierNone}
-			default:
-				// Past the stale window: reload now, and serve this value
-				// if that fails, within MaxStale.
-				if c.l2.rdb == nil || c.noFence {
-					b = nil // no refresh lease or compare-and-set without go-redis: write plainly
-				}
-				return c.reload(ctx, key, load, o, t, started, b, e)
-			}
-		case errors.Is(err, errL2Miss):
-			c.counters.l2Misses.Add(1)
-		default:
-			c.l2Failed(ctx, "get", key, err)
-			c.counters.l2Misses.Add(1)
-			l2err = err
-		}
-	}
-	if load == nil {
-		return flightResult[V]{tier: tierNone, err: c.strict(l2err)}
-	}
-	// Take the L2 lease before loading, so that a Set or Delete during the
-	// load can void it. An L2 that just failed is not asked.
-	var lease []byte
-	leased := false
-	if l2err == nil && c.l2 != nil && c.l2.rdb != nil && !c.noFence {
-		if len(o.tags) > 0 {
-			// The key joins its tags before its lease is taken, so that an
-			// InvalidateTags during the load finds it and deletes the lease.
-			l2err = c.l2.call(ctx, func(ctx context.Context) error {
-				return c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, o.tags, o.ttl+c.cfg.LeaseTTL)
-			})
-		}
-		if l2err == nil {
-			var e *entry[V]
-			var ttl time.Duration
-			lease, leased, e, ttl, l2err = c.awaitLease(ctx, key, junk)
-			if e != nil {
-				// Another process loaded it while we waited.
-				c.counters.l2Hits.Add(1)
-				e.Value.filled = started
-				c.install(key, e, c.l1TTL(ttl), t, false)
-				return flightResult[V]{e: e, tier: tierL2}
-			}
-		}
-		if l2err != nil {
-			c.l2Failed(ctx, "lease", key, l2err)
-		}
-	}
-	// Every way out below that does not fill L2 gives the lease back.
-	unlease := func() {
-		if leased {
-			if err := c.l2.releaseLease(ctx, c.l2Key(key), lease); err != nil {
-				c.l2Failed(ctx, "release", key, err)
-			}
-		}
-	}
-	e, err := c.runLoad(ctx, key, load)
-	if err != nil {
-		unlease()
-		return flightResult[V]{tier: tierLoader, err: err}
-	}
-	e.Value.filled = started
-	ttl := c.cacheTTL(e, o)
-	if ttl < 0 {
-		// Negative caching is off: answer, but remember nothing.
-		unlease()
-		return flightResult[V]{e: e, tier: tierLoader, err: c.strict(l2err)}
-	}
-	// The value fills L2 first, then L1: a reader in another process must be
-	// able to find in L2 anything this process already serves from L1.
-	b, ttl, err := c.encode(key, e, c.jitter(ttl), o)
-	if err != nil {
-		// The loaded value is good; it just cannot be cached.
-		c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", key, "err", err)
-		unlease()
-		return flightResult[V]{e: e, tier: tierLoader, err: c.strict(l2err)}
-	}
-	switch {
-	case l2err != nil:
-		// An L2 that just failed is not asked to write: when Redis is down
-		// that would double what every miss pays until the breaker opens.
-	case leased:
-		err := c.l2.fillLeased(ctx, c.l2Key(key), lease, b, ttl)
-		if errors.Is(err, errLeaseLost) {
-			// A write or delete replaced the lease while we loaded: our
-			// value may predate it, so it goes nowhere but to our callers.
-			c.counters.leaseLost.Add(1)
-			return flightResult[V]{e: e, tier: tierLoader}
-		}
-		if err != nil {
-			c.l2Failed(ctx, "fill", key, err)
-			l2err = err
-		} else if len(o.tags) > 0 {
-			l2err = c.tagWritten(ctx, key, o.tags, ttl)
-		}
-	case c.l2 != nil && (c.l2.rdb == nil || c.noFence):
-		// No lease to be had (a gocache Store alone): write as before.
-		l2err = c.writeL2(ctx, key, b, ttl)
-	default:
-		// Another process holds the lease and will fill L2 itself.
-	}
-	// After a load, unlike after an L2 read, L1 waits for the entry to
-	// land: a caller arriving just after this flight must not load again,
-	// and the wait is small beside a load.
-	c.install(key, e, c.l1TTL(ttl), t, true)
-	return flightResult[V]{e: e, tier: tierLoader, err: c.strict(l2err)}
-}
-
 // l1Requests reports the L1 hits and misses so far, for L1's window.
 func (c *Cache[V]) l1Requests() (hits, misses int64) {
 	return c.counters.l1Hits.load(), c.counters.l1Misses.Load()
@@ -562,7 +403,7 @@ func (c *Cache[V]) l1Requests() (hits, misses int64) {
 // check and the store bumped the fence first, so one of the two checks sees
 // it, and the second removes what the first let in.
 func (c *Cache[V]) install(key string, e *entry[V], ttl time.Duration, t ticket, wait bool) {
-	if !c.noFence && !c.fence.valid(t) {
+	if !c.fence.valid(t) {
 		c.counters.fenced.Add(1)
 		return
 	}
@@ -574,44 +415,10 @@ func (c *Cache[V]) install(key string, e *entry[V], ttl time.Duration, t ticket,
 	} else {
 		c.l1.Fill(key, e, ttl)
 	}
-	if !c.noFence && !c.fence.valid(t) {
+	if !c.fence.valid(t) {
 		c.l1.Delete(key)
 		c.counters.fenced.Add(1)
 	}
-}
-
-// tagWritten adds a written key to its tags. If that fails, the value is
-// removed from L2 again: a tagged value that its tags do not list would
-// escape InvalidateTags.
-func (c *Cache[V]) tagWritten(ctx context.Context, key string, tags []string, ttl time.Duration) error {
-	err := c.l2.call(ctx, func(ctx context.Context) error { return c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, tags, ttl) })
-	if err == nil {
-		return nil
-	}
-	c.l2Failed(ctx, "tag", key, err)
-	wctx, cancel := c.writeContext(ctx)
-	defer cancel()
-	if derr := c.change(wctx, func(ctx context.Context) error { return c.l2.must(ctx, c.delOp(key)) }, []string{key}, nil, nil, nil); derr != nil {
-		c.l2Failed(ctx, "delete", key, derr)
-	}
-	return fmt.Errorf("tiered: tag %q: %w", key, err)
-}
-
-// runLoad calls load for key (see guardLoad).
-func (c *Cache[V]) runLoad(ctx context.Context, key string, load LoadFunc[V]) (*entry[V], error) {
-	var v V
-	start := time.Now()
-	err := c.guardLoad(ctx, func(ctx context.Context) (err error) {
-		v, err = load(ctx, key)
-		return err
-	})
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return &entry[V]{Value: item[V]{negative: true}}, nil
-	case err != nil:
-		return nil, fmt.Errorf("tiered: load %q: %w", key, err)
-	}
-	return &entry[V]{Value: item[V]{v: v, delta: int64(time.Since(start))}}, nil
 }
 
 // guardLoad runs a loader call: bounded by Config.LoadTimeout, counted and
@@ -637,337 +444,6 @@ func (c *Cache[V]) guardLoad(ctx context.Context, call func(ctx context.Context)
 	return call(ctx)
 }
 
-// cacheTTL is how long e, just loaded, stays fresh: o's TTL, or
-// NegativeTTL for an absence; negative means not cached.
-func (c *Cache[V]) cacheTTL(e *entry[V], o callOptions) time.Duration {
-	if e.Value.negative {
-		return c.cfg.NegativeTTL
-	}
-	return o.ttl
-}
-
-// l2State says what the bytes under a key in L2 are.
-type l2State int
-
-const (
-	l2Value l2State = iota // a live value (or a live negative entry)
-	l2Lease                // another process's lease: it is loading
-	l2Junk                 // corrupt, foreign or expired: a miss that a load may replace
-)
-
-// decodeL2 decodes the bytes b read from L2 for key.
-func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V], time.Duration, l2State) {
-	env, err := decodeEnvelope(b, c.cfg.Codec.ID(), c.cfg.MaxValueBytes)
-	if err != nil {
-		c.decodeFailed(ctx, key, err)
-		return nil, 0, l2Junk
-	}
-	now := time.Unix(0, c.clock.Now())
-	ttl, live := env.remaining(now)
-	switch {
-	case !live:
-		return nil, 0, l2Junk
-	case env.lease && (env.expiry == 0 || ttl > c.cfg.LeaseTTL+leaseSkew):
-		// A lease that never ends, or ends later than any lease of ours
-		// can: garbage (or a clock far off), which a miss must not wait
-		// on. It is replaced like junk.
-		c.decodeFailed(ctx, key, errBadLease)
-		return nil, 0, l2Junk
-	case env.lease:
-		return nil, 0, l2Lease
-	}
-	e := &entry[V]{Value: item[V]{negative: env.negative}, Cost: l1.EntryCost(key, len(b))}
-	if env.fresh != 0 && !env.negative {
-		e.Value.fresh, e.Value.hard, e.Value.delta = env.fresh*1e6, env.expiry*1e6, env.delta*1e3
-		if env.expiry == 0 {
-			e.Value.hard = math.MaxInt64
-		}
-		c.schedule(e)
-	}
-	if !env.negative {
-		if err := c.cfg.Codec.Unmarshal(env.payload, &e.Value.v); err != nil {
-			c.decodeFailed(ctx, key, err)
-			return nil, 0, l2Junk
-		}
-	}
-	return e, ttl, l2Value
-}
-
-// awaitLease takes key's lease or, while another process holds it, waits
-// for that process to fill the key, polling with backoff: one load for the
-// whole cluster. It returns the lease if it got one, or the entry the
-// holder wrote. If the holder dies, its lease expires and this process
-// takes it over. After LeaseTTL of waiting it gives up (held false, e nil),
-// and the caller loads without writing L2.
-func (c *Cache[V]) awaitLease(ctx context.Context, key string, junk []byte) (lease []byte, held bool, e *entry[V], ttl time.Duration, err error) {
-	wait := c.leaseWait()
-	for waited := false; ; {
-		var cur []byte
-		lease, held, cur, err = c.l2.acquireLease(ctx, c.l2Key(key), junk, c.cfg.LeaseTTL)
-		if err != nil || held {
-			return lease, held, nil, 0, err
-		}
-		var state l2State
-		if e, ttl, state = c.decodeL2(ctx, key, cur); state == l2Value {
-			return nil, false, e, ttl, nil
-		}
-		if state == l2Junk {
-			junk = cur
-		} else if !waited {
-			waited = true
-			c.counters.leaseWaits.Add(1)
-		}
-		if !wait.next(ctx) {
-			return nil, false, nil, 0, nil
-		}
-	}
-}
-
-// maxLeasePoll caps the wait between two polls of a key whose lease another
-// process holds: it is how late a waiter may see the holder's fill.
-const maxLeasePoll = 16 * time.Millisecond
-
-// pollWait paces the polls of a key that another process is loading or
-// refreshing: from 1 ms, doubling up to maxLeasePoll, for at most LeaseTTL
-// (plus an L2 timeout), after which the holder is taken for dead.
-type pollWait struct {
-	deadline time.Time
-	backoff  time.Duration
-}
-
-func (c *Cache[V]) leaseWait() pollWait {
-	return pollWait{deadline: time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout), backoff: time.Millisecond}
-}
-
-// next sleeps until the next poll and reports whether there is one: false
-// once the deadline would pass, or ctx is done.
-func (w *pollWait) next(ctx context.Context) bool {
-	if time.Now().Add(w.backoff).After(w.deadline) || !sleep(ctx, w.backoff) {
-		return false
-	}
-	w.backoff = min(2*w.backoff, maxLeasePoll)
-	return true
-}
-
-// writeL2 stores the filled envelope b for ttl; without an L2 it does
-// nothing.
-func (c *Cache[V]) writeL2(ctx context.Context, key string, b []byte, ttl time.Duration) error {
-	if c.l2 == nil {
-		return nil
-	}
-	if err := c.l2.set(ctx, c.l2Key(key), b, ttl); err != nil {
-		c.l2Failed(ctx, "set", key, err)
-		return fmt.Errorf("tiered: L2 set %q: %w", key, err)
-	}
-	return nil
-}
-
-// encode returns the envelope for e, fresh for ttl, and how long L2 should
-// keep it: ttl plus the longer of the stale windows in o (absences get no
-// stale window). It sets e's cost (its L1 size, which counts even without
-// an L2) and its freshness.
-func (c *Cache[V]) encode(key string, e *entry[V], ttl time.Duration, o callOptions) ([]byte, time.Duration, error) {
-	var payload []byte
-	if !e.Value.negative {
-		var err error
-		if payload, err = c.marshal(key, e.Value.v); err != nil {
-			return nil, 0, err
-		}
-	}
-	now := time.Unix(0, c.clock.Now())
-	if e.Value.negative {
-		e.Cost = l1.EntryCost(key, headerSize)
-		return appendEnvelope(make([]byte, 0, headerSize), 0, flagNegative, now.Add(ttl), nil), ttl, nil
-	}
-	keep := ttl + max(o.staleTTL, o.maxStale)
-	fresh, hard := now.Add(ttl), now.Add(keep)
-	e.Value.fresh, e.Value.hard = fresh.UnixNano(), hard.UnixNano()
-	c.schedule(e)
-	e.Cost = l1.EntryCost(key, headerSize+freshExt+len(payload))
-	b := make([]byte, 0, headerSize+freshExt+len(payload))
-	return appendFreshEnvelope(b, c.cfg.Codec.ID(), 0, fresh, hard, time.Duration(e.Value.delta), payload), keep, nil
-}
-
-// marshal encodes v for L2, refusing a payload over MaxValueBytes.
-func (c *Cache[V]) marshal(key string, v V) ([]byte, error) {
-	payload, err := c.cfg.Codec.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("tiered: encode %q: %w", key, err)
-	}
-	if len(payload) > c.cfg.MaxValueBytes {
-		return nil, fmt.Errorf("%w: %q encodes to %d bytes, limit %d", ErrValueTooLarge, key, len(payload), c.cfg.MaxValueBytes)
-	}
-	return payload, nil
-}
-
-// Set stores v under key in L2 and then in L1, for Config.TTL (or
-// WithTTL), and invalidates the key in every other process's L1 before it
-// returns (see docs/consistency.md). A load of key in flight anywhere when
-// Set writes loses its lease and does not overwrite v.
-//
-// Set finishes its L2 write and its invalidation even if ctx is done,
-// retrying them for up to Config.WriteTimeout. If it cannot, it still
-// stores v in this process's L1, keeps the invalidation in its outbox to
-// make when Redis answers, and returns an error for which
-// errors.Is(err, ErrL2Unavailable) holds: other processes may serve the old
-// value until then (see docs/consistency.md).
-func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (err error) {
-	if err := c.checkKey(key); err != nil {
-		return err
-	}
-	o, err := c.options(opts)
-	if err != nil {
-		return err
-	}
-	if c.isClosed() {
-		return ErrClosed
-	}
-	ctx, span := c.tracer.Start(ctx, "tiered.Set", trace.WithAttributes(attribute.String("tiercache.namespace", c.cfg.Namespace)))
-	defer endSpan(span, &err)
-	wctx, cancel := c.writeContext(ctx)
-	defer cancel()
-
-	t := c.fence.ticket(key, o.tags) // for its tags: an InvalidateTags during Set ends the L1 copy
-	e := &entry[V]{Value: item[V]{v: v, filled: time.Now().UnixNano()}}
-	b, ttl, err := c.encode(key, e, c.jitter(o.ttl), o)
-	if err != nil {
-		return err // bad input: nothing was written anywhere
-	}
-	// The fence moves after the L2 write: a fill that read L2 before it
-	// holds an older ticket and will not install over v. On a failure,
-	// change installs v before the outbox holds the key.
-	install := func() {
-		c.fence.invalidate(key)
-		if len(t.tags) > 0 {
-			e.Value.tags = &t.tags
-		}
-		c.l1.Set(key, e, c.l1TTL(ttl))
-	}
-	var l2err error
-	if c.l2 != nil {
-		l2key := c.l2Key(key)
-		l2err = c.change(wctx, func(ctx context.Context) error {
-			if err := c.l2.must(ctx, func(ctx context.Context) error { return c.l2.put(ctx, l2key, b, ttl) }); err != nil {
-				return err
-			}
-			if len(o.tags) > 0 && c.l2.rdb != nil {
-				// After the value: see InvalidateTags.
-				return c.l2.must(ctx, func(ctx context.Context) error { return c.l2.addTags(ctx, c.cfg.Namespace, []string{key}, o.tags, ttl) })
-			}
-			return nil
-		}, []string{key}, nil, nil, install)
-		if l2err != nil {
-			c.l2Failed(ctx, "set", key, l2err)
-			l2err = fmt.Errorf("tiered: set %q: %w", key, l2err)
-		}
-	}
-	if l2err == nil {
-		install()
-	}
-	return errors.Join(l2err, c.announce(wctx, l2err == nil, []string{key}, nil))
-}
-
-// Delete removes keys from L2 and then from L1, and invalidates them in
-// every other process's L1 before it returns. All keys are checked before
-// anything is removed. L2 failures are handled as in Set: the keys leave
-// this process's L1 whatever happens, and what Redis did not get is kept in
-// the outbox.
-func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
-	for _, k := range keys {
-		if err := c.checkKey(k); err != nil {
-			return err
-		}
-	}
-	if c.isClosed() {
-		return ErrClosed
-	}
-	ctx, span := c.tracer.Start(ctx, "tiered.Delete", trace.WithAttributes(
-		attribute.String("tiercache.namespace", c.cfg.Namespace), attribute.Int("tiercache.keys", len(keys))))
-	defer endSpan(span, &err)
-	wctx, cancel := c.writeContext(ctx)
-	defer cancel()
-
-	var l2err error
-	if c.l2 != nil && len(keys) > 0 {
-		// The DEL also removes a lease, so a load in flight cannot write
-		// its older value back.
-		l2keys := c.l2Keys(keys)
-		l2err = c.change(wctx, func(ctx context.Context) error {
-			return c.l2.must(ctx, func(ctx context.Context) error { return c.l2.delMany(ctx, l2keys) })
-		}, keys, nil, nil, nil)
-		if l2err != nil {
-			c.l2Failed(ctx, "delete", keys[0], l2err)
-			l2err = fmt.Errorf("tiered: delete %d keys: %w", len(keys), l2err)
-		}
-	}
-	// L1 goes last, and the fence with it: a fill that read the L2 entry
-	// before the DEL cannot install it afterwards.
-	c.invalidateLocal(keys...)
-	return errors.Join(l2err, c.announce(wctx, l2err == nil, keys, nil))
-}
-
-// delOp is the L2 deletion of key, for must.
-func (c *Cache[V]) delOp(key string) func(ctx context.Context) error {
-	return func(ctx context.Context) error { return c.l2.delMany(ctx, []string{c.l2Key(key)}) }
-}
-
-// invalidateLocal removes keys from this process's L1 and fences the fills
-// in flight for them.
-func (c *Cache[V]) invalidateLocal(keys ...string) {
-	for _, k := range keys {
-		c.fence.invalidate(k)
-		c.l1.Delete(k)
-	}
-}
-
-// invalidateLocalKeys is invalidateLocal for the bus, which hands over a
-// slice.
-func (c *Cache[V]) invalidateLocalKeys(keys []string) { c.invalidateLocal(keys...) }
-
-// invalidateLocalTags ends this process's L1 copies that carry any of tags
-// (see fence) and fences the fills in flight that are to carry them.
-func (c *Cache[V]) invalidateLocalTags(tags []string) {
-	for _, t := range tags {
-		c.fence.invalidateTag(t)
-	}
-}
-
-// flush empties this process's L1 and fences every fill in flight. The
-// bus calls it when it may have missed invalidations, and logs and counts
-// the reason itself.
-func (c *Cache[V]) flush(string) {
-	c.fence.invalidateAll()
-	c.l1.Clear()
-	c.counters.flushes.Add(1)
-}
-
-// announce sends keys and tags to the other processes' L1s, if there is a
-// bus, retried within ctx when again is set (the write's L2 change went
-// through, so Redis answers). An error wraps ErrL2Unavailable: the others
-// then notice the missing message at this process's next heartbeat that
-// reaches Redis, and flush.
-func (c *Cache[V]) announce(ctx context.Context, again bool, keys, tags []string) error {
-	if c.bus == nil || len(keys)+len(tags) == 0 {
-		return nil
-	}
-	send := func(ctx context.Context) error {
-		if err := c.bus.Publish(ctx, keys...); err != nil {
-			return err
-		}
-		return c.bus.PublishTags(ctx, tags...)
-	}
-	var err error
-	if again {
-		err = c.retry(ctx, send)
-	} else {
-		err = send(ctx)
-	}
-	if err != nil {
-		return fmt.Errorf("tiered: invalidation: %w: %w", ErrL2Unavailable, err)
-	}
-	return nil
-}
-
 // Close stops the cache's background work and releases L1. It does not close
 // Config.Redis, which belongs to the caller. It is safe to call more than once.
 func (c *Cache[V]) Close() error {
@@ -985,7 +461,7 @@ func (c *Cache[V]) Close() error {
 		}
 		c.bg.Wait() // flights and refreshes, which install into L1
 		if c.hot != nil {
-			c.hot.close()
+			c.hot.Close()
 		}
 		c.l1.Close()
 		c.clock.Close()
@@ -1006,7 +482,7 @@ func (c *Cache[V]) Stats() Stats {
 		FencedFills: c.counters.fenced.Load(), LeasesLost: c.counters.leaseLost.Load(),
 		StaleSkips: c.counters.staleSkips.Load(), Flushes: c.counters.flushes.Load(),
 		FailedWrites: c.counters.failedWrites.Load(), WriteRetries: c.counters.writeRetries.Load(),
-		OutboxHeld: c.outbox.held.Load(), OutboxDropped: c.outbox.dropped.Load(), OutboxReplays: c.outbox.replays.Load(),
+		OutboxHeld: c.outbox.Held().Load(), OutboxDropped: c.outbox.Dropped(), OutboxReplays: c.outbox.Replays(),
 		Breaker: "none", BreakerOpens: c.counters.breakerOpens.Load(),
 	}
 	l := c.l1.Stats()
@@ -1041,7 +517,7 @@ func (c *Cache[V]) checkKey(key string) error {
 
 func (c *Cache[V]) isClosed() bool { return c.closed.Load() }
 
-func (c *Cache[V]) l2Key(key string) string { return c.cfg.Namespace + ":" + key }
+func (c *Cache[V]) l2Key(key string) string { return l2.Key(c.cfg.Namespace, key) }
 
 func (c *Cache[V]) l2Keys(keys []string) []string {
 	out := make([]string, len(keys))

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // WriteFunc persists v under key in the source of truth.
@@ -55,6 +58,174 @@ func (c *Cache[V]) writeSource(ctx context.Context, key string, v V, write Write
 	}()
 	if err := write(ctx, key, v); err != nil {
 		return fmt.Errorf("tiered: write %q to the source: %w", key, err)
+	}
+	return nil
+}
+
+// Set stores v under key in L2 and then in L1, for Config.TTL (or
+// WithTTL), and invalidates the key in every other process's L1 before it
+// returns (see docs/consistency.md). A load of key in flight anywhere when
+// Set writes loses its lease and does not overwrite v.
+//
+// Set finishes its L2 write and its invalidation even if ctx is done,
+// retrying them for up to Config.WriteTimeout. If it cannot, it still
+// stores v in this process's L1, keeps the invalidation in its outbox to
+// make when Redis answers, and returns an error for which
+// errors.Is(err, ErrL2Unavailable) holds: other processes may serve the old
+// value until then (see docs/consistency.md).
+func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (err error) {
+	if err := c.checkKey(key); err != nil {
+		return err
+	}
+	o, err := c.options(opts)
+	if err != nil {
+		return err
+	}
+	if c.isClosed() {
+		return ErrClosed
+	}
+	ctx, span := c.tracer.Start(ctx, "tiered.Set", trace.WithAttributes(attribute.String("tiercache.namespace", c.cfg.Namespace)))
+	defer endSpan(span, &err)
+	wctx, cancel := c.writeContext(ctx)
+	defer cancel()
+
+	t := c.fence.ticket(key, o.tags) // for its tags: an InvalidateTags during Set ends the L1 copy
+	e := &entry[V]{Value: item[V]{v: v, filled: c.clock.Exact()}}
+	b, ttl, err := c.encode(key, e, c.jitter(o.ttl), o)
+	if err != nil {
+		return err // bad input: nothing was written anywhere
+	}
+	// The fence moves after the L2 write: a fill that read L2 before it
+	// holds an older ticket and will not install over v. On a failure,
+	// change installs v before the outbox holds the key.
+	install := func() {
+		c.fence.invalidate(key)
+		if len(t.tags) > 0 {
+			e.Value.tags = &t.tags
+		}
+		c.l1.Set(key, e, c.l1TTL(ttl))
+	}
+	var l2err error
+	if c.l2 != nil {
+		l2key := c.l2Key(key)
+		l2err = c.change(wctx, func(ctx context.Context) error {
+			if err := c.l2.Must(ctx, func(ctx context.Context) error { return c.l2.Put(ctx, l2key, b, ttl) }); err != nil {
+				return err
+			}
+			if len(o.tags) > 0 && c.l2.Redis() != nil {
+				// After the value: see InvalidateTags.
+				return c.l2.Must(ctx, func(ctx context.Context) error { return c.l2.AddTags(ctx, c.cfg.Namespace, []string{key}, o.tags, ttl) })
+			}
+			return nil
+		}, []string{key}, nil, nil, install)
+		if l2err != nil {
+			c.l2Failed(ctx, "set", key, l2err)
+			l2err = fmt.Errorf("tiered: set %q: %w", key, l2err)
+		}
+	}
+	if l2err == nil {
+		install()
+	}
+	return errors.Join(l2err, c.announce(wctx, l2err == nil, []string{key}, nil))
+}
+
+// Delete removes keys from L2 and then from L1, and invalidates them in
+// every other process's L1 before it returns. All keys are checked before
+// anything is removed. L2 failures are handled as in Set: the keys leave
+// this process's L1 whatever happens, and what Redis did not get is kept in
+// the outbox.
+func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
+	for _, k := range keys {
+		if err := c.checkKey(k); err != nil {
+			return err
+		}
+	}
+	if c.isClosed() {
+		return ErrClosed
+	}
+	ctx, span := c.tracer.Start(ctx, "tiered.Delete", trace.WithAttributes(
+		attribute.String("tiercache.namespace", c.cfg.Namespace), attribute.Int("tiercache.keys", len(keys))))
+	defer endSpan(span, &err)
+	wctx, cancel := c.writeContext(ctx)
+	defer cancel()
+
+	var l2err error
+	if c.l2 != nil && len(keys) > 0 {
+		// The DEL also removes a lease, so a load in flight cannot write
+		// its older value back.
+		l2keys := c.l2Keys(keys)
+		l2err = c.change(wctx, func(ctx context.Context) error {
+			return c.l2.Must(ctx, func(ctx context.Context) error { return c.l2.DelMany(ctx, l2keys) })
+		}, keys, nil, nil, nil)
+		if l2err != nil {
+			c.l2Failed(ctx, "delete", keys[0], l2err)
+			l2err = fmt.Errorf("tiered: delete %d keys: %w", len(keys), l2err)
+		}
+	}
+	// L1 goes last, and the fence with it: a fill that read the L2 entry
+	// before the DEL cannot install it afterwards.
+	c.invalidateLocal(keys...)
+	return errors.Join(l2err, c.announce(wctx, l2err == nil, keys, nil))
+}
+
+// delOp is the L2 deletion of key, for must.
+func (c *Cache[V]) delOp(key string) func(ctx context.Context) error {
+	return func(ctx context.Context) error { return c.l2.DelMany(ctx, []string{c.l2Key(key)}) }
+}
+
+// invalidateLocal removes keys from this process's L1 and fences the fills
+// in flight for them.
+func (c *Cache[V]) invalidateLocal(keys ...string) {
+	for _, k := range keys {
+		c.fence.invalidate(k)
+		c.l1.Delete(k)
+	}
+}
+
+// invalidateLocalKeys is invalidateLocal for the bus, which hands over a
+// slice.
+func (c *Cache[V]) invalidateLocalKeys(keys []string) { c.invalidateLocal(keys...) }
+
+// invalidateLocalTags ends this process's L1 copies that carry any of tags
+// (see fence) and fences the fills in flight that are to carry them.
+func (c *Cache[V]) invalidateLocalTags(tags []string) {
+	for _, t := range tags {
+		c.fence.invalidateTag(t)
+	}
+}
+
+// flush empties this process's L1 and fences every fill in flight. The
+// bus calls it when it may have missed invalidations, and logs and counts
+// the reason itself.
+func (c *Cache[V]) flush(string) {
+	c.fence.invalidateAll()
+	c.l1.Clear()
+	c.counters.flushes.Add(1)
+}
+
+// announce sends keys and tags to the other processes' L1s, if there is a
+// bus, retried within ctx when again is set (the write's L2 change went
+// through, so Redis answers). An error wraps ErrL2Unavailable: the others
+// then notice the missing message at this process's next heartbeat that
+// reaches Redis, and flush.
+func (c *Cache[V]) announce(ctx context.Context, again bool, keys, tags []string) error {
+	if c.bus == nil || len(keys)+len(tags) == 0 {
+		return nil
+	}
+	send := func(ctx context.Context) error {
+		if err := c.bus.Publish(ctx, keys...); err != nil {
+			return err
+		}
+		return c.bus.PublishTags(ctx, tags...)
+	}
+	var err error
+	if again {
+		err = c.retry(ctx, send)
+	} else {
+		err = send(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("tiered: invalidation: %w: %w", ErrL2Unavailable, err)
 	}
 	return nil
 }

@@ -455,7 +455,7 @@ func TestWriteBehindBadInput(t *testing.T) {
 }
 
 // scriptHook is a go-redis hook that runs before every script call whose
-// arguments include mark (a wbPut mode, the group name), until it returns
+// arguments include mark (a l2.WBPut mode, the group name), until it returns
 // an error for the call to fail with.
 type scriptHook struct {
 	mark   string

@@ -34,7 +34,8 @@ const Tick = 10 * time.Millisecond
 // without calling time.Now, which costs about as much as the rest of a
 // hit. It starts only when asked (the ticking goroutine is not free
 // either), and reads the exact time until then. Its zero value reads
-// System; Source, if set before use, replaces it.
+// System; Source, if set before use, replaces it, and is always read
+// exactly.
 type Coarse struct {
 	Source Clock
 
@@ -61,7 +62,9 @@ func (k *Coarse) Start() {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.running.Load() || k.stopped {
+	// A Source of the caller's (a test's fake) is read exactly: its jumps
+	// must be seen at once, not up to a Tick later.
+	if k.running.Load() || k.stopped || k.Source != nil {
 		return
 	}
 	k.stop, k.done = make(chan struct{}), make(chan struct{})

@@ -1,4 +1,4 @@
-package tiered
+package l2
 
 import (
 	"context"
@@ -16,22 +16,28 @@ import (
 // scripts.
 
 // getMany returns the bytes under each key, nil where there are none.
-func (l *l2) getMany(ctx context.Context, keys []string) ([][]byte, error) {
+func (l *Tier) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
 	out := make([][]byte, len(keys))
-	err := l.call(ctx, func(ctx context.Context) error {
+	err := l.Call(ctx, func(ctx context.Context) error {
 		cmds, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, k := range keys {
 				p.Get(ctx, k)
 			}
 			return nil
 		})
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return err
-		}
 		for i, cmd := range cmds {
-			if b, err := cmd.(*redis.StringCmd).Bytes(); err == nil {
+			b, cerr := cmd.(*redis.StringCmd).Bytes()
+			switch {
+			case cerr == nil:
 				out[i] = b
+			case errors.Is(cerr, redis.Nil), IsWrongType(cerr):
+				// Absent, or garbage of another type, which a lease replaces.
+			default:
+				return cerr
 			}
+		}
+		if err != nil && len(cmds) == 0 {
+			return err
 		}
 		return nil
 	})
@@ -41,13 +47,13 @@ func (l *l2) getMany(ctx context.Context, keys []string) ([][]byte, error) {
 // leaseMany is acquireLease for many keys: for each, held reports a lease
 // taken (its bytes in leases), else cur holds what the key holds. junk[i],
 // if not nil, is what keys[i] held that its reader judged junk.
-func (l *l2) leaseMany(ctx context.Context, keys []string, junk [][]byte, ttl time.Duration) (leases [][]byte, held []bool, cur [][]byte, err error) {
+func (l *Tier) LeaseMany(ctx context.Context, keys []string, junk [][]byte, ttl time.Duration) (leases [][]byte, held []bool, cur [][]byte, err error) {
 	leases, held, cur = make([][]byte, len(keys)), make([]bool, len(keys)), make([][]byte, len(keys))
 	for i := range keys {
-		leases[i] = newLease(ttl)
+		leases[i] = NewLease(l.clock.Now(), ttl)
 	}
 	ms := max(ttl.Milliseconds(), 1)
-	err = l.pipelineScript(ctx, leaseOrGet, keys, func(i int) []any { return []any{junk[i], leases[i], ms} }, func(i int, v any) error {
+	err = l.pipelineScript(ctx, LeaseOrGet, keys, func(i int) []any { return []any{junk[i], leases[i], ms} }, func(i int, v any) error {
 		switch v := v.(type) {
 		case int64:
 			held[i] = v == 1
@@ -62,7 +68,7 @@ func (l *l2) leaseMany(ctx context.Context, keys []string, junk [][]byte, ttl ti
 }
 
 // fillMany is fillLeased for many keys; lost[i] reports a lease gone.
-func (l *l2) fillMany(ctx context.Context, keys []string, leases, values [][]byte, ttls []time.Duration) (lost []bool, err error) {
+func (l *Tier) FillMany(ctx context.Context, keys []string, leases, values [][]byte, ttls []time.Duration) (lost []bool, err error) {
 	lost = make([]bool, len(keys))
 	err = l.pipelineScript(ctx, casFill, keys, func(i int) []any {
 		return []any{leases[i], values[i], max(ttls[i].Milliseconds(), 1)}
@@ -74,8 +80,8 @@ func (l *l2) fillMany(ctx context.Context, keys []string, leases, values [][]byt
 }
 
 // releaseMany is releaseLease for many keys.
-func (l *l2) releaseMany(ctx context.Context, keys []string, leases [][]byte) error {
-	return l.pipelineScript(ctx, leaseRelease, keys, func(i int) []any { return []any{leases[i]} }, func(int, any) error { return nil })
+func (l *Tier) ReleaseMany(ctx context.Context, keys []string, leases [][]byte) error {
+	return l.pipelineScript(ctx, LeaseRelease, keys, func(i int) []any { return []any{leases[i]} }, func(int, any) error { return nil })
 }
 
 // pipelineScript runs script once per key (KEYS[1] = keys[i], ARGV =
@@ -83,8 +89,8 @@ func (l *l2) releaseMany(ctx context.Context, keys []string, leases [][]byte) er
 // Redis's nil. A pipeline cannot fall back from EVALSHA to EVAL per
 // command, so when Redis does not know the script (a restart flushed it),
 // it loads it and runs the pipeline again.
-func (l *l2) pipelineScript(ctx context.Context, script *redis.Script, keys []string, args func(i int) []any, each func(i int, v any) error) error {
-	return l.call(ctx, func(ctx context.Context) error {
+func (l *Tier) pipelineScript(ctx context.Context, script *redis.Script, keys []string, args func(i int) []any, each func(i int, v any) error) error {
+	return l.Call(ctx, func(ctx context.Context) error {
 		for attempt := 0; ; attempt++ {
 			cmds, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 				for i, k := range keys {
