@@ -56,12 +56,33 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 		attribute.String("tiercache.namespace", c.cfg.Namespace), attribute.Int("tiercache.keys", len(keys))))
 	defer endSpan(span, &err)
 
+	out, missing, fallback := c.l1Many(keys, o, c.refresher(ctx, load, o))
+	span.SetAttributes(attribute.Int("tiercache.l1_misses", len(missing)))
+	if len(missing) == 0 {
+		return out, nil
+	}
+	if load == nil {
+		// A read: no flights to share, one pipelined L2 read.
+		var err error
+		for i, r := range c.fill(ctx, missing, nil, o, 0) {
+			if r.e != nil && !r.e.Value.negative {
+				out[missing[i]] = r.e.Value.v
+			}
+			err = cmp.Or(err, r.err)
+		}
+		return out, err
+	}
+
+	return out, c.loadMany(ctx, out, missing, fallback, many(load), o)
+}
+
+// l1Many looks keys up in L1: what it may serve goes into out (refreshed
+// through refresh when due), the rest into missing; fallback holds the L1
+// copies past their stale window, for stale-if-error.
+func (c *Cache[V]) l1Many(keys []string, o callOptions, refresh func(string, int64)) (out map[string]V, missing []string, fallback map[string]*entry[V]) {
 	out = make(map[string]V, len(keys))
-	var missing []string
-	var fallback map[string]*entry[V] // L1 copies past their stale window, for stale-if-error
 	seen := make(map[string]struct{}, len(keys))
 	now := c.clock.Now()
-	refresh := c.refresher(ctx, load, o)
 	for _, k := range keys {
 		if _, dup := seen[k]; dup {
 			continue
@@ -89,40 +110,26 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 		c.counters.l1Misses.Add(1)
 		missing = append(missing, k)
 	}
-	span.SetAttributes(attribute.Int("tiercache.l1_misses", len(missing)))
-	if len(missing) == 0 {
-		return out, nil
-	}
-	if load == nil {
-		// A read: no flights to share, one pipelined L2 read.
-		var err error
-		for i, r := range c.fill(ctx, missing, nil, o, 0) {
-			if r.e != nil && !r.e.Value.negative {
-				out[missing[i]] = r.e.Value.v
-			}
-			err = cmp.Or(err, r.err)
-		}
-		return out, err
-	}
+	return out, missing, fallback
+}
 
-	// Join the flights of the missing keys: lead those nobody is filling,
-	// wait for the others.
+// loadMany joins the flights of the missing keys, leads those nobody is
+// filling (one fill for all of them), waits for the others, and puts what
+// they found into out.
+func (c *Cache[V]) loadMany(ctx context.Context, out map[string]V, missing []string, fallback map[string]*entry[V], load loader[V], o callOptions) error {
 	fls := make(map[string]*flight[V], len(missing))
 	var led []string
+	var ledFls []*flight[V]
 	for _, k := range missing {
 		fl, leader := c.flights.join(flightKey{flightLoad, k})
 		fls[k] = fl
 		if leader {
-			led = append(led, k)
+			led, ledFls = append(led, k), append(ledFls, fl)
 		}
 	}
 	if len(led) > 0 {
-		ledFls := make([]*flight[V], len(led))
-		for i, k := range led {
-			ledFls[i] = fls[k]
-		}
 		fctx, cancel := c.detach(ctx)
-		if !c.spawn(func() { defer cancel(); c.fillLed(fctx, led, ledFls, many(load), o) }) {
+		if !c.spawn(func() { defer cancel(); c.fillLed(fctx, led, ledFls, load, o) }) {
 			cancel()
 			for i, k := range led {
 				c.flights.finish(flightKey{flightLoad, k}, ledFls[i], flightResult[V]{err: ErrClosed})
@@ -136,7 +143,7 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 		select {
 		case <-fl.done:
 		case <-ctx.Done():
-			return out, ctx.Err()
+			return ctx.Err()
 		}
 		if fl.callers > 1 {
 			c.counters.shared.Add(1)
@@ -159,9 +166,9 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 		}
 	}
 	if failed > 0 {
-		return out, fmt.Errorf("tiered: %d of %d keys not loaded: %w", failed, len(missing), firstErr)
+		return fmt.Errorf("tiered: %d of %d keys not loaded: %w", failed, len(missing), firstErr)
 	}
-	return out, nil
+	return nil
 }
 
 // fillLed fills the keys whose flights fls this caller leads, and finishes
