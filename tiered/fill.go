@@ -97,8 +97,13 @@ func (c *Cache[V]) fill(ctx context.Context, keys []string, load loader[V], o ca
 		l2err = c.readL2(ctx, fs, load, o, than, started)
 	} // else a batch to load: the lease script reads and leases in one round trip
 
-	if load == nil {
+	switch {
+	case load == nil:
 		return results(fs, flightResult[V]{tier: tierNone, err: c.strict(l2err)})
+	case than != 0 && l2err != nil:
+		// A refresh with L2 failing gives up: readers keep their copy,
+		// within its windows, rather than every process reloading it.
+		return results(fs, flightResult[V]{tier: tierL2, err: l2err})
 	}
 	if l2err == nil && c.l2 != nil {
 		l2err = c.leaseAll(ctx, fs, load, o, started)

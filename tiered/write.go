@@ -168,11 +168,6 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
 	return errors.Join(l2err, c.announce(wctx, l2err == nil, keys, nil))
 }
 
-// delOp is the L2 deletion of key, for must.
-func (c *Cache[V]) delOp(key string) func(ctx context.Context) error {
-	return func(ctx context.Context) error { return c.l2.DelMany(ctx, []string{c.l2Key(key)}) }
-}
-
 // invalidateLocal removes keys from this process's L1 and fences the fills
 // in flight for them.
 func (c *Cache[V]) invalidateLocal(keys ...string) {
