@@ -165,7 +165,8 @@ func (c *Cache[V]) recheckL1(fs []filling[V], o callOptions) {
 // What is left needs a lease: a miss, a lease, junk, or (in old) a value
 // to replace.
 func (c *Cache[V]) readL2(ctx context.Context, fs []filling[V], load loader[V], o callOptions, than, started int64) error {
-	var idx []int
+	var one [1]int
+	idx := one[:0]
 	for i := range fs {
 		if !fs[i].done {
 			idx = append(idx, i)
@@ -208,27 +209,19 @@ func (c *Cache[V]) readL2(ctx context.Context, fs []filling[V], load loader[V], 
 // replaced under a refresh lease.
 func (c *Cache[V]) found(ctx context.Context, f *filling[V], b []byte, e *entry[V], ttl time.Duration, load loader[V], o callOptions, than, started, now int64) {
 	e.Value.filled = started
-	serve := func(t tier) {
-		c.install(f.key, e, c.l1TTL(ttl), f.t, false)
-		f.res, f.done = flightResult[V]{e: e, tier: t}, true
-	}
-	if than != 0 {
-		if e.Value.fresh > than {
-			serve(tierL2) // another process refreshed it already
-		} else {
-			f.old, f.oldE = b, e
-		}
+	t := tierL2
+	switch st := c.state(e, now, o, load != nil); {
+	case than != 0 && e.Value.fresh <= than:
+		f.old, f.oldE = b, e // a refresh, and nobody refreshed it yet
 		return
-	}
-	switch st := c.state(e, now, o, load != nil); st {
-	case entryFresh, entryRefreshEarly, entryStale:
-		if st != entryFresh && load != nil {
+	case than != 0: // another process refreshed it already
+	case st == entryFresh:
+	case st == entryRefreshEarly, st == entryStale:
+		if load != nil {
 			c.refreshAsync(ctx, f.key, load, o, e.Value.fresh)
 		}
 		if st == entryStale {
-			serve(tierStale)
-		} else {
-			serve(tierL2)
+			t = tierStale
 		}
 	default:
 		// Past the stale window: a read finds nothing; a load replaces it,
@@ -238,7 +231,10 @@ func (c *Cache[V]) found(ctx context.Context, f *filling[V], b []byte, e *entry[
 		} else {
 			f.res, f.done = flightResult[V]{tier: tierNone}, true
 		}
+		return
 	}
+	c.install(f.key, e, c.l1TTL(ttl), f.t, false)
+	f.res, f.done = flightResult[V]{e: e, tier: t}, true
 }
 
 // getL2 returns the bytes under the keys fs[idx], nil where there are none:

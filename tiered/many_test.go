@@ -69,7 +69,8 @@ func TestGetOrLoadManyHalfInL2(t *testing.T) {
 		c := newCache(t, tiered.Config{Redis: client, Namespace: ns})
 		// Dial, and have Redis know the lease script (its first use anywhere
 		// loads it: one more command and pipeline), outside the count.
-		if _, err := c.GetOrLoadMany(ctx, []string{"warm-up"}, func(context.Context, []string) (map[string]product, error) {
+		// Two keys, so that the warm-up takes the batch's pipelined path.
+		if _, err := c.GetOrLoadMany(ctx, []string{"warm-up", "warm-up-2"}, func(context.Context, []string) (map[string]product, error) {
 			return nil, nil
 		}); err != nil {
 			t.Fatal(err)

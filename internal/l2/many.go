@@ -48,6 +48,11 @@ func (l *Tier) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
 // taken (its bytes in leases), else cur holds what the key holds. junk[i],
 // if not nil, is what keys[i] held that its reader judged junk.
 func (l *Tier) LeaseMany(ctx context.Context, keys []string, junk [][]byte, ttl time.Duration) (leases [][]byte, held []bool, cur [][]byte, err error) {
+	if len(keys) == 1 {
+		// One key: one script call, which costs less than a pipeline.
+		lease, h, c, err := l.AcquireLease(ctx, keys[0], junk[0], ttl)
+		return [][]byte{lease}, []bool{h}, [][]byte{c}, err
+	}
 	leases, held, cur = make([][]byte, len(keys)), make([]bool, len(keys)), make([][]byte, len(keys))
 	for i := range keys {
 		leases[i] = NewLease(l.clock.Now(), ttl)
@@ -69,6 +74,13 @@ func (l *Tier) LeaseMany(ctx context.Context, keys []string, junk [][]byte, ttl 
 
 // fillMany is fillLeased for many keys; lost[i] reports a lease gone.
 func (l *Tier) FillMany(ctx context.Context, keys []string, leases, values [][]byte, ttls []time.Duration) (lost []bool, err error) {
+	if len(keys) == 1 {
+		err := l.FillLeased(ctx, keys[0], leases[0], values[0], ttls[0])
+		if errors.Is(err, ErrLeaseLost) {
+			return []bool{true}, nil
+		}
+		return []bool{false}, err
+	}
 	lost = make([]bool, len(keys))
 	err = l.pipelineScript(ctx, casFill, keys, func(i int) []any {
 		return []any{leases[i], values[i], max(ttls[i].Milliseconds(), 1)}
@@ -81,6 +93,9 @@ func (l *Tier) FillMany(ctx context.Context, keys []string, leases, values [][]b
 
 // releaseMany is releaseLease for many keys.
 func (l *Tier) ReleaseMany(ctx context.Context, keys []string, leases [][]byte) error {
+	if len(keys) == 1 {
+		return l.ReleaseLease(ctx, keys[0], leases[0])
+	}
 	return l.pipelineScript(ctx, LeaseRelease, keys, func(i int) []any { return []any{leases[i]} }, func(int, any) error { return nil })
 }
 
