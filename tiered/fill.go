@@ -210,7 +210,11 @@ func (c *Cache[V]) readL2(ctx context.Context, fs []filling[V], load loader[V], 
 func (c *Cache[V]) found(ctx context.Context, f *filling[V], b []byte, e *entry[V], ttl time.Duration, load loader[V], o callOptions, than, started, now int64) {
 	e.Value.filled = started
 	t := tierL2
-	switch st := c.state(e, now, o, load != nil); {
+	st := entryFresh // a refresh decides by than alone, and draws nothing
+	if than == 0 {
+		st = c.state(e, now, o, load != nil)
+	}
+	switch {
 	case than != 0 && e.Value.fresh <= than:
 		f.old, f.oldE = b, e // a refresh, and nobody refreshed it yet
 		return

@@ -16,17 +16,18 @@ import (
 // it and deletes the lease), the refresh lease of a value L2 holds. Without
 // the go-redis client there are no leases: those keys are written plainly.
 func (c *Cache[V]) leaseAll(ctx context.Context, fs []filling[V], load loader[V], o callOptions, started int64) error {
-	var fresh []*filling[V]
-	for _, f := range pending(fs) {
-		if f.old == nil {
-			fresh = append(fresh, f)
-		}
-	}
+	left := pending(fs)
 	if c.l2.Redis() == nil {
-		for _, f := range pending(fs) {
+		for _, f := range left {
 			f.plain = true
 		}
 		return nil
+	}
+	var fresh []*filling[V]
+	for _, f := range left {
+		if f.old == nil {
+			fresh = append(fresh, f)
+		}
 	}
 	if len(fresh) > 0 {
 		if len(o.tags) > 0 {
