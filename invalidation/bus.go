@@ -160,10 +160,15 @@ type Bus struct {
 	closeOnce sync.Once
 	closed    atomic.Bool
 
-	// fresh is what Fresh reports; heard is the send time (unix ns) of the
-	// newest own heartbeat received, with every message before it applied.
+	// Fresh reports fresh while the monotonic clock, read as time since
+	// base, is at most until: the newest own heartbeat's send time, with
+	// every message before it applied, plus the bound. The clock is read on
+	// every call because the watchdog that clears fresh can be descheduled
+	// past the bound on a busy machine; a flag alone then lets a read
+	// through that the bound forbids.
 	fresh atomic.Bool
-	heard atomic.Int64
+	base  time.Time
+	until atomic.Int64
 	// firstFresh is closed when Fresh first turns true.
 	firstFresh     chan struct{}
 	firstFreshOnce sync.Once
@@ -211,6 +216,7 @@ func New(rdb redis.UniversalClient, cfg Config) (*Bus, error) {
 		rdb:     rdb,
 		cluster: cluster,
 		epoch:   uint64(time.Now().UnixNano()),
+		base:    time.Now(),
 		tick:    max(cfg.StalenessBound/20, time.Millisecond),
 		reqs:    make(chan publishReq, 1024),
 		kick:    make(chan struct{}, 1),
@@ -239,7 +245,9 @@ func (b *Bus) StalenessBound() time.Duration { return b.cfg.StalenessBound }
 
 // Fresh reports whether this process has applied every invalidation
 // published more than StalenessBound ago. It costs one atomic load.
-func (b *Bus) Fresh() bool { return b.fresh.Load() }
+func (b *Bus) Fresh() bool {
+	return b.fresh.Load() && int64(time.Since(b.base)) <= b.until.Load()
+}
 
 // WaitFresh waits until the bus is fresh for the first time (subscribed,
 // and its own first heartbeat heard back) or ctx is done, and reports

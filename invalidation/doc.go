@@ -14,7 +14,7 @@
 //     failed) or a new epoch flushes;
 //   - each process hears its own heartbeats come back. A heartbeat sent at
 //     time h and received proves that every message published before h has
-//     been applied, so [Bus.Fresh] can say, with one atomic load, whether
+//     been applied, so [Bus.Fresh] can say, with an atomic load and a clock read, whether
 //     this process has applied every invalidation older than
 //     [Config].StalenessBound. A cache that serves a local copy only while
 //     the bus is fresh, or while the copy is younger than the bound, never

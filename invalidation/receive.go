@@ -171,12 +171,20 @@ func (b *Bus) apply(payload string, peers map[string]*peer, since time.Time) {
 	}
 	if m.instance == b.cfg.InstanceID && m.epoch == b.epoch {
 		if m.kind == kindHeartbeat {
-			b.heard.Store(m.sentAt)
-			b.metrics.recordEcho(now.Sub(time.Unix(0, m.sentAt)))
-			if !b.fresh.Load() && now.Sub(time.Unix(0, m.sentAt)) <= b.cfg.StalenessBound-b.tick {
-				// Whatever was missed while we were not fresh is gone
-				// from the local copies before they are trusted again.
+			echo := max(now.Sub(time.Unix(0, m.sentAt)), 0) // 0 if the wall clock stepped back
+			b.metrics.recordEcho(echo)
+			until := int64(now.Sub(b.base) + b.cfg.StalenessBound - echo)
+			if b.fresh.Load() && int64(now.Sub(b.base)) <= b.until.Load() {
+				b.until.Store(max(until, b.until.Load()))
+			} else if echo <= b.cfg.StalenessBound-b.tick {
+				// Whatever was missed while we were not fresh (the
+				// watchdog may not have noticed yet) is gone from the
+				// local copies before they are trusted again.
+				if b.fresh.Swap(false) {
+					b.stats.staleSpells.Add(1)
+				}
 				b.flush("fresh")
+				b.until.Store(until)
 				b.fresh.Store(true)
 				b.firstFreshOnce.Do(func() { close(b.firstFresh) })
 			}
@@ -258,9 +266,9 @@ func (b *Bus) flush(reason string) {
 	b.cfg.Flush(reason)
 }
 
-// watch turns Fresh off when the newest own heartbeat heard is older than
-// the bound allows. Fresh is on at time t only if, at the last tick τ ≤ t,
-// τ − heard ≤ bound − tick; so t − heard < bound.
+// watch turns fresh off a tick before the newest own heartbeat heard is
+// older than the bound, so that a stale spell is counted, logged and ends
+// with a flush. Fresh itself does not rely on it: it reads the clock.
 func (b *Bus) watch() {
 	defer b.wg.Done()
 	t := time.NewTicker(b.tick)
@@ -270,7 +278,7 @@ func (b *Bus) watch() {
 		case <-b.stop:
 			return
 		case now := <-t.C:
-			if now.Sub(time.Unix(0, b.heard.Load())) > b.cfg.StalenessBound-b.tick && b.fresh.CompareAndSwap(true, false) {
+			if int64(now.Sub(b.base)) > b.until.Load()-int64(b.tick) && b.fresh.CompareAndSwap(true, false) {
 				b.stats.staleSpells.Add(1)
 				b.cfg.Logger.Warn("tiercache: invalidation bus is behind its staleness bound; local copies are served only while younger than it",
 					"channel", b.cfg.Channel, "bound", b.cfg.StalenessBound)
