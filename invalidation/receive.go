@@ -171,27 +171,42 @@ func (b *Bus) apply(payload string, peers map[string]*peer, since time.Time) {
 	}
 	if m.instance == b.cfg.InstanceID && m.epoch == b.epoch {
 		if m.kind == kindHeartbeat {
-			echo := max(now.Sub(time.Unix(0, m.sentAt)), 0) // 0 if the wall clock stepped back
-			b.metrics.recordEcho(echo)
-			until := int64(now.Sub(b.base) + b.cfg.StalenessBound - echo)
-			if b.fresh.Load() && int64(now.Sub(b.base)) <= b.until.Load() {
-				b.until.Store(max(until, b.until.Load()))
-			} else if echo <= b.cfg.StalenessBound-b.tick {
-				// Whatever was missed while we were not fresh (the
-				// watchdog may not have noticed yet) is gone from the
-				// local copies before they are trusted again.
-				if b.fresh.Swap(false) {
-					b.stats.staleSpells.Add(1)
-				}
-				b.flush("fresh")
-				b.until.Store(until)
-				b.fresh.Store(true)
-				b.firstFreshOnce.Do(func() { close(b.firstFresh) })
-			}
+			b.heardOwn(m, now)
 			b.prune(peers, now)
 		}
 		return
 	}
+	b.applyPeer(m, peers, now, since)
+}
+
+// heardOwn takes in one of this process's own heartbeats: it proves that
+// every message published before m.sentAt has been applied.
+func (b *Bus) heardOwn(m message, now time.Time) {
+	echo := max(now.Sub(time.Unix(0, m.sentAt)), 0) // 0 if the wall clock stepped back
+	b.metrics.recordEcho(echo)
+	until := int64(now.Sub(b.base) + b.cfg.StalenessBound - echo)
+	if b.fresh.Load() && int64(now.Sub(b.base)) <= b.until.Load() {
+		b.until.Store(max(until, b.until.Load()))
+		return
+	}
+	if echo > b.cfg.StalenessBound-b.tick {
+		return
+	}
+	// Whatever was missed while we were not fresh (the watchdog may not
+	// have noticed yet) is gone from the local copies before they are
+	// trusted again.
+	if b.fresh.Swap(false) {
+		b.stats.staleSpells.Add(1)
+	}
+	b.flush("fresh")
+	b.until.Store(until)
+	b.fresh.Store(true)
+	b.firstFreshOnce.Do(func() { close(b.firstFresh) })
+}
+
+// applyPeer applies another process's message, after checking its sequence
+// for a gap.
+func (b *Bus) applyPeer(m message, peers map[string]*peer, now, since time.Time) {
 	b.stats.receivedMessages.Add(1)
 	p := peers[m.instance]
 	switch {

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/observe"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 )
@@ -69,47 +70,21 @@ func newInstruments(b *Bus, m metric.Meter) (*instruments, error) {
 		metric.WithExplicitBucketBoundaries(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5, 2)); err != nil {
 		return nil, err
 	}
-	keys, err := m.Int64ObservableCounter("tiercache.invalidation.keys",
-		metric.WithDescription("Invalidated keys sent to and received from other processes"))
-	if err != nil {
-		return nil, err
-	}
-	msgs, err := m.Int64ObservableCounter("tiercache.invalidation.messages",
-		metric.WithDescription("Invalidation messages sent and received"))
-	if err != nil {
-		return nil, err
-	}
-	errs, err := m.Int64ObservableCounter("tiercache.invalidation.errors",
-		metric.WithDescription("Bus failures, by kind: publish, receive, malformed"))
-	if err != nil {
-		return nil, err
-	}
-	fresh, err := m.Int64ObservableGauge("tiercache.invalidation.fresh",
-		metric.WithDescription("1 while every invalidation older than the staleness bound has been applied"))
-	if err != nil {
-		return nil, err
-	}
-	ch := attribute.String("channel", b.cfg.Channel)
-	with := func(kv ...attribute.KeyValue) metric.ObserveOption {
-		return metric.WithAttributes(append(kv, ch)...)
-	}
-	sent, recv := attribute.String("direction", "sent"), attribute.String("direction", "received")
-	in.reg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		s := b.Stats()
-		o.ObserveInt64(keys, s.SentKeys, with(sent))
-		o.ObserveInt64(keys, s.ReceivedKeys, with(recv))
-		o.ObserveInt64(msgs, s.SentMessages, with(sent))
-		o.ObserveInt64(msgs, s.ReceivedMessages, with(recv))
-		o.ObserveInt64(errs, s.PublishErrors, with(attribute.String("kind", "publish")))
-		o.ObserveInt64(errs, s.ReceiveErrors, with(attribute.String("kind", "receive")))
-		o.ObserveInt64(errs, s.Malformed, with(attribute.String("kind", "malformed")))
-		var f int64
-		if s.Fresh {
-			f = 1
-		}
-		o.ObserveInt64(fresh, f, with())
-		return nil
-	}, keys, msgs, errs, fresh)
+	type S = Stats
+	p, str := observe.P[S], attribute.String
+	sent, recv := str("direction", "sent"), str("direction", "received")
+	in.reg, err = observe.Register(m, b.Stats, []observe.Instrument[S]{
+		{Name: "tiercache.invalidation.keys", Description: "Invalidated keys sent to and received from other processes", Points: []observe.Point[S]{
+			p(func(s *S) int64 { return s.SentKeys }, sent), p(func(s *S) int64 { return s.ReceivedKeys }, recv)}},
+		{Name: "tiercache.invalidation.messages", Description: "Invalidation messages sent and received", Points: []observe.Point[S]{
+			p(func(s *S) int64 { return s.SentMessages }, sent), p(func(s *S) int64 { return s.ReceivedMessages }, recv)}},
+		{Name: "tiercache.invalidation.errors", Description: "Bus failures, by kind: publish, receive, malformed", Points: []observe.Point[S]{
+			p(func(s *S) int64 { return s.PublishErrors }, str("kind", "publish")),
+			p(func(s *S) int64 { return s.ReceiveErrors }, str("kind", "receive")),
+			p(func(s *S) int64 { return s.Malformed }, str("kind", "malformed"))}},
+		{Name: "tiercache.invalidation.fresh", Gauge: true, Description: "1 while every invalidation older than the staleness bound has been applied", Points: []observe.Point[S]{
+			p(func(s *S) int64 { return boolInt(s.Fresh) })}},
+	}, attribute.String("channel", b.cfg.Channel))
 	if err != nil {
 		return nil, err
 	}
@@ -122,4 +97,11 @@ func (in *instruments) recordFlush(reason string) {
 
 func (in *instruments) recordEcho(d time.Duration) {
 	in.echo.Record(context.Background(), d.Seconds(), in.attrs)
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -2,13 +2,10 @@ package tiered
 
 import "encoding/json"
 
-// Codec turns values into bytes for L2 and back. L1 holds decoded values,
-// so a codec runs only when a value crosses the network.
-//
-// ID names the codec inside every stored envelope. A reader whose codec has
-// another ID treats the entry as a miss instead of misreading it, which is
-// what makes a codec change safe during a rolling deploy. IDs 1 to 15 are
-// reserved for tiercache; pick your own from 16 to 255.
+// Codec turns values into bytes for L2 and back; L1 holds decoded values.
+// ID is stored in every envelope: a reader whose codec has another ID
+// treats the entry as a miss, so that a codec change is safe in a rolling
+// deploy. IDs 1 to 15 are reserved for tiercache; pick yours from 16 to 255.
 type Codec interface {
 	ID() uint8
 	Marshal(v any) ([]byte, error)

@@ -1,6 +1,7 @@
 package tiered
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,13 +19,14 @@ import (
 type Config struct {
 	// Redis is the L2 client: a *redis.Client, *redis.ClusterClient or a
 	// Sentinel failover client (a *redis.Ring is refused). Nil, with Store
-	// nil too, gives an L1-only cache. The client is the caller's: Close
-	// does not close it, but on a ClusterClient New installs a hook that
-	// reloads the slot map after a connection error (see docs/operations.md).
+	// nil too, gives an L1-only cache. Close does not close it; on a
+	// ClusterClient, New installs a hook that reloads the slot map after a
+	// connection error (see docs/operations.md).
 	//
 	// WARNING: go-redis ignores context deadlines unless the client's
-	// ContextTimeoutEnabled option is set, and by default retries for about
-	// 1.7 s when Redis is down. NewRedisClient sets options suited to a cache.
+	// ContextTimeoutEnabled option is set, and by default retries a dead
+	// Redis for over a second (docs/architecture.md). NewRedisClient sets
+	// options suited to a cache.
 	Redis redis.UniversalClient
 
 	// Store replaces the default L2 store (gocache's Redis store over Redis)
@@ -37,42 +39,38 @@ type Config struct {
 	// invalidation channel ("tiercache:inv:Namespace"). Required with an L2.
 	Namespace string
 
-	// DisableInvalidation turns off the invalidation bus, which is on
-	// whenever Redis is set: a Set, Delete or InvalidateTags in one process
-	// then no longer evicts the other processes' L1 copies, which live out
-	// their L1TTL. See docs/consistency.md.
+	// DisableInvalidation turns off the invalidation bus, on by default with
+	// Redis: writes then no longer evict the other processes' L1 copies,
+	// which live out their L1TTL. See docs/consistency.md.
 	DisableInvalidation bool
 
 	// StalenessBound is the longest that another process may serve an L1
-	// copy after a write to its key returned (see docs/consistency.md).
-	// The bus enforces it: when it cannot prove that every invalidation
-	// older than the bound has been applied, L1 copies older than the bound
-	// are not served. New waits up to half of it (at most a second) for
-	// the bus to be ready. Default: 2 seconds.
+	// copy after a write to its key returned (see docs/consistency.md):
+	// while the bus cannot prove every older invalidation applied, L1
+	// copies older than the bound are not served. New waits up to half of
+	// it (at most a second) for the bus to be ready. Default: 2 seconds.
 	StalenessBound time.Duration
 
-	// InvalidationWindow is how long the bus waits, after a write's
-	// invalidation, for more before it sends them in one message: fewer
-	// messages for a namespace with many writers and replicas (see the
-	// capacity model in docs/operations.md), at the cost of that much
-	// latency on every write. Default: 0, which sends at once and still
-	// puts together what is published while a message is in flight.
+	// InvalidationWindow is how long the bus waits after a write's
+	// invalidation for more, to send them in one message: fewer messages
+	// with many writers and replicas (docs/operations.md), at the cost of
+	// that much latency on every write. Default: 0, which sends at once and
+	// still batches what is published while a message is in flight.
 	InvalidationWindow time.Duration
 
-	// HotKeys, if positive, makes the cache keep the HotKeys keys it reads
-	// most (sampling one read in 64) and add them every HotKeysInterval to
-	// a sorted set in Redis that Cache.HotKeys reads, so that a new replica
-	// can warm up with what the cluster reads now. Default: 0, off (the
-	// read path then pays one nil check).
+	// HotKeys, if positive (at most 1000), makes the cache keep the HotKeys
+	// keys it reads most, sampled, and add them every HotKeysInterval to a
+	// sorted set in Redis that Cache.HotKeys reads, so that a new replica
+	// can warm up with what the cluster reads now. It needs Redis.
+	// Default: 0, off.
 	HotKeys         int
 	HotKeysInterval time.Duration // default: 30 seconds
 
-	// LeaseTTL is how long a load may hold its key's L2 lease. A load that
-	// outlives it still answers its callers, but its value is not written
-	// to L2. A lease found to end more than LeaseTTL (plus a second for
-	// clocks) from now, or never, is garbage that a miss replaces, so every
-	// process of a namespace should use the same LeaseTTL. Default: 10
-	// seconds.
+	// LeaseTTL is how long a load may hold its key's L2 lease; a load that
+	// outlives it still answers its callers, but does not write L2. A lease
+	// ending never, or more than LeaseTTL (plus a second for clocks) from
+	// now, is garbage that a miss replaces, so every process of a namespace
+	// should use the same LeaseTTL. Default: 10 seconds.
 	LeaseTTL time.Duration
 
 	// TTL is how long an entry is fresh. Default: 1 hour.
@@ -100,11 +98,10 @@ type Config struct {
 	// the longer of StaleTTL and MaxStale if less.
 	L1TTL time.Duration
 
-	// L1MaxBytes is the L1 budget, counted as the encoded size of values plus
-	// their keys plus 272 bytes per entry (what an entry takes besides
-	// them), so that it bounds L1's memory also for small values. L1 also
-	// keeps frequency sketches, ristretto's and its admission gate's, of
-	// about 12 % of it. Default: 64 MiB.
+	// L1MaxBytes is the L1 budget, counted as the encoded size of values and
+	// keys plus 272 bytes per entry (its overhead), so that it bounds memory
+	// also for small values. L1's frequency sketches add about 12 % of it.
+	// Default: 64 MiB.
 	L1MaxBytes int64
 
 	// Jitter shortens each TTL by a random fraction of up to Jitter, so
@@ -125,38 +122,34 @@ type Config struct {
 	// MaxValueBytes limits an encoded value. Default: 1 MiB.
 	MaxValueBytes int
 
-	// L2Timeout bounds every L2 call. A publish of invalidations gets up to
-	// a heartbeat period (StalenessBound/4) if that is longer: a lost one
-	// flushes every other process's L1. Default: 250 ms, which a loaded
-	// 2-core machine's stalls stay under (docs/benchmarks.md); a frozen
-	// Redis costs each call that much until the breaker opens.
+	// L2Timeout bounds every L2 call; a publish of invalidations gets a
+	// heartbeat period (StalenessBound/4) if longer, since a lost one
+	// flushes every other process's L1. Default: 250 ms, above a loaded
+	// machine's stalls (docs/architecture.md); a frozen Redis costs each
+	// call that much until the breaker opens.
 	L2Timeout time.Duration
 
 	// WriteTimeout bounds the L2 steps of a write (Set, Delete,
 	// InvalidateTags, WriteThrough, WriteAround, WriteBehind.Set): its L2
-	// change and its invalidation of the other processes are retried, from
-	// 5 ms apart, until they succeed or WriteTimeout has passed, whether or
-	// not the caller's context is done by then (a write whose caller went
-	// away must still finish). A change that still fails is kept in this
-	// process's outbox and made as soon as Redis answers, and the write
-	// returns an error for which errors.Is(err, ErrL2Unavailable) holds.
-	// While Redis is known to be down (the outbox's last replay failed),
-	// writes fail at once. See docs/consistency.md. Default: 1 second;
-	// negative: one attempt, no retries.
+	// change and invalidation are retried, from 5 ms apart, until they
+	// succeed or WriteTimeout has passed, even if the caller's context is
+	// done. A change that still fails is kept in this process's outbox for
+	// when Redis answers, and the write returns an error for which
+	// errors.Is(err, ErrL2Unavailable) holds; while the outbox's last replay
+	// has failed, writes fail at once. See docs/consistency.md. Default: 1
+	// second; negative: one attempt.
 	WriteTimeout time.Duration
 
-	// BreakerFailures is how many consecutive L2 failures, over at least
-	// two L2Timeouts, open the circuit breaker, after which L2 is skipped
-	// for BreakerCooldown and then probed with one call. The span keeps one
-	// stall, which fails every call in flight at once, from opening it.
-	// Defaults: 5 failures, 1 second.
+	// BreakerFailures consecutive L2 failures spanning at least two
+	// L2Timeouts (so that one stall cannot) open the circuit breaker; L2 is
+	// then skipped for BreakerCooldown and probed with one call. Defaults:
+	// 5 failures, 1 second.
 	BreakerFailures int
 	BreakerCooldown time.Duration
 
-	// LoadTimeout bounds a loader call. The load runs on behalf of every
-	// caller waiting for the key, so it is not cancelled when the first
-	// caller's context is (each caller still stops waiting at its own
-	// deadline). Default: no bound but the loader's own.
+	// LoadTimeout bounds a loader call, which serves every caller waiting
+	// for the key and so ignores their contexts (each stops waiting at its
+	// own). Default: no bound but the loader's own.
 	LoadTimeout time.Duration
 
 	// Strict makes the L2 failures of reads visible to callers (wrapped in
@@ -165,10 +158,8 @@ type Config struct {
 	Strict bool
 
 	// Clock is the time the cache judges freshness, TTLs, stale windows and
-	// leases by; nil: the system clock. Tests pass a fake one, so that they
-	// move time instead of sleeping through it. Redis's own expiries (a
-	// key's PX) run on Redis's clock, and the breaker's and the waits'
-	// durations on the system's.
+	// leases by, so that tests can move it; nil: the system clock. Redis's
+	// expiries, the breaker and the waits keep their own clocks.
 	Clock Clock
 
 	// Logger receives structured logs. Default: slog.Default().
@@ -187,63 +178,32 @@ const (
 	maxMaxValueBytes     = 512 << 20 // Redis's own limit on a string value.
 )
 
-// withDefaults returns cfg with defaults filled in, or an error naming the
-// first field that cannot work.
+// withDefaults returns cfg with its defaults filled in, and an error naming
+// every field that cannot work.
 func (cfg Config) withDefaults() (Config, error) {
-	if cfg.TTL == 0 {
-		cfg.TTL = time.Hour
-	}
-	if cfg.L1TTL == 0 {
-		// Long enough to serve stale copies from L1, which an L1-only
-		// cache needs.
-		cfg.L1TTL = min(time.Minute, cfg.TTL+max(cfg.StaleTTL, cfg.MaxStale))
-	}
-	if cfg.L1MaxBytes == 0 {
-		cfg.L1MaxBytes = 64 << 20
-	}
-	if cfg.Jitter == 0 {
-		cfg.Jitter = 0.1
-	}
-	if cfg.NegativeTTL == 0 {
-		cfg.NegativeTTL = 30 * time.Second
-	}
-	if cfg.Codec == nil {
-		cfg.Codec = JSONCodec{}
-	}
-	if cfg.MaxKeyBytes == 0 {
-		cfg.MaxKeyBytes = defaultMaxKeyBytes
-	}
-	if cfg.MaxValueBytes == 0 {
-		cfg.MaxValueBytes = defaultMaxValueBytes
-	}
-	if cfg.L2Timeout == 0 {
-		cfg.L2Timeout = 250 * time.Millisecond
-	}
-	if cfg.WriteTimeout == 0 {
-		cfg.WriteTimeout = time.Second
-	}
-	if cfg.BreakerFailures == 0 {
-		cfg.BreakerFailures = 5
-	}
-	if cfg.BreakerCooldown == 0 {
-		cfg.BreakerCooldown = time.Second
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.StalenessBound == 0 {
-		cfg.StalenessBound = 2 * time.Second
-	}
-	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = 10 * time.Second
-	}
-	if cfg.HotKeysInterval == 0 {
-		cfg.HotKeysInterval = 30 * time.Second
-	}
-	if cfg.EarlyRefresh == 0 {
-		cfg.EarlyRefresh = 1
-	}
+	cfg.TTL = cmp.Or(cfg.TTL, time.Hour)
+	// Long enough to serve stale copies from L1, which an L1-only cache needs.
+	cfg.L1TTL = cmp.Or(cfg.L1TTL, min(time.Minute, cfg.TTL+max(cfg.StaleTTL, cfg.MaxStale)))
+	cfg.L1MaxBytes = cmp.Or(cfg.L1MaxBytes, 64<<20)
+	cfg.Jitter = cmp.Or(cfg.Jitter, 0.1)
+	cfg.NegativeTTL = cmp.Or(cfg.NegativeTTL, 30*time.Second)
+	cfg.Codec = cmp.Or[Codec](cfg.Codec, JSONCodec{})
+	cfg.MaxKeyBytes = cmp.Or(cfg.MaxKeyBytes, defaultMaxKeyBytes)
+	cfg.MaxValueBytes = cmp.Or(cfg.MaxValueBytes, defaultMaxValueBytes)
+	cfg.L2Timeout = cmp.Or(cfg.L2Timeout, 250*time.Millisecond)
+	cfg.WriteTimeout = cmp.Or(cfg.WriteTimeout, time.Second)
+	cfg.BreakerFailures = cmp.Or(cfg.BreakerFailures, 5)
+	cfg.BreakerCooldown = cmp.Or(cfg.BreakerCooldown, time.Second)
+	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
+	cfg.StalenessBound = cmp.Or(cfg.StalenessBound, 2*time.Second)
+	cfg.LeaseTTL = cmp.Or(cfg.LeaseTTL, 10*time.Second)
+	cfg.HotKeysInterval = cmp.Or(cfg.HotKeysInterval, 30*time.Second)
+	cfg.EarlyRefresh = cmp.Or(cfg.EarlyRefresh, 1)
+	return cfg, cfg.validate()
+}
 
+// validate reports every bad setting of cfg, defaults applied, at once.
+func (cfg Config) validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if cfg.TTL < 0 || cfg.L1TTL < 0 || cfg.L2Timeout < 0 || cfg.BreakerCooldown < 0 || cfg.LoadTimeout < 0 || cfg.LeaseTTL < 0 {
@@ -281,9 +241,8 @@ func (cfg Config) withDefaults() (Config, error) {
 		bad("Codec ID 0 is reserved")
 	}
 	if _, ring := cfg.Redis.(*redis.Ring); ring {
-		// A Ring hashes keys over independent nodes: a node's loss loses
-		// its keys and moves them to others, leases and write-behind locks
-		// included, and its pub/sub reaches only one node's subscribers.
+		// A Ring's lost node moves its keys (leases and locks included) to
+		// others, and its pub/sub reaches one node's subscribers only.
 		bad("Redis is a *redis.Ring, which tiercache does not support: use Redis Cluster (see docs/operations.md)")
 	}
 	if cfg.Redis != nil || cfg.Store != nil {
@@ -296,9 +255,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		}
 	}
 	if len(errs) > 0 {
-		return cfg, fmt.Errorf("tiered: bad Config: %w", errors.Join(errs...))
+		return fmt.Errorf("tiered: bad Config: %w", errors.Join(errs...))
 	}
-	return cfg, nil
+	return nil
 }
 
 func isSpaceOrControl(r rune) bool { return r <= ' ' || r == 0x7f }

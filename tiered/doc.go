@@ -40,13 +40,13 @@
 // When Redis fails, reads fail open: every L2 call is bounded by
 // [Config].L2Timeout, a circuit breaker skips L2 after failures that span
 // two timeouts, and reads go on from L1 and the loader; failures are
-// counted, logged with log/slog and exported through OpenTelemetry, and
-// [Config].Strict returns them instead. Writes never report a success
-// they did not have: they finish their Redis steps even if the caller's
-// context is done, retry for up to [Config].WriteTimeout, and otherwise
-// return an error for which errors.Is(err, [ErrL2Unavailable]) holds,
-// keeping the invalidation in an outbox that is made as soon as Redis
-// answers (until then this process reads nothing from L2).
+// counted, logged with log/slog and exported through OpenTelemetry
+// ([Config].Strict also returns them). Writes never report a success they
+// did not have: they finish their Redis steps even if the caller's context
+// is done, retry for up to [Config].WriteTimeout, and otherwise return an
+// error for which errors.Is(err, [ErrL2Unavailable]) holds, keeping the
+// invalidation in an outbox made as soon as Redis answers (until then this
+// process reads nothing from L2).
 //
 // Every L2 operation touches one key (batches are pipelines of one-key
 // commands), so the cache works unchanged on Redis Cluster.

@@ -10,11 +10,7 @@ import (
 	"github.com/tiercache/tiercache/internal/l2"
 )
 
-// What crosses the network: a value and its freshness in an L2 envelope,
-// and back.
-
-// cacheTTL is how long e, just loaded, stays fresh: o's TTL, or
-// NegativeTTL for an absence; negative means not cached.
+// cacheTTL is how long e, just loaded, stays fresh; negative: not cached.
 func (c *Cache[V]) cacheTTL(e *entry[V], o callOptions) time.Duration {
 	if e.Value.negative {
 		return c.cfg.NegativeTTL
@@ -22,7 +18,6 @@ func (c *Cache[V]) cacheTTL(e *entry[V], o callOptions) time.Duration {
 	return o.ttl
 }
 
-// l2State says what the bytes under a key in L2 are.
 type l2State int
 
 const (
@@ -31,7 +26,6 @@ const (
 	l2Junk                 // corrupt, foreign or expired: a miss that a load may replace
 )
 
-// decodeL2 decodes the bytes b read from L2 for key.
 func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V], time.Duration, l2State) {
 	env, err := l2.DecodeEnvelope(b, c.cfg.Codec.ID(), c.cfg.MaxValueBytes)
 	if err != nil {
@@ -44,9 +38,7 @@ func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V
 	case !live:
 		return nil, 0, l2Junk
 	case env.Lease && (env.Expiry == 0 || ttl > c.cfg.LeaseTTL+l2.LeaseSkew):
-		// A lease that never ends, or ends later than any lease of ours
-		// can: garbage (or a clock far off), which a miss must not wait
-		// on. It is replaced like junk.
+		// No lease of ours lasts so long (or a clock is off): garbage, replaced.
 		c.decodeFailed(ctx, key, l2.ErrBadLease)
 		return nil, 0, l2Junk
 	case env.Lease:
@@ -69,8 +61,7 @@ func (c *Cache[V]) decodeL2(ctx context.Context, key string, b []byte) (*entry[V
 	return e, ttl, l2Value
 }
 
-// writeL2 stores the filled envelope b for ttl; without an L2 it does
-// nothing.
+// writeL2 stores the envelope b for ttl, if there is an L2.
 func (c *Cache[V]) writeL2(ctx context.Context, key string, b []byte, ttl time.Duration) error {
 	if c.l2 == nil {
 		return nil
@@ -82,10 +73,8 @@ func (c *Cache[V]) writeL2(ctx context.Context, key string, b []byte, ttl time.D
 	return nil
 }
 
-// encode returns the envelope for e, fresh for ttl, and how long L2 should
-// keep it: ttl plus the longer of the stale windows in o (absences get no
-// stale window). It sets e's cost (its L1 size, which counts even without
-// an L2) and its freshness.
+// encode returns the envelope for e, fresh for ttl, and how long L2 keeps it
+// (with o's stale windows); it sets e's freshness and cost (its L1 size).
 func (c *Cache[V]) encode(key string, e *entry[V], ttl time.Duration, o callOptions) ([]byte, time.Duration, error) {
 	var payload []byte
 	if !e.Value.negative {

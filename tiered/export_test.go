@@ -5,6 +5,7 @@ import (
 
 	gocacheredis "github.com/eko/gocache/store/redis/v4"
 
+	"github.com/tiercache/tiercache/internal/fence"
 	"github.com/tiercache/tiercache/internal/l2"
 )
 
@@ -16,21 +17,18 @@ import (
 // Call it before c is used.
 func DisableFences[V any](c *Cache[V]) {
 	c.fence = openFence{}
-	c.l2 = l2.New(l2.Config{
-		Store: gocacheredis.NewRedis(c.cfg.Redis), Timeout: c.cfg.L2Timeout, Name: c.cfg.Namespace,
-		BreakerFailures: c.cfg.BreakerFailures, BreakerCooldown: c.cfg.BreakerCooldown, Held: c.outbox.Held(),
-	})
+	c.l2 = c.newL2(gocacheredis.NewRedis(c.cfg.Redis), nil)
 }
 
 // openFence lets every fill in.
 type openFence struct{}
 
-func (openFence) ticket(string, []string) ticket { return ticket{} }
-func (openFence) valid(ticket) bool              { return true }
-func (openFence) tagsValid([]tagTicket) bool     { return true }
-func (openFence) invalidate(string)              {}
-func (openFence) invalidateTag(string)           {}
-func (openFence) invalidateAll()                 {}
+func (openFence) Ticket(string, []string) fence.Ticket { return fence.Ticket{} }
+func (openFence) Valid(fence.Ticket) bool              { return true }
+func (openFence) TagsValid([]fence.TagTicket) bool     { return true }
+func (openFence) Invalidate(string)                    {}
+func (openFence) InvalidateTag(string)                 {}
+func (openFence) InvalidateAll()                       {}
 
 // PeekL1 returns what c's L1 holds for key, without touching L2, once
 // ristretto has applied the stores queued so far.

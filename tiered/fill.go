@@ -7,12 +7,12 @@ import (
 	"slices"
 	"time"
 
+	"github.com/tiercache/tiercache/internal/fence"
 	"github.com/tiercache/tiercache/internal/l2"
 )
 
-// The fill protocol. A single-key miss (GetOrLoad, Get), a batch miss
-// (GetOrLoadMany, GetMany) and a background refresh all go through fill,
-// a single key as a batch of one:
+// The fill protocol. Every miss, single or batch, and every background
+// refresh goes through fill, a single key as a batch of one:
 //
 //  1. take a fence ticket per key, before anything is read;
 //  2. read L2, one pipelined round trip, and serve what may be served;
@@ -23,11 +23,9 @@ import (
 //  5. write L2 only through a lease still held (compare-and-set), then L1
 //     through the ticket.
 //
-// For a single key a plain GET, not the lease script, does the first read:
-// a hit, by far the common case, then costs Redis a GET, and only misses
-// pay the script. A batch to load skips it: the lease script, pipelined,
-// returns what a key holds when it does not lease it, so a batch costs one
-// round trip whatever it finds.
+// A single key is read with a plain GET, so that a hit does not pay the
+// lease script; a batch to load skips step 2, since the pipelined lease
+// script returns what a key holds when it does not lease it.
 
 // loader loads keys in one call; a key it leaves out does not exist.
 type loader[V any] func(ctx context.Context, keys []string) (map[string]V, error)
@@ -49,7 +47,6 @@ func one[V any](load LoadFunc[V]) loader[V] {
 	}
 }
 
-// many makes a loader of a LoadManyFunc.
 func many[V any](load LoadManyFunc[V]) loader[V] {
 	if load == nil {
 		return nil
@@ -60,14 +57,14 @@ func many[V any](load LoadManyFunc[V]) loader[V] {
 // filling is one key of a fill.
 type filling[V any] struct {
 	key  string
-	t    ticket
+	t    fence.Ticket
 	res  flightResult[V]
 	done bool // res is final
 	read bool // read from L2 (and counted) before any lease
 
 	junk  []byte    // what L2 held that was judged junk, which a lease may replace
 	lease []byte    // the L2 lease held on the key
-	old   []byte    // the value L2 holds that the load replaces (under rlease)
+	old   []byte    // the value L2 holds that the load replaces (under the refresh lease)
 	oldE  *entry[V] // old decoded, or an L1 copy: served if the load fails, within MaxStale
 	rkey  string    // the refresh lease's key
 	rtok  []byte    // the refresh lease held
@@ -79,14 +76,13 @@ type filling[V any] struct {
 	drop bool // not to be cached
 }
 
-// fill runs the protocol for keys, which the caller's flights lead; than,
-// if nonzero, makes it a refresh: a value in L2 fresh until later than
-// than was refreshed already, any other is reloaded. A nil load makes it a
-// read. The result has one flightResult per key, in order.
+// fill runs the protocol for keys, whose flights the caller leads, and
+// returns their results in order. A nil load makes it a read; a nonzero
+// than a refresh, which reloads a value in L2 unless it is fresher than than.
 func (c *Cache[V]) fill(ctx context.Context, keys []string, load loader[V], o callOptions, than int64) []flightResult[V] {
 	fs := make([]filling[V], len(keys))
 	for i, k := range keys {
-		fs[i] = filling[V]{key: k, t: c.fence.ticket(k, o.tags)}
+		fs[i] = filling[V]{key: k, t: c.fence.Ticket(k, o.tags)}
 	}
 	started := c.clock.Exact()
 	if than == 0 {
@@ -95,14 +91,13 @@ func (c *Cache[V]) fill(ctx context.Context, keys []string, load loader[V], o ca
 	var l2err error
 	if load == nil || than != 0 || len(keys) == 1 || c.l2 == nil || c.l2.Redis() == nil {
 		l2err = c.readL2(ctx, fs, load, o, than, started)
-	} // else a batch to load: the lease script reads and leases in one round trip
+	} // else the lease script reads
 
 	switch {
 	case load == nil:
 		return results(fs, flightResult[V]{tier: tierNone, err: c.strict(l2err)})
 	case than != 0 && l2err != nil:
-		// A refresh with L2 failing gives up: readers keep their copy,
-		// within its windows, rather than every process reloading it.
+		// Readers keep their copies rather than every process reloading.
 		return results(fs, flightResult[V]{tier: tierL2, err: l2err})
 	}
 	if l2err == nil && c.l2 != nil {
@@ -139,16 +134,14 @@ func (c *Cache[V]) fill(ctx context.Context, keys []string, load loader[V], o ca
 		f.res, f.done = flightResult[V]{e: f.e, tier: tierLoader, err: c.strict(l2err)}, true
 	}
 	if len(keys) > 1 {
-		// One wait for ristretto, as a single load's install waits:
-		// callers arriving after this fill must find its keys in L1.
+		// Later callers must find the keys in L1 (one key's install waited).
 		c.l1.Wait()
 	}
 	return results(fs, flightResult[V]{})
 }
 
-// recheckL1 serves keys that another flight put into L1 since the caller
-// missed: a caller descheduled between its miss and its flight would
-// otherwise read L2 again.
+// recheckL1 serves the keys that another flight put into L1 since the
+// caller missed, rather than reading L2 again.
 func (c *Cache[V]) recheckL1(fs []filling[V], o callOptions) {
 	now := c.clock.Now()
 	for i := range fs {
@@ -159,11 +152,8 @@ func (c *Cache[V]) recheckL1(fs []filling[V], o callOptions) {
 	}
 }
 
-// readL2 reads the keys not done from L2 in one round trip (key by key
-// from a gocache Store) and serves what it finds, as its freshness allows;
-// it starts the refreshes that freshness asks for when loading is allowed.
-// What is left needs a lease: a miss, a lease, junk, or (in old) a value
-// to replace.
+// readL2 reads the keys not done from L2 and serves what it finds; the rest
+// need a lease (a miss, a lease, junk, or in old a value to replace).
 func (c *Cache[V]) readL2(ctx context.Context, fs []filling[V], load loader[V], o callOptions, than, started int64) error {
 	var one [1]int
 	idx := one[:0]
@@ -203,14 +193,13 @@ func (c *Cache[V]) readL2(ctx context.Context, fs []filling[V], load loader[V], 
 	return nil
 }
 
-// found serves a value read from L2 as its freshness allows, and starts the
-// refresh it asks for if load is not nil; a value past its stale window
-// (or, in a refresh, not fresher than than) is kept in f.old, to be
-// replaced under a refresh lease.
+// found serves a value read from L2 as its freshness allows, refreshing it
+// if due; one to replace (past its stale window, or not fresher than than)
+// goes to f.old.
 func (c *Cache[V]) found(ctx context.Context, f *filling[V], b []byte, e *entry[V], ttl time.Duration, load loader[V], o callOptions, than, started, now int64) {
 	e.Value.filled = started
 	t := tierL2
-	st := entryFresh // a refresh decides by than alone, and draws nothing
+	st := entryFresh // a refresh decides by than alone
 	if than == 0 {
 		st = c.state(e, now, o, load != nil)
 	}
@@ -228,8 +217,7 @@ func (c *Cache[V]) found(ctx context.Context, f *filling[V], b []byte, e *entry[
 			t = tierStale
 		}
 	default:
-		// Past the stale window: a read finds nothing; a load replaces it,
-		// and serves it if that fails, within MaxStale.
+		// Past its stale window: a load replaces it (see oldE); a read misses.
 		if load != nil {
 			f.old, f.oldE = b, e
 		} else {
@@ -241,9 +229,8 @@ func (c *Cache[V]) found(ctx context.Context, f *filling[V], b []byte, e *entry[
 	f.res, f.done = flightResult[V]{e: e, tier: t}, true
 }
 
-// getL2 returns the bytes under the keys fs[idx], nil where there are none:
-// one GET through the store for one key (a pipeline costs more), else
-// pipelined GETs.
+// getL2 returns the bytes under the keys fs[idx] (nil for none): pipelined
+// with Redis for several keys, else a GET per key (cheaper for one).
 func (c *Cache[V]) getL2(ctx context.Context, fs []filling[V], idx []int) ([][]byte, error) {
 	if c.l2.Redis() != nil && len(idx) > 1 {
 		l2keys := make([]string, len(idx))
@@ -270,9 +257,8 @@ func (c *Cache[V]) getL2(ctx context.Context, fs []filling[V], idx []int) ([][]b
 	return raw, nil
 }
 
-// encodeLoaded makes the entries of the loaded keys and their envelopes;
-// a key whose value is not to be cached (negative caching off, or it does
-// not encode) gives its leases back.
+// encodeLoaded makes the entries and envelopes of the loaded keys; a key
+// whose value is not to be cached gives its lease back.
 func (c *Cache[V]) encodeLoaded(ctx context.Context, fs []*filling[V], vals map[string]V, o callOptions, started, delta int64, l2err error) {
 	var unlease []*filling[V]
 	for _, f := range fs {
@@ -283,9 +269,8 @@ func (c *Cache[V]) encodeLoaded(ctx context.Context, fs []*filling[V], vals map[
 		f.res, f.done = flightResult[V]{e: f.e, tier: tierLoader, err: c.strict(l2err)}, true
 		f.ttl = c.cacheTTL(f.e, o)
 		if f.ttl < 0 {
-			f.drop = true // negative caching is off: answer, remember nothing
+			f.drop = true // negative caching is off
 		} else if b, ttl, err := c.encode(f.key, f.e, c.jitter(f.ttl), o); err != nil {
-			// The loaded value is good; it just cannot be cached.
 			c.cfg.Logger.WarnContext(ctx, "tiercache: loaded value not cached", "namespace", c.cfg.Namespace, "key", f.key, "err", err)
 			f.drop = true
 		} else {
@@ -298,11 +283,9 @@ func (c *Cache[V]) encodeLoaded(ctx context.Context, fs []*filling[V], vals map[
 	c.releaseLeases(ctx, unlease)
 }
 
-// writeLoaded writes the loaded values to L2 before L1 has them, so that
-// a reader elsewhere finds in L2 anything this process serves: through
-// their leases, in one pipelined round trip; a value whose lease is lost
-// (a write or delete came after it) goes to its callers only. A key with
-// no lease is not written: another process holds it and fills L2.
+// writeLoaded writes the loaded values to L2 through their leases, before
+// L1 has them, so that others find in L2 what this process serves. A value
+// whose lease was lost goes to its callers only; one without is not written.
 func (c *Cache[V]) writeLoaded(ctx context.Context, fs []*filling[V], o callOptions) error {
 	var leased, filled []*filling[V]
 	var l2err error
@@ -360,7 +343,6 @@ func (c *Cache[V]) writeLoaded(ctx context.Context, fs []*filling[V], o callOpti
 	return l2err
 }
 
-// tagKeys adds every key to every tag.
 func (c *Cache[V]) tagKeys(ctx context.Context, keys, tags []string, ttl time.Duration) error {
 	err := c.l2.Call(ctx, func(ctx context.Context) error { return c.l2.AddTags(ctx, c.cfg.Namespace, keys, tags, ttl) })
 	if err != nil {
@@ -369,9 +351,8 @@ func (c *Cache[V]) tagKeys(ctx context.Context, keys, tags []string, ttl time.Du
 	return err
 }
 
-// tagWritten adds written keys to their tags. If that fails, the values are
-// removed from L2 again: a tagged value that its tags do not list would
-// escape InvalidateTags.
+// tagWritten adds written keys to their tags, or else removes them from L2:
+// a value that its tags do not list would escape InvalidateTags.
 func (c *Cache[V]) tagWritten(ctx context.Context, keys, tags []string, ttl time.Duration) error {
 	err := c.tagKeys(ctx, keys, tags, ttl)
 	if err == nil {
@@ -403,7 +384,6 @@ func (c *Cache[V]) runLoad(ctx context.Context, keys []string, load loader[V]) (
 	return nil, fmt.Errorf("tiered: load %d keys: %w", len(keys), err)
 }
 
-// pending returns the keys of fs not done.
 func pending[V any](fs []filling[V]) []*filling[V] {
 	var out []*filling[V]
 	for i := range fs {

@@ -23,9 +23,9 @@ func (c *Cache[V]) publishHot(counts map[string]int64) {
 	}
 }
 
-// HotKeys returns up to n of the keys (all for n ≤ 0) the cluster reads most (needs
-// Config.Redis and Config.HotKeys in the caches that read), most read
-// first. For warm-up: warmup.FromHotKeys.
+// HotKeys returns up to n (all for n ≤ 0) of the keys the cluster reads
+// most, most read first, for warm-up (warmup.FromHotKeys). It fails without
+// Config.Redis; the caches that read need Config.HotKeys.
 func (c *Cache[V]) HotKeys(ctx context.Context, n int) ([]string, error) {
 	if c.cfg.Redis == nil {
 		return nil, fmt.Errorf("tiered: HotKeys needs Config.Redis")

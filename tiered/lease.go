@@ -8,13 +8,12 @@ import (
 	"github.com/tiercache/tiercache/internal/l2"
 )
 
-// Leases, the fill protocol's third step (see fill.go): one load of a key
-// for the whole cluster, and no fill over a newer write.
+// Leases, the fill protocol's third step (fill.go): one load of a key for
+// the whole cluster, and no fill over a newer write.
 
 // leaseAll takes the leases of the keys left to load: the L2 lease of a key
-// L2 lacks (its tags first, so that an InvalidateTags during the load finds
-// it and deletes the lease), the refresh lease of a value L2 holds. Without
-// the go-redis client there are no leases: those keys are written plainly.
+// L2 lacks (tagged first, so that an InvalidateTags during the load deletes
+// the lease), the refresh lease of a value L2 holds. A Store has no leases.
 func (c *Cache[V]) leaseAll(ctx context.Context, fs []filling[V], load loader[V], o callOptions, started int64) error {
 	left := pending(fs)
 	if c.l2.Redis() == nil {
@@ -41,7 +40,6 @@ func (c *Cache[V]) leaseAll(ctx context.Context, fs []filling[V], load loader[V]
 	}
 	for i := range fs {
 		f := &fs[i]
-		// Values past their stale window, read first or by the lease script.
 		if !f.done && f.old != nil && f.lease == nil {
 			c.leaseRefresh(ctx, f, started)
 		}
@@ -49,11 +47,9 @@ func (c *Cache[V]) leaseAll(ctx context.Context, fs []filling[V], load loader[V]
 	return nil
 }
 
-// leaseKeys leases keys in one pipelined round trip (leaseOrGet), which
-// also returns what a key holds instead. Values found are served; keys
-// another process holds a lease on are polled until they are filled, their
-// lease can be taken, or LeaseTTL has passed (then they are loaded without
-// writing L2). Junk is replaced on the next round; junk that comes back is
+// leaseKeys leases keys in one round trip, which returns what a key holds
+// where it cannot. Values found are served; a key leased elsewhere is polled
+// until filled or leasable; junk is replaced once. A key left unleased is
 // loaded without writing L2.
 func (c *Cache[V]) leaseKeys(ctx context.Context, fs []*filling[V], load loader[V], o callOptions, started int64) error {
 	wait := c.leaseWait()
@@ -66,8 +62,7 @@ func (c *Cache[V]) leaseKeys(ctx context.Context, fs []*filling[V], load loader[
 		}
 		ls, held, cur, err := c.l2.LeaseMany(ctx, l2keys, junks, c.cfg.LeaseTTL)
 		if err != nil {
-			// Some leases may have been taken (on Cluster, a pipeline
-			// can fail on one node only): give back every one we made.
+			// A Cluster pipeline can fail on one node only: give back any taken.
 			_ = c.l2.ReleaseMany(context.WithoutCancel(ctx), l2keys, ls)
 			c.l2Failed(ctx, "lease", fs[0].key, err)
 			return err
@@ -88,7 +83,6 @@ func (c *Cache[V]) leaseKeys(ctx context.Context, fs []*filling[V], load loader[
 			f.read = true
 			switch {
 			case state == l2Value:
-				// Written since the read, or (a batch) never read.
 				c.counters.l2Hits.Add(1)
 				c.found(ctx, f, cur[i], e, ttl, load, o, 0, started, c.clock.Now())
 			case state == l2Junk && f.junk == nil:
@@ -110,9 +104,8 @@ func (c *Cache[V]) leaseKeys(ctx context.Context, fs []*filling[V], load loader[
 	return nil
 }
 
-// leaseRefresh takes f's refresh lease. If another process holds it, it
-// waits for that process's value, as leaseKeys waits, and serves it; if
-// none comes, or L2 fails, the key is loaded without writing L2.
+// leaseRefresh takes f's refresh lease, or else serves the holder's value;
+// if none comes, or L2 fails, the key is loaded without writing L2.
 func (c *Cache[V]) leaseRefresh(ctx context.Context, f *filling[V], started int64) {
 	f.rkey = l2.RefreshKey(c.cfg.Namespace, f.key)
 	var held bool
@@ -135,9 +128,8 @@ func (c *Cache[V]) leaseRefresh(ctx context.Context, f *filling[V], started int6
 	}
 }
 
-// awaitRefresh polls L2 while another process refreshes key, until it
-// holds another value than old. ok is false if none came within LeaseTTL,
-// or the refresher gave up.
+// awaitRefresh polls L2 until key holds another value than old; ok is false
+// if none came within LeaseTTL, or the refresher gave up.
 func (c *Cache[V]) awaitRefresh(ctx context.Context, key, rk string, old []byte) (*entry[V], time.Duration, bool) {
 	c.counters.leaseWaits.Add(1)
 	for wait := c.leaseWait(); wait.next(ctx); {
@@ -152,13 +144,12 @@ func (c *Cache[V]) awaitRefresh(ctx context.Context, key, rk string, old []byte)
 			return nil, 0, false
 		case bytes.Equal(b, old):
 			if !leased {
-				return nil, 0, false // the refresher gave up
+				return nil, 0, false // released: the refresher gave up
 			}
 			continue
 		case b == nil:
 			return nil, 0, false
 		}
-		// The key changed: the refresh landed, or a write or delete.
 		e, ttl, state := c.decodeL2(ctx, key, b)
 		return e, ttl, state == l2Value
 	}
@@ -166,7 +157,7 @@ func (c *Cache[V]) awaitRefresh(ctx context.Context, key, rk string, old []byte)
 }
 
 // loseLease keeps a value whose lease a write or delete replaced out of
-// both tiers: it may predate that write. Its callers still get it.
+// both tiers, since it may predate that write; its callers still get it.
 func (c *Cache[V]) loseLease(f *filling[V]) {
 	c.counters.leaseLost.Add(1)
 	f.drop = true
@@ -191,8 +182,7 @@ func (c *Cache[V]) releaseLeases(ctx context.Context, fs []*filling[V]) {
 	}
 }
 
-// releaseRefreshes gives back the refresh leases held, once the fill is
-// over.
+// releaseRefreshes gives back the refresh leases, once the fill is over.
 func (c *Cache[V]) releaseRefreshes(ctx context.Context, fs []filling[V]) {
 	for i := range fs {
 		if f := &fs[i]; f.rtok != nil {
@@ -203,13 +193,11 @@ func (c *Cache[V]) releaseRefreshes(ctx context.Context, fs []filling[V]) {
 	}
 }
 
-// maxLeasePoll caps the wait between two polls of a key whose lease another
-// process holds: it is how late a waiter may see the holder's fill.
+// maxLeasePoll caps a poll's wait: how late a waiter may see the holder's fill.
 const maxLeasePoll = 16 * time.Millisecond
 
-// pollWait paces the polls of a key that another process is loading or
-// refreshing: from 1 ms, doubling up to maxLeasePoll, for at most LeaseTTL
-// (plus an L2 timeout), after which the holder is taken for dead.
+// pollWait paces the polls of a key another process is loading, for at most
+// LeaseTTL plus an L2 timeout: then the holder is taken for dead.
 type pollWait struct {
 	deadline time.Time
 	backoff  time.Duration
@@ -219,8 +207,7 @@ func (c *Cache[V]) leaseWait() pollWait {
 	return pollWait{deadline: time.Now().Add(c.cfg.LeaseTTL + c.cfg.L2Timeout), backoff: time.Millisecond}
 }
 
-// next sleeps until the next poll and reports whether there is one: false
-// once the deadline would pass, or ctx is done.
+// next sleeps until the next poll: false past the deadline or with ctx done.
 func (w *pollWait) next(ctx context.Context) bool {
 	if time.Now().Add(w.backoff).After(w.deadline) || !sleep(ctx, w.backoff) {
 		return false

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/tiercache/tiercache/internal/flight"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -24,14 +25,10 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, er
 
 // GetOrLoadMany returns the values for keys: from L1, then from L2 in one
 // pipelined round trip, then from one call of loadMany with exactly the
-// keys still missing. Keys that another caller in this process, single or
-// batch, is already reading or loading are not loaded again: this call
-// waits for them. In L2 the keys are leased as in GetOrLoad, so keys being
-// loaded by another process are waited for too.
-//
-// Keys that loadMany does not return are cached as absent and are not in
-// the map. If loadMany fails, GetOrLoadMany returns what it has and an
-// error. Options apply to the values loaded.
+// keys still missing, waiting for those another caller, here or (through L2
+// leases) elsewhere, is loading. Keys that loadMany does not return are
+// cached as absent and left out of the map. If loadMany fails, it returns
+// what it has and an error. Options apply to the values loaded.
 func (c *Cache[V]) GetOrLoadMany(ctx context.Context, keys []string, loadMany LoadManyFunc[V], opts ...Option) (map[string]V, error) {
 	if loadMany == nil {
 		return nil, errors.New("tiered: GetOrLoadMany with a nil loader")
@@ -62,7 +59,6 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 		return out, nil
 	}
 	if load == nil {
-		// A read: no flights to share, one pipelined L2 read.
 		var err error
 		for i, r := range c.fill(ctx, missing, nil, o, 0) {
 			if r.e != nil && !r.e.Value.negative {
@@ -76,9 +72,7 @@ func (c *Cache[V]) getMany(ctx context.Context, op string, keys []string, load L
 	return out, c.loadMany(ctx, out, missing, fallback, many(load), o)
 }
 
-// l1Many looks keys up in L1: what it may serve goes into out (refreshed
-// through refresh when due), the rest into missing; fallback holds the L1
-// copies past their stale window, for stale-if-error.
+// l1Many serves keys from L1 into out; fallback keeps stale-if-error copies.
 func (c *Cache[V]) l1Many(keys []string, o callOptions, refresh func(string, int64)) (out map[string]V, missing []string, fallback map[string]*entry[V]) {
 	out = make(map[string]V, len(keys))
 	seen := make(map[string]struct{}, len(keys))
@@ -113,15 +107,14 @@ func (c *Cache[V]) l1Many(keys []string, o callOptions, refresh func(string, int
 	return out, missing, fallback
 }
 
-// loadMany joins the flights of the missing keys, leads those nobody is
-// filling (one fill for all of them), waits for the others, and puts what
-// they found into out.
+// loadMany fills the missing keys whose flights it leads in one fill, and
+// puts what all their flights found into out.
 func (c *Cache[V]) loadMany(ctx context.Context, out map[string]V, missing []string, fallback map[string]*entry[V], load loader[V], o callOptions) error {
-	fls := make(map[string]*flight[V], len(missing))
+	fls := make(map[string]*flight.Flight[flightResult[V]], len(missing))
 	var led []string
-	var ledFls []*flight[V]
+	var ledFls []*flight.Flight[flightResult[V]]
 	for _, k := range missing {
-		fl, leader := c.flights.join(flightKey{flightLoad, k})
+		fl, leader := c.flights.Join(flightKey{flightLoad, k})
 		fls[k] = fl
 		if leader {
 			led, ledFls = append(led, k), append(ledFls, fl)
@@ -132,7 +125,7 @@ func (c *Cache[V]) loadMany(ctx context.Context, out map[string]V, missing []str
 		if !c.spawn(func() { defer cancel(); c.fillLed(fctx, led, ledFls, load, o) }) {
 			cancel()
 			for i, k := range led {
-				c.flights.finish(flightKey{flightLoad, k}, ledFls[i], flightResult[V]{err: ErrClosed})
+				c.flights.Finish(flightKey{flightLoad, k}, ledFls[i], flightResult[V]{err: ErrClosed})
 			}
 		}
 	}
@@ -141,14 +134,14 @@ func (c *Cache[V]) loadMany(ctx context.Context, out map[string]V, missing []str
 	for _, k := range missing {
 		fl := fls[k]
 		select {
-		case <-fl.done:
+		case <-fl.Done():
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if fl.callers > 1 {
+		fr, shared := fl.Result()
+		if shared {
 			c.counters.shared.Add(1)
 		}
-		fr := fl.res
 		if e := fallback[k]; fr.e == nil && fr.err != nil && e != nil && withinMaxStale(e, c.clock.Now()) {
 			c.counters.staleOnError.Add(1)
 			fr = flightResult[V]{e: e, tier: tierStale}
@@ -171,10 +164,8 @@ func (c *Cache[V]) loadMany(ctx context.Context, out map[string]V, missing []str
 	return nil
 }
 
-// fillLed fills the keys whose flights fls this caller leads, and finishes
-// every flight, even after a panic (a codec's, say), which would otherwise
-// leave its callers waiting forever.
-func (c *Cache[V]) fillLed(ctx context.Context, keys []string, fls []*flight[V], load loader[V], o callOptions) {
+// fillLed fills keys and finishes their flights fls, even after a panic.
+func (c *Cache[V]) fillLed(ctx context.Context, keys []string, fls []*flight.Flight[flightResult[V]], load loader[V], o callOptions) {
 	var res []flightResult[V]
 	defer func() {
 		var perr error
@@ -189,15 +180,13 @@ func (c *Cache[V]) fillLed(ctx context.Context, keys []string, fls []*flight[V],
 			if perr != nil && r.e == nil {
 				r.err = perr
 			}
-			c.flights.finish(flightKey{flightLoad, k}, fls[i], r)
+			c.flights.Finish(flightKey{flightLoad, k}, fls[i], r)
 		}
 	}()
 	res = c.fill(ctx, keys, load, o, 0)
 }
 
-// serve reports whether an entry in state st may be served, and starts
-// the refresh that st asks for if refresh is not nil; a stale entry
-// served is counted.
+// serve reports whether e, in state st, may be served, and refreshes it if due.
 func (c *Cache[V]) serve(key string, e *entry[V], st freshness, refresh func(string, int64)) bool {
 	switch st {
 	case entryRefreshEarly, entryStale:
@@ -214,8 +203,7 @@ func (c *Cache[V]) serve(key string, e *entry[V], st freshness, refresh func(str
 	return false
 }
 
-// refresher returns what starts a background refresh of one key for a
-// batch, through its batch loader; nil without a loader.
+// refresher returns what refreshes one key with load; nil without a loader.
 func (c *Cache[V]) refresher(ctx context.Context, load LoadManyFunc[V], o callOptions) func(string, int64) {
 	if load == nil {
 		return nil

@@ -5,10 +5,9 @@ import (
 	"time"
 )
 
-// Option changes one call from the Config defaults. Options apply to
-// Set, GetOrLoad and GetOrLoadMany; with GetOrLoad they apply to the value loaded, and
-// when callers share a load, the options of the caller that started it
-// win.
+// Option changes one call from the Config defaults. Options apply to the
+// value written (Set, WriteThrough, WriteBehind.Set) or loaded (GetOrLoad,
+// GetOrLoadMany; when callers share a load, those of its starter win).
 type Option func(*callOptions)
 
 type callOptions struct {
@@ -17,28 +16,25 @@ type callOptions struct {
 	tags               []string
 }
 
-// WithTTL stores the value in L2 for d instead of Config.TTL; its L1 copy
-// still lives at most Config.L1TTL. d must be positive.
+// WithTTL makes the value fresh for d instead of Config.TTL; its L1 copy
+// still lives at most Config.L1TTL. The call fails unless d is positive.
 func WithTTL(d time.Duration) Option {
 	return func(o *callOptions) { o.ttl = d }
 }
 
-// WithStale overrides Config.StaleTTL and Config.MaxStale for one call:
-// how long past its TTL a value may be served while it is refreshed, and
-// how long when refreshing fails. Neither may be negative.
+// WithStale overrides Config.StaleTTL and Config.MaxStale for one call.
+// The call fails if either is negative.
 func WithStale(staleTTL, maxStale time.Duration) Option {
 	return func(o *callOptions) { o.staleTTL, o.maxStale = staleTTL, maxStale }
 }
 
 // WithTags attaches tags to the value, so that InvalidateTags with any of
-// them removes it from L2 and from every process's L1. Tags need
-// Config.Redis; an L1-only cache accepts them, and its InvalidateTags
-// clears the whole L1.
+// them removes it from every tier and process. With a Store but no
+// Config.Redis the call fails; on an L1-only cache tags act on L1 alone.
 func WithTags(tags ...string) Option {
 	return func(o *callOptions) { o.tags = append(o.tags, tags...) }
 }
 
-// options applies opts over the Config defaults and checks the result.
 func (c *Cache[V]) options(opts []Option) (callOptions, error) {
 	o := callOptions{ttl: c.cfg.TTL, staleTTL: c.cfg.StaleTTL, maxStale: c.cfg.MaxStale}
 	for _, opt := range opts {

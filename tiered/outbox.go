@@ -9,8 +9,8 @@ import (
 	"github.com/tiercache/tiercache/internal/l2"
 )
 
-// hold puts what a write could not make into the outbox, starting the
-// replay if none runs, and returns err wrapped for the caller.
+// hold puts what a write could not make into the outbox, starting its
+// replay, and returns err wrapped in ErrL2Unavailable.
 func (c *Cache[V]) hold(err error, keys, tags []string, puts map[string]l2.HeldWrite) error {
 	start, ok := c.outbox.Add(keys, tags, puts)
 	if start && !c.spawn(func() { c.outbox.Loop(c.closing, outboxTarget[V]{c}) }) {
@@ -27,16 +27,12 @@ func (c *Cache[V]) hold(err error, keys, tags []string, puts map[string]l2.HeldW
 	return fmt.Errorf("%w: %w", ErrL2Unavailable, err)
 }
 
-// errRedisDown is what a write meets while the outbox holds invalidations
-// and its last replay failed.
+// errRedisDown fails writes while the outbox holds what its last replay failed.
 var errRedisDown = errors.New("known down: the last replay of the outbox failed")
 
-// change makes a write's L2 change with op, retried with backoff until it
-// succeeds or ctx, which WriteTimeout bounds, ends. If it cannot, it calls
-// keep (if not nil), and then keys, tags and puts go into the outbox and
-// the error wraps ErrL2Unavailable. keep installs the writer's own L1 copy:
-// the outbox's replay, which may run as soon as they are in it, ends that
-// copy, so it must be there first, or it would outlive the replay.
+// change makes a write's L2 change with op, retried until ctx ends, or else
+// calls keep and holds keys, tags and puts. keep installs the writer's L1
+// copy first, since the replay, which may run at once, must end it.
 func (c *Cache[V]) change(ctx context.Context, op func(ctx context.Context) error, keys, tags []string, puts map[string]l2.HeldWrite, keep func()) error {
 	var err error
 	if c.outbox.Held().Load() > 0 && c.outbox.Down() {
@@ -57,8 +53,7 @@ func (c *Cache[V]) change(ctx context.Context, op func(ctx context.Context) erro
 	return nil
 }
 
-// retry runs op until it succeeds or ctx ends, waiting between attempts
-// from 5 ms, doubling to 100 ms; with a negative WriteTimeout, once.
+// retry runs op until it succeeds or ctx ends; once if WriteTimeout < 0.
 func (c *Cache[V]) retry(ctx context.Context, op func(ctx context.Context) error) error {
 	if c.cfg.WriteTimeout < 0 {
 		return op(ctx)
@@ -72,9 +67,8 @@ func (c *Cache[V]) retry(ctx context.Context, op func(ctx context.Context) error
 	}
 }
 
-// writeContext is the context of a write's L2 steps: ctx's values, not its
-// cancellation (a write whose caller went away must still finish or be
-// held), bounded by WriteTimeout.
+// writeContext is the context of a write's L2 steps: bounded by
+// WriteTimeout, not by ctx, since a write must finish or be held.
 func (c *Cache[V]) writeContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	if c.cfg.WriteTimeout < 0 {
 		return context.WithCancel(context.WithoutCancel(ctx)) // one attempt, which L2Timeout bounds
@@ -82,8 +76,7 @@ func (c *Cache[V]) writeContext(ctx context.Context) (context.Context, context.C
 	return context.WithTimeout(context.WithoutCancel(ctx), c.cfg.WriteTimeout)
 }
 
-// closeOutbox is Close's last replay, bounded by WriteTimeout. It returns
-// an error if invalidations are left: they are lost with this process.
+// closeOutbox is Close's last replay; what it leaves is lost, and reported.
 func (c *Cache[V]) closeOutbox() error {
 	if c.outbox.Held().Load() == 0 {
 		return nil

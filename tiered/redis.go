@@ -14,12 +14,9 @@ import (
 //   - redis+cluster:// and rediss+cluster://, with more seed nodes as
 //     addr=host:port query parameters, give a *redis.ClusterClient.
 //
-// Unless the URL's query sets them, it enables ContextTimeoutEnabled (so the
-// per-call Config.L2Timeout is honoured: go-redis cuts a call at the
-// earlier of its context's deadline and its own timeouts), sets
-// ReadTimeout and WriteTimeout to 500 ms, the longest a cache call waits
-// (an invalidation's publish, see Config.L2Timeout), DialTimeout and
-// PoolTimeout to 250 ms, and MaxRetries and DialerRetries to 1 with a retry
-// backoff of 1 to 2 ms.
-// The caller owns the client and closes it.
+// Unless the URL's query sets them, it enables ContextTimeoutEnabled, so
+// that Config.L2Timeout is honoured, and sets ReadTimeout and WriteTimeout
+// to 500 ms (the longest a cache call waits), DialTimeout and PoolTimeout
+// to 250 ms, MaxRetries and DialerRetries to 1, and the retry backoff to 1
+// to 2 ms. It fails on a URL it cannot parse. The caller closes the client.
 func NewRedisClient(rawURL string) (redis.UniversalClient, error) { return redisclient.New(rawURL) }

@@ -15,19 +15,12 @@ const tagBatch = 512
 
 // InvalidateTags removes every key tagged with any of tags (see WithTags)
 // from L2, from this process's L1 and, through the invalidation bus, from
-// every other process's L1. Loads of those keys already in flight lose
-// their leases and do not write their values.
-//
-// A tag set is read with SPOP, which takes members atomically, and every
-// tagged write adds its key to its tags after writing its value: a write
-// racing with InvalidateTags is either removed by it or keeps its tag.
-// Every process also ends the L1 copies it knows to carry the tags (those
-// it filled or set with them), so that a copy whose tag never reached
-// Redis's tag set goes too.
-//
-// L2 failures are handled as in Set: what Redis did not get is kept in the
-// outbox, and the error wraps ErrL2Unavailable. On an L1-only cache it
-// ends the L1 copies that carry the tags.
+// every other process's L1. Loads of those keys in flight lose their leases
+// and do not write their values; a tagged write racing with it is either
+// removed or keeps its tag (it tags after writing, and tag sets are popped
+// atomically). L2 failures are handled as in Set. On an L1-only cache it
+// ends the L1 copies that carry the tags; with a Store but no Config.Redis
+// it fails.
 func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) (err error) {
 	for _, t := range tags {
 		if err := c.checkKey(t); err != nil {
@@ -64,17 +57,16 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) (err erro
 		}
 	}
 	// After L2, as for keys: a fill that read L2 before the purge holds an
-	// older tag generation and will not install.
+	// older tag generation.
 	c.invalidateLocalTags(tags)
 	span.SetAttributes(attribute.Int("tiercache.keys", len(removed)))
 	return errors.Join(errors.Join(errs...), c.announce(wctx, len(errs) == 0, removed, tags))
 }
 
-// purgeTag empties the tag set of tag, a batch at a time: it deletes the
-// members from L2 and from this process's L1, and returns them for the
-// caller to publish. A batch that L2 refuses to delete goes back into the
-// set, so that a retry finds it, or, failing that, into the outbox. A tag
-// key of another Redis type is garbage, and is deleted.
+// purgeTag empties the tag set of tag a batch at a time, deleting the
+// members from L2 and L1, and returns them for the caller to publish. A
+// batch L2 fails to delete goes back into the set for a retry, or else into
+// the outbox.
 func (c *Cache[V]) purgeTag(ctx context.Context, tag string) ([]string, error) {
 	tk := l2.TagKey(c.cfg.Namespace, tag)
 	var n int64
@@ -85,8 +77,7 @@ func (c *Cache[V]) purgeTag(ctx context.Context, tag string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Members added while we pop are newer than this call; stop once the
-	// members present at the start could all have been taken.
+	// Pop only as many as were there at the start: later ones are newer.
 	var removed []string
 	for i := int64(0); i <= n/tagBatch; i++ {
 		var keys []string
@@ -100,9 +91,7 @@ func (c *Cache[V]) purgeTag(ctx context.Context, tag string) ([]string, error) {
 			break
 		}
 		err := c.l2.Must(ctx, func(ctx context.Context) error { return c.l2.DelMany(ctx, c.l2Keys(keys)) })
-		// Some keys may be gone even if the pipeline failed: evict them
-		// all here (an extra eviction is harmless).
-		c.invalidateLocal(keys...)
+		c.invalidateLocal(keys...) // even if the DEL failed: some may be gone
 		if err != nil {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.L2Timeout)
 			if aerr := c.l2.RestoreTag(rctx, tk, keys); aerr != nil {
@@ -120,9 +109,9 @@ func (c *Cache[V]) purgeTag(ctx context.Context, tag string) ([]string, error) {
 }
 
 // TaggedKeys returns the keys tagged with tag (see WithTags), for callers
-// that act on each (a soft purge, say). The list is read from L2's tag set,
-// so it needs Config.Redis, and it may include keys whose values have
-// expired since.
+// that act on each (a soft purge, say). It reads L2's tag set, so it needs
+// Config.Redis (else the error wraps errors.ErrUnsupported), and the list
+// may include keys whose values have expired.
 func (c *Cache[V]) TaggedKeys(ctx context.Context, tag string) ([]string, error) {
 	if err := c.checkKey(tag); err != nil {
 		return nil, fmt.Errorf("tiered: tag: %w", err)

@@ -9,10 +9,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/eko/gocache/lib/v4/store"
 	gocacheredis "github.com/eko/gocache/store/redis/v4"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 	"github.com/tiercache/tiercache/internal/clock"
+	"github.com/tiercache/tiercache/internal/fence"
 	"github.com/tiercache/tiercache/internal/hotkeys"
 	"github.com/tiercache/tiercache/internal/l1"
 	"github.com/tiercache/tiercache/internal/l2"
@@ -22,24 +24,24 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 )
 
 // ErrNotFound reports that a key is in neither tier, or that a loader said
-// so (a loader returns it, or an error wrapping it, to have the absence
-// cached for Config.NegativeTTL).
+// so: a loader returns it (or an error wrapping it) to have the absence
+// cached for Config.NegativeTTL.
 var ErrNotFound = errors.New("tiered: not found")
 
-// ErrClosed is returned by every method called after Close.
+// ErrClosed is returned by the reads and writes of a Cache after Close.
 var ErrClosed = errors.New("tiered: cache closed")
 
-// ErrL2Unavailable reports that L2 could not be used. Writes (Set, Delete,
-// InvalidateTags, the write strategies) return it whenever they could not
-// make their L2 change or their invalidation within Config.WriteTimeout;
-// reads return it only in strict mode: while the circuit breaker is open,
-// or while this process holds invalidations that Redis has not had yet (it
-// reads nothing from L2 then). Errors that wrap it also wrap the cause.
+// ErrL2Unavailable reports that L2 could not be used. Writes return it when
+// they could not make their L2 change or invalidation within
+// Config.WriteTimeout; reads only with Config.Strict, while the breaker is
+// open or this process holds invalidations Redis has not had. Errors that
+// wrap it also wrap the cause.
 var ErrL2Unavailable = l2.ErrUnavailable
 
 // ErrInvalidKey and ErrValueTooLarge report input over the Config limits.
@@ -65,9 +67,7 @@ type Cache[V any] struct {
 	counters counters
 	metrics  *instruments
 	tracer   trace.Tracer
-	// logL2 rate-limits warnings about L2 failures: when Redis is down every
-	// call fails, and one line a second says as much as a thousand.
-	logL2 rate.Sometimes
+	logL2    rate.Sometimes // one L2 warning a second: when Redis is down, every call fails
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -75,9 +75,8 @@ type Cache[V any] struct {
 	clock clock.Coarse
 	beta  float64          // XFetch's β; 0: no early refresh
 	hot   *hotkeys.Sampler // nil: Config.HotKeys off
-	// bg counts the goroutines that fill flights and refresh in the
-	// background, which Close cancels (closing) and waits for; bgMu keeps
-	// one from starting once Close has begun.
+	// bg counts the background goroutines (flights, refreshes, the outbox
+	// replay), which Close cancels and waits for; bgMu guards their start.
 	bg       sync.WaitGroup
 	bgMu     sync.Mutex
 	closing  context.Context
@@ -98,7 +97,7 @@ func newCache[V any](cfg Config, local func(c *Cache[V]) (localTier[V], error)) 
 	if err != nil {
 		return nil, err
 	}
-	c := &Cache[V]{cfg: cfg, clock: clock.Coarse{Source: cfg.Clock}, fence: newFence(), outbox: outbox.New(), logL2: rate.Sometimes{Interval: time.Second}, beta: max(cfg.EarlyRefresh, 0)}
+	c := &Cache[V]{cfg: cfg, clock: clock.Coarse{Source: cfg.Clock}, fence: fence.New(), outbox: outbox.New(), logL2: rate.Sometimes{Interval: time.Second}, beta: max(cfg.EarlyRefresh, 0)}
 	c.closing, c.closeAll = context.WithCancel(context.Background())
 	if c.l1, err = local(c); err != nil {
 		return nil, fmt.Errorf("tiered: L1: %w", err)
@@ -113,24 +112,7 @@ func newCache[V any](cfg Config, local func(c *Cache[V]) (localTier[V], error)) 
 	}
 	c.counters.breaker.Store(int32(gobreaker.StateClosed))
 	if st != nil {
-		c.l2 = l2.New(l2.Config{
-			Store:           st,
-			Redis:           cfg.Redis,
-			Timeout:         cfg.L2Timeout,
-			BreakerFailures: cfg.BreakerFailures,
-			BreakerCooldown: cfg.BreakerCooldown,
-			Name:            cfg.Namespace,
-			Held:            c.outbox.Held(),
-			Clock:           cfg.Clock,
-			OnStateChange: func(from, to gobreaker.State) {
-				c.counters.breaker.Store(int32(to))
-				if to == gobreaker.StateOpen {
-					c.counters.breakerOpens.Add(1)
-				}
-				cfg.Logger.Warn("tiercache: L2 circuit breaker changed state",
-					"namespace", cfg.Namespace, "from", breakerName(from), "to", breakerName(to))
-			},
-		})
+		c.l2 = c.newL2(st, cfg.Redis)
 	}
 	tp := cfg.TracerProvider
 	if tp == nil {
@@ -147,39 +129,69 @@ func newCache[V any](cfg Config, local func(c *Cache[V]) (localTier[V], error)) 
 		return nil, fmt.Errorf("tiered: metrics: %w", err)
 	}
 	if cfg.Redis != nil && !cfg.DisableInvalidation {
-		c.bus, err = invalidation.New(cfg.Redis, invalidation.Config{
-			Channel:        "tiercache:inv:" + cfg.Namespace,
-			Evict:          c.invalidateLocalKeys,
-			EvictTags:      c.invalidateLocalTags,
-			Flush:          c.flush,
-			StalenessBound: cfg.StalenessBound,
-			Window:         cfg.InvalidationWindow,
-			// A lost publish flushes every other process, so it gets more
-			// time than a read: up to a heartbeat period.
-			PublishTimeout:  max(cfg.L2Timeout, cfg.StalenessBound/4),
-			MaxKeyBytes:     cfg.MaxKeyBytes,
-			MaxMessageBytes: max(64<<10, 2*cfg.MaxKeyBytes+1024),
-			Logger:          cfg.Logger,
-			MeterProvider:   mp,
-		})
-		if err != nil {
+		if err := c.startBus(mp); err != nil {
 			_ = c.metrics.reg.Unregister()
 			c.l1.Close()
 			c.clock.Close()
 			return nil, fmt.Errorf("tiered: invalidation bus: %w", err)
 		}
-		// Wait briefly for the bus, so that the first fills are not
-		// flushed when it turns fresh. If Redis is down, go on: L1 copies
-		// are then served only while younger than the bound.
-		ctx, cancel := context.WithTimeout(context.Background(), min(cfg.StalenessBound/2, time.Second))
-		c.bus.WaitFresh(ctx)
-		cancel()
 	}
 	if cfg.HotKeys > 0 && cfg.Redis != nil {
 		c.hot = hotkeys.New(cfg.HotKeys, cfg.HotKeysInterval)
 		go c.hot.Run(c.publishHot)
 	}
 	return c, nil
+}
+
+// newL2 builds the L2 tier on st; rdb, if not nil, carries what the
+// store's GET/SET/DEL cannot (leases, scripts, tag sets).
+func (c *Cache[V]) newL2(st store.StoreInterface, rdb redis.UniversalClient) *l2.Tier {
+	return l2.New(l2.Config{
+		Store:           st,
+		Redis:           rdb,
+		Timeout:         c.cfg.L2Timeout,
+		BreakerFailures: c.cfg.BreakerFailures,
+		BreakerCooldown: c.cfg.BreakerCooldown,
+		Name:            c.cfg.Namespace,
+		Held:            c.outbox.Held(),
+		Clock:           c.cfg.Clock,
+		OnStateChange: func(from, to gobreaker.State) {
+			c.counters.breaker.Store(int32(to))
+			if to == gobreaker.StateOpen {
+				c.counters.breakerOpens.Add(1)
+			}
+			c.cfg.Logger.Warn("tiercache: L2 circuit breaker changed state",
+				"namespace", c.cfg.Namespace, "from", breakerName(from), "to", breakerName(to))
+		},
+	})
+}
+
+// startBus starts the invalidation bus, and waits briefly for it, so that
+// the first fills are not flushed when it turns fresh; if Redis is down,
+// it goes on: L1 then serves only young copies.
+func (c *Cache[V]) startBus(mp metric.MeterProvider) error {
+	cfg := c.cfg
+	var err error
+	c.bus, err = invalidation.New(cfg.Redis, invalidation.Config{
+		Channel:         "tiercache:inv:" + cfg.Namespace,
+		Evict:           c.invalidateLocalKeys,
+		EvictTags:       c.invalidateLocalTags,
+		Flush:           c.flush,
+		StalenessBound:  cfg.StalenessBound,
+		Window:          cfg.InvalidationWindow,
+		PublishTimeout:  max(cfg.L2Timeout, cfg.StalenessBound/4), // a lost one flushes the others
+		MaxKeyBytes:     cfg.MaxKeyBytes,
+		MaxMessageBytes: max(64<<10, 2*cfg.MaxKeyBytes+1024),
+		Logger:          cfg.Logger,
+		MeterProvider:   mp,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(cfg.StalenessBound/2, time.Second))
+	defer cancel()
+	c.bus.WaitFresh(ctx)
+	return nil
 }
 
 const instrumentationName = "github.com/tiercache/tiercache/tiered"
@@ -192,15 +204,11 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 }
 
 // GetOrLoad returns the value for key from L1, else from L2, else from load,
-// whose result fills L2 and then L1. Concurrent callers for one key in this
-// process share one L2 read and one load. A load that fails with ErrNotFound
-// is cached as absent for Config.NegativeTTL; other load errors are returned
-// and not cached.
-//
-// L2 failures do not fail GetOrLoad (unless Config.Strict): it goes on to
-// load, and the failure is counted and logged.
-//
-// Options (WithTTL, WithTags) apply to a loaded value.
+// whose result fills L2 and then L1; concurrent callers for one key in this
+// process share one L2 read and one load. An ErrNotFound from load is
+// cached as absent for Config.NegativeTTL; other load errors are returned,
+// not cached. On L2 failures it goes on to load (Config.Strict also returns
+// them). Options apply to a loaded value.
 func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, load LoadFunc[V], opts ...Option) (V, error) {
 	if load == nil {
 		var zero V
@@ -224,8 +232,7 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], op
 	if c.isClosed() {
 		return zero, ErrClosed
 	}
-	// The L1 hit path: no allocation, and no span unless the caller's span
-	// is recording (a span costs ~20× the hit itself; metrics count hits).
+	// No allocation, and a span only under a recording one: it costs many hits.
 	if c.hot != nil {
 		c.hot.Sample(key)
 	}
@@ -240,12 +247,10 @@ func (c *Cache[V]) get(ctx context.Context, op, key string, load LoadFunc[V], op
 	return c.getMiss(ctx, op, key, load, opts)
 }
 
-// servable reports whether an L1 copy may be served: always while the bus
-// is fresh (or there is no bus); otherwise only a copy younger than the
-// staleness bound, which no write older than the bound can have outdated.
-// Either way, none of its tags may have been invalidated since its fill.
+// servable reports whether an L1 copy may be served: only a young one while
+// the bus is not fresh, and none with a tag invalidated since its fill.
 func (c *Cache[V]) servable(e *entry[V]) bool {
-	return (c.bus == nil || c.bus.Fresh() || c.young(e)) && (e.Value.tags == nil || c.fence.tagsValid(*e.Value.tags))
+	return (c.bus == nil || c.bus.Fresh() || c.young(e)) && (e.Value.tags == nil || c.fence.TagsValid(*e.Value.tags))
 }
 
 func (c *Cache[V]) young(e *entry[V]) bool {
@@ -271,18 +276,16 @@ func (c *Cache[V]) spawn(f func()) bool {
 	return true
 }
 
-// detach returns a context for work that outlives the caller who started
-// it (a flight, a refresh): it keeps ctx's values but not its deadline or
-// cancellation, and is cancelled by Close.
+// detach returns a context with ctx's values but not its cancellation,
+// which Close ends.
 func (c *Cache[V]) detach(ctx context.Context) (context.Context, context.CancelFunc) {
 	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(c.closing, cancel)
 	return fctx, func() { stop(); cancel() }
 }
 
-// safely runs f, turning a panic (a codec's, say; loaders' panics are
-// caught closer) into an error for the flight's callers: on a flight's
-// goroutine a panic would take the process down.
+// safely runs f, turning a panic (a codec's, say) into an error for the
+// flight's callers: on a flight's goroutine it would crash the process.
 func (c *Cache[V]) safely(key string, f func() flightResult[V]) (res flightResult[V]) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -311,9 +314,7 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	if err != nil {
 		return zero, err
 	}
-	// An L1 copy due for a look at the clock: fresh but drawing for an
-	// early refresh, stale within StaleTTL (served at once, refreshed in
-	// the background), or kept only for stale-if-error.
+	// A copy due for a look at the clock; fallback keeps a stale-if-error one.
 	var fallback *entry[V]
 	if e, ok := c.l1.Lookup(key); ok && c.servable(e) {
 		switch c.state(e, c.clock.Now(), o, load != nil) {
@@ -338,40 +339,33 @@ func (c *Cache[V]) getMiss(ctx context.Context, op, key string, load LoadFunc[V]
 	ctx, span := c.tracer.Start(ctx, op, trace.WithAttributes(attribute.String("tiercache.namespace", c.cfg.Namespace)))
 	defer span.End()
 
-	// Gets and loads fly separately: a Get must not make a GetOrLoad of the
-	// same key give up on loading because the Get found nothing.
-	fkey := flightKey{flightGet, key}
+	fkey := flightKey{flightGet, key} // Gets and loads fly apart (see flightKey)
 	if load != nil {
 		fkey.kind = flightLoad
 	}
-	fl, leader := c.flights.join(fkey)
+	fl, leader := c.flights.Join(fkey)
 	if leader {
-		// The flight serves every waiting caller, so it runs on its own
-		// goroutine and must not die with the first caller's context; it
-		// keeps the context's values (trace, baggage), and ends with Close.
 		fctx, cancel := c.detach(ctx)
 		if !c.spawn(func() {
 			defer cancel()
-			c.flights.finish(fkey, fl, c.safely(key, func() flightResult[V] { return c.fill(fctx, []string{key}, one(load), o, 0)[0] }))
+			c.flights.Finish(fkey, fl, c.safely(key, func() flightResult[V] { return c.fill(fctx, []string{key}, one(load), o, 0)[0] }))
 		}) {
 			cancel()
-			c.flights.finish(fkey, fl, flightResult[V]{err: ErrClosed})
+			c.flights.Finish(fkey, fl, flightResult[V]{err: ErrClosed})
 		}
 	}
 	select {
-	case <-fl.done:
+	case <-fl.Done():
 	case <-ctx.Done():
 		span.SetStatus(codes.Error, "caller gave up")
 		return zero, ctx.Err()
 	}
-	fr, shared := fl.res, fl.callers > 1
+	fr, shared := fl.Result()
 	if shared {
 		c.counters.shared.Add(1)
 	}
 	if fr.e == nil && fr.err != nil && load != nil && fallback != nil && withinMaxStale(fallback, c.clock.Now()) {
-		// Stale-if-error: the refresh failed (L2 or the loader), and the
-		// L1 copy is within MaxStale.
-		c.counters.staleOnError.Add(1)
+		c.counters.staleOnError.Add(1) // stale-if-error
 		fr = flightResult[V]{e: fallback, tier: tierStale}
 	}
 	if fr.tier == tierStale {
@@ -399,31 +393,29 @@ func (c *Cache[V]) l1Requests() (hits, misses int64) {
 }
 
 // install puts e into L1 unless an invalidation of key came after ticket t.
-// The ticket is checked again after the store: an invalidation between the
-// check and the store bumped the fence first, so one of the two checks sees
-// it, and the second removes what the first let in.
-func (c *Cache[V]) install(key string, e *entry[V], ttl time.Duration, t ticket, wait bool) {
-	if !c.fence.valid(t) {
+// It checks again after the store: an invalidation between check and store
+// bumped the fence first, so the second check removes what the first let in.
+func (c *Cache[V]) install(key string, e *entry[V], ttl time.Duration, t fence.Ticket, wait bool) {
+	if !c.fence.Valid(t) {
 		c.counters.fenced.Add(1)
 		return
 	}
-	if len(t.tags) > 0 {
-		e.Value.tags = &t.tags
+	if len(t.Tags) > 0 {
+		e.Value.tags = &t.Tags
 	}
 	if wait {
 		c.l1.Set(key, e, ttl)
 	} else {
 		c.l1.Fill(key, e, ttl)
 	}
-	if !c.fence.valid(t) {
+	if !c.fence.Valid(t) {
 		c.l1.Delete(key)
 		c.counters.fenced.Add(1)
 	}
 }
 
-// guardLoad runs a loader call: bounded by Config.LoadTimeout, counted and
-// timed, with a panic turned into an error, since the call runs on a
-// flight's goroutine, where a panic would take the whole process down.
+// guardLoad runs a loader call bounded by Config.LoadTimeout, counted and
+// timed, with a panic turned into an error (see safely).
 func (c *Cache[V]) guardLoad(ctx context.Context, call func(ctx context.Context) error) (err error) {
 	if c.cfg.LoadTimeout > 0 {
 		var cancel context.CancelFunc
@@ -457,7 +449,7 @@ func (c *Cache[V]) Close() error {
 		}
 		c.closeAll() // loads and polls in flight end with their contexts
 		if c.bus != nil {
-			_ = c.bus.Close() // first: its flushes must not meet a closed L1
+			_ = c.bus.Close() // before L1: its flushes must not meet a closed L1
 		}
 		c.bg.Wait() // flights and refreshes, which install into L1
 		if c.hot != nil {
@@ -527,8 +519,7 @@ func (c *Cache[V]) l2Keys(keys []string) []string {
 	return out
 }
 
-// l1TTL bounds an L1 copy by the L1 TTL and by what is left of its L2 entry
-// (0: the L2 entry does not expire).
+// l1TTL bounds an L1 copy by L1TTL and by its L2 entry's life left (0: none).
 func (c *Cache[V]) l1TTL(l2Remaining time.Duration) time.Duration {
 	ttl := c.jitter(c.cfg.L1TTL)
 	if l2Remaining > 0 {
@@ -537,8 +528,7 @@ func (c *Cache[V]) l1TTL(l2Remaining time.Duration) time.Duration {
 	return ttl
 }
 
-// jitter spreads d uniformly over [d·(1−Jitter), d].
-// Only shortening keeps every bound that a TTL promises.
+// jitter spreads d over [d·(1−Jitter), d]: shortening only keeps TTL bounds.
 func (c *Cache[V]) jitter(d time.Duration) time.Duration {
 	if c.cfg.Jitter <= 0 || d <= 0 {
 		return d
@@ -546,7 +536,6 @@ func (c *Cache[V]) jitter(d time.Duration) time.Duration {
 	return d - time.Duration(rand.Float64()*c.cfg.Jitter*float64(d))
 }
 
-// strict returns err when Config.Strict asks for L2 failures, nil otherwise.
 func (c *Cache[V]) strict(err error) error {
 	if c.cfg.Strict {
 		return err
@@ -557,7 +546,7 @@ func (c *Cache[V]) strict(err error) error {
 func (c *Cache[V]) l2Failed(ctx context.Context, op, key string, err error) {
 	c.counters.l2Errors.Add(1)
 	if errors.Is(err, ErrL2Unavailable) {
-		return // the breaker's state change was logged already
+		return // logged by the breaker's state change
 	}
 	c.logL2.Do(func() {
 		c.cfg.Logger.WarnContext(ctx, "tiercache: L2 call failed; serving from L1 and the loader",

@@ -12,14 +12,9 @@ import (
 // WriteFunc persists v under key in the source of truth.
 type WriteFunc[V any] func(ctx context.Context, key string, v V) error
 
-// WriteThrough writes v to the source with write and then, once the source
-// has it, to the cache as Set does (L2, L1, and an invalidation of every
-// other process's copy). If write fails, WriteThrough returns its error and
-// changes nothing anywhere: no tier, no process. A panic in write is
-// returned as an error too.
-//
-// Use it when readers must find what was just written, in any replica,
-// without a load: the write pays the cache's round trips.
+// WriteThrough writes v to the source with write and then to the cache as
+// Set does, so that readers in any replica find it without a load. If write
+// fails or panics, WriteThrough returns the error and changes nothing.
 func (c *Cache[V]) WriteThrough(ctx context.Context, key string, v V, write WriteFunc[V], opts ...Option) error {
 	if err := c.writeSource(ctx, key, v, write); err != nil {
 		return err
@@ -28,11 +23,8 @@ func (c *Cache[V]) WriteThrough(ctx context.Context, key string, v V, write Writ
 }
 
 // WriteAround writes v to the source with write and then removes key from
-// the cache, in every process, as Delete does: the next read loads the new
-// value. If write fails, nothing changes.
-//
-// Use it for values written more often than read, or read by few: the
-// cache keeps only what is read.
+// the cache in every process, as Delete does: the next read loads it. Use it
+// for values written more often than read. If write fails, nothing changes.
 func (c *Cache[V]) WriteAround(ctx context.Context, key string, v V, write WriteFunc[V]) error {
 	if err := c.writeSource(ctx, key, v, write); err != nil {
 		return err
@@ -62,17 +54,14 @@ func (c *Cache[V]) writeSource(ctx context.Context, key string, v V, write Write
 	return nil
 }
 
-// Set stores v under key in L2 and then in L1, for Config.TTL (or
-// WithTTL), and invalidates the key in every other process's L1 before it
-// returns (see docs/consistency.md). A load of key in flight anywhere when
-// Set writes loses its lease and does not overwrite v.
-//
-// Set finishes its L2 write and its invalidation even if ctx is done,
-// retrying them for up to Config.WriteTimeout. If it cannot, it still
-// stores v in this process's L1, keeps the invalidation in its outbox to
-// make when Redis answers, and returns an error for which
-// errors.Is(err, ErrL2Unavailable) holds: other processes may serve the old
-// value until then (see docs/consistency.md).
+// Set stores v under key in L2 and then in L1, for Config.TTL (or WithTTL),
+// and invalidates the key in every other process's L1 before it returns; a
+// load of key in flight anywhere loses its lease and does not overwrite v.
+// It finishes its L2 write and invalidation even if ctx is done, retrying
+// for up to Config.WriteTimeout. If it cannot, it still stores v in this
+// process's L1, keeps the invalidation in its outbox for when Redis answers,
+// and returns an error for which errors.Is(err, ErrL2Unavailable) holds:
+// other processes may serve the old value until then (docs/consistency.md).
 func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (err error) {
 	if err := c.checkKey(key); err != nil {
 		return err
@@ -89,19 +78,18 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 	wctx, cancel := c.writeContext(ctx)
 	defer cancel()
 
-	t := c.fence.ticket(key, o.tags) // for its tags: an InvalidateTags during Set ends the L1 copy
+	t := c.fence.Ticket(key, o.tags) // for its tags: an InvalidateTags during Set ends the L1 copy
 	e := &entry[V]{Value: item[V]{v: v, filled: c.clock.Exact()}}
 	b, ttl, err := c.encode(key, e, c.jitter(o.ttl), o)
 	if err != nil {
 		return err // bad input: nothing was written anywhere
 	}
 	// The fence moves after the L2 write: a fill that read L2 before it
-	// holds an older ticket and will not install over v. On a failure,
-	// change installs v before the outbox holds the key.
+	// holds an older ticket. On a failure, change installs v first.
 	install := func() {
-		c.fence.invalidate(key)
-		if len(t.tags) > 0 {
-			e.Value.tags = &t.tags
+		c.fence.Invalidate(key)
+		if len(t.Tags) > 0 {
+			e.Value.tags = &t.Tags
 		}
 		c.l1.Set(key, e, c.l1TTL(ttl))
 	}
@@ -130,10 +118,8 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, opts ...Option) (er
 }
 
 // Delete removes keys from L2 and then from L1, and invalidates them in
-// every other process's L1 before it returns. All keys are checked before
-// anything is removed. L2 failures are handled as in Set: the keys leave
-// this process's L1 whatever happens, and what Redis did not get is kept in
-// the outbox.
+// every other process's L1 before it returns; all keys are checked first.
+// L2 failures are handled as in Set, and the keys leave this L1 anyway.
 func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
 	for _, k := range keys {
 		if err := c.checkKey(k); err != nil {
@@ -151,8 +137,7 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
 
 	var l2err error
 	if c.l2 != nil && len(keys) > 0 {
-		// The DEL also removes a lease, so a load in flight cannot write
-		// its older value back.
+		// The DEL also removes a lease: a load in flight cannot write back.
 		l2keys := c.l2Keys(keys)
 		l2err = c.change(wctx, func(ctx context.Context) error {
 			return c.l2.Must(ctx, func(ctx context.Context) error { return c.l2.DelMany(ctx, l2keys) })
@@ -162,47 +147,39 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (err error) {
 			l2err = fmt.Errorf("tiered: delete %d keys: %w", len(keys), l2err)
 		}
 	}
-	// L1 goes last, and the fence with it: a fill that read the L2 entry
-	// before the DEL cannot install it afterwards.
+	// Last, so that a fill that read L2 before the DEL cannot install.
 	c.invalidateLocal(keys...)
 	return errors.Join(l2err, c.announce(wctx, l2err == nil, keys, nil))
 }
 
-// invalidateLocal removes keys from this process's L1 and fences the fills
-// in flight for them.
+// invalidateLocal removes keys from L1 and fences their fills in flight.
 func (c *Cache[V]) invalidateLocal(keys ...string) {
 	for _, k := range keys {
-		c.fence.invalidate(k)
+		c.fence.Invalidate(k)
 		c.l1.Delete(k)
 	}
 }
 
-// invalidateLocalKeys is invalidateLocal for the bus, which hands over a
-// slice.
+// invalidateLocalKeys is invalidateLocal for the bus.
 func (c *Cache[V]) invalidateLocalKeys(keys []string) { c.invalidateLocal(keys...) }
 
-// invalidateLocalTags ends this process's L1 copies that carry any of tags
-// (see fence) and fences the fills in flight that are to carry them.
+// invalidateLocalTags ends the L1 copies and fills that carry any of tags.
 func (c *Cache[V]) invalidateLocalTags(tags []string) {
 	for _, t := range tags {
-		c.fence.invalidateTag(t)
+		c.fence.InvalidateTag(t)
 	}
 }
 
-// flush empties this process's L1 and fences every fill in flight. The
-// bus calls it when it may have missed invalidations, and logs and counts
-// the reason itself.
+// flush empties L1 and fences every fill, for the bus, which logs why.
 func (c *Cache[V]) flush(string) {
-	c.fence.invalidateAll()
+	c.fence.InvalidateAll()
 	c.l1.Clear()
 	c.counters.flushes.Add(1)
 }
 
-// announce sends keys and tags to the other processes' L1s, if there is a
-// bus, retried within ctx when again is set (the write's L2 change went
-// through, so Redis answers). An error wraps ErrL2Unavailable: the others
-// then notice the missing message at this process's next heartbeat that
-// reaches Redis, and flush.
+// announce publishes keys and tags to the other processes, retried within
+// ctx when again is set (Redis just answered the write). On an error, which
+// wraps ErrL2Unavailable, the others flush at this process's next heartbeat.
 func (c *Cache[V]) announce(ctx context.Context, again bool, keys, tags []string) error {
 	if c.bus == nil || len(keys)+len(tags) == 0 {
 		return nil

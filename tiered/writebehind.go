@@ -15,11 +15,8 @@ import (
 	"github.com/tiercache/tiercache/internal/writebehind"
 )
 
-// Write-behind keeps each write in a Redis stream until the source has it:
-// Set is here, where the cache's write protocol is; the queue and its
-// flushers are package internal/writebehind, whose doc tells how the shards,
-// locks and acknowledgements keep every acknowledged write and apply a
-// key's writes in order.
+// Set is here, with the cache's write protocol; the queue and why it loses
+// no acknowledged write are in internal/writebehind.
 
 type (
 	// WriteBehindConfig configures a WriteBehind.
@@ -33,10 +30,10 @@ type (
 )
 
 // ErrNotQueued reports a WriteBehind.Set that Redis did not acknowledge:
-// the write is not queued for the source, and the cache is unchanged.
+// the write is not queued, and the cache is unchanged.
 var ErrNotQueued = errors.New("tiered: write-behind write not queued")
 
-// Errors of the write-behind queue.
+// Errors of the write-behind queue (see package internal/writebehind).
 var (
 	ErrNotReplicated = writebehind.ErrNotReplicated
 	ErrShardsChanged = writebehind.ErrShardsChanged
@@ -51,16 +48,14 @@ type WriteBehind[V any] struct {
 	q *writebehind.Queue[V]
 }
 
-// NewWriteBehind returns the write-behind strategy over c, which must have
-// Config.Redis: the writes wait in Redis streams of c's namespace. Unless
-// cfg.NoFlusher, it starts flushers at once; Close stops them.
+// NewWriteBehind returns the write-behind strategy over c, whose writes wait
+// in Redis streams of c's namespace; it fails unless c is open and has
+// Config.Redis. Unless cfg.NoFlusher, it starts flushers; Close stops them.
 //
-// A write is durable once Set returns as far as Redis is: with appendonly
-// yes and appendfsync always, a Redis crash loses no acknowledged write;
-// with appendfsync everysec (the default), the last second's. The pending
-// value has no TTL, so that a volatile-* maxmemory-policy (or noeviction)
-// never evicts it; an allkeys-* policy may, and a reader then loads the
-// source's older value until the flush. See docs/architecture.md.
+// An acknowledged write is as durable as Redis makes it (appendonly with
+// appendfsync always: a crash loses none; everysec: the last second's).
+// The pending value has no TTL, so only an allkeys-* maxmemory-policy can
+// evict it (docs/architecture.md).
 func NewWriteBehind[V any](c *Cache[V], cfg WriteBehindConfig[V]) (*WriteBehind[V], error) {
 	return newWriteBehind(c, cfg, nil)
 }
@@ -106,22 +101,17 @@ func (c *Cache[V]) evictEverywhere(ctx context.Context, key string) {
 }
 
 // Set acknowledges a write of v under key once Redis holds it in the
-// write-behind stream; a flusher writes it to the source later. The cache
-// holds v from then on: in L2, with no expiry until it is flushed, and in
-// this process's L1, and every other process's L1 copy is invalidated.
-// WithTTL and WithStale apply from the flush on; WithTags is refused (a
-// tag purge would drop the pending value, and readers would load the
-// source's older one).
+// write-behind stream, for a flusher to write to the source. L2 then holds
+// v, unexpiring until the flush, and so does this process's L1; the other
+// processes' copies are invalidated. WithTTL and WithStale apply from the
+// flush on; WithTags is refused (a tag purge would drop the pending value).
 //
-// Its Redis steps run to the end even if ctx is done, retried for up to
-// Config.WriteTimeout. A nil error means all of the above happened. An
-// error for which errors.Is(err, ErrNotQueued) holds means the write was
-// not acknowledged and the cache is unchanged (as with any database call,
-// a timeout may hide an append that Redis did make, which is then
-// flushed). Any other error means the write is acknowledged and will reach
-// the source, but L2 or the other processes' L1s could not be updated:
-// they may serve the older value until Redis answers again, when this
-// process's outbox puts v into L2. Both wrap ErrL2Unavailable.
+// Its Redis steps finish even if ctx is done, retried for up to
+// Config.WriteTimeout. errors.Is(err, ErrNotQueued) means the write was not
+// acknowledged and the cache is unchanged (a timeout may still hide an
+// append, which is then flushed). Any other error means the write will
+// reach the source, but other processes may serve the older value until
+// this process's outbox puts v into L2. Both wrap ErrL2Unavailable.
 func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Option) (err error) {
 	c := w.c
 	if err := c.checkKey(key); err != nil {
@@ -149,9 +139,7 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	wctx, cancel := c.writeContext(ctx)
 	defer cancel()
 	var sid string
-	// Retried like a write's other steps: a retry after a lost reply (or
-	// too few replicas) appends the same value twice, which the flush
-	// applies once.
+	// A retried append (lost reply, too few replicas) is flushed once.
 	err = c.retry(wctx, func(ctx context.Context) (err error) {
 		sid, err = w.q.Append(ctx, key, payload, ttl, keep)
 		return err
@@ -165,15 +153,14 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	id, err := l2.ParseEntryID(sid)
 	if err != nil {
 		c.l1.Delete(key)
-		return nil // acknowledged; Redis made the ID, so this cannot be, but the flush settles L2 anyway
+		return nil // cannot be (Redis made the ID); the write is acknowledged, and the flush settles L2
 	}
 	b := l2.AppendWriteEnvelope(make([]byte, 0, l2.HeaderSize+l2.WriteIDExt+len(payload)), c.cfg.Codec.ID(), id, time.Time{}, time.Time{}, payload)
 	wrote := true
 	l2key := c.l2Key(key)
-	// On a failure too, v goes into L1: it is the newest write this
-	// process knows of, and the outbox puts it into L2 once Redis answers.
+	// Also on a failure: v is the newest write here; the outbox puts it in L2.
 	install := func() {
-		c.fence.invalidate(key)
+		c.fence.Invalidate(key)
 		c.l1.Set(key, &entry[V]{Value: item[V]{v: v, filled: c.clock.Exact()}, Cost: l1.EntryCost(key, len(b))}, c.l1TTL(0))
 	}
 	l2err := c.change(wctx, func(ctx context.Context) error {
@@ -186,9 +173,8 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 	switch {
 	case l2err != nil: // kept
 	case !wrote:
-		// L2 holds a newer write (a concurrent Set), or this one already
-		// (a retry after a lost reply): this process must read it there.
-		c.fence.invalidate(key)
+		// L2 holds a newer write, or this one (a retried append): read it there.
+		c.fence.Invalidate(key)
 		c.l1.Delete(key)
 	default:
 		install()
@@ -203,11 +189,9 @@ func (w *WriteBehind[V]) Set(ctx context.Context, key string, v V, opts ...Optio
 }
 
 // Close stops accepting writes and lets this process's flushers empty
-// their shards until ctx ends; what is left stays in the streams for
-// another process (or the next start) to flush. It returns an error if
-// writes this process was handed are left unflushed (ctx ended, or Redis
-// or the source failed): they are flushed by the next owner of their
-// shard, within LockTTL. Close the WriteBehind before its Cache.
+// their shards until ctx ends; it returns an error if writes they were
+// handed are left, which the next owner of the shard flushes within
+// LockTTL. Close the WriteBehind before its Cache.
 func (w *WriteBehind[V]) Close(ctx context.Context) error { return w.q.Close(ctx) }
 
 // Stats returns a snapshot of w's counters.

@@ -45,38 +45,14 @@ func msgsOf[V any](items []*wbItem[V]) []*wbMsg {
 // means a Redis failure past a Flush, or a lost lock: the caller must
 // give the shard up.
 func (w *Queue[V]) flushHeld(ctx context.Context, shard int, held []*wbMsg) ([]*wbMsg, error) {
-	var items []*wbItem[V]
-	byKey := make(map[string]*wbItem[V], len(held))
-	for _, m := range held {
-		if m.bad != nil {
-			if err := w.deadLetter(ctx, shard, &wbItem[V]{msgs: []*wbMsg{m}, failed: m.bad}); err != nil {
-				return held, err
-			}
-			continue
-		}
-		it := byKey[m.key]
-		if it == nil {
-			it = &wbItem[V]{}
-			byKey[m.key] = it
-			items = append(items, it)
-		}
-		it.msgs = append(it.msgs, m)
-	}
-	var batch []*wbItem[V]
-	for _, it := range items {
-		if err := w.host.Unmarshal([]byte(it.latest().payload), &it.value); err != nil {
-			it.failed = fmt.Errorf("decode: %w", err)
-			if err := w.deadLetter(ctx, shard, it); err != nil {
-				return held, err
-			}
-			continue
-		}
-		batch = append(batch, it)
+	batch, err := w.decodeHeld(ctx, shard, held)
+	if err != nil {
+		return held, err
 	}
 	if len(batch) == 0 {
 		return nil, nil
 	}
-	err := w.write(ctx, shard, batch)
+	err = w.write(ctx, shard, batch)
 	switch {
 	case err == nil:
 		unsettled, err := w.done(ctx, shard, batch)
@@ -89,25 +65,77 @@ func (w *Queue[V]) flushHeld(ctx context.Context, shard int, held []*wbMsg) ([]*
 	case len(batch) == 1:
 		batch[0].failed = err
 	default:
-		// Key by key, so that one poison write does not hold back the rest.
-		for _, it := range batch {
-			if ctx.Err() != nil {
-				it.failed = ctx.Err()
-				continue
-			}
-			err := w.write(ctx, shard, []*wbItem[V]{it})
-			if errors.Is(err, errLockLost) {
-				return held, err
-			}
-			if it.failed = err; err == nil {
-				unsettled, err := w.done(ctx, shard, []*wbItem[V]{it})
-				if err != nil {
-					return held, err
-				}
-				it.unsettled = len(unsettled) > 0
-			}
+		if err := w.writeEach(ctx, shard, batch); err != nil {
+			return held, err
 		}
 	}
+	left, err := w.settle(ctx, shard, batch)
+	if err != nil {
+		return held, err
+	}
+	return left, nil
+}
+
+// decodeHeld groups the held messages by key and decodes each key's latest
+// value; what cannot be decoded goes to the dead letters at once.
+func (w *Queue[V]) decodeHeld(ctx context.Context, shard int, held []*wbMsg) ([]*wbItem[V], error) {
+	var items []*wbItem[V]
+	byKey := make(map[string]*wbItem[V], len(held))
+	for _, m := range held {
+		if m.bad != nil {
+			if err := w.deadLetter(ctx, shard, &wbItem[V]{msgs: []*wbMsg{m}, failed: m.bad}); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		it := byKey[m.key]
+		if it == nil {
+			it = &wbItem[V]{}
+			byKey[m.key] = it
+			items = append(items, it)
+		}
+		it.msgs = append(it.msgs, m)
+	}
+	batch := items[:0]
+	for _, it := range items {
+		if err := w.host.Unmarshal([]byte(it.latest().payload), &it.value); err != nil {
+			it.failed = fmt.Errorf("decode: %w", err)
+			if err := w.deadLetter(ctx, shard, it); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		batch = append(batch, it)
+	}
+	return batch, nil
+}
+
+// writeEach writes a failed batch again key by key, so that one poison
+// write does not hold back the rest.
+func (w *Queue[V]) writeEach(ctx context.Context, shard int, batch []*wbItem[V]) error {
+	for _, it := range batch {
+		if ctx.Err() != nil {
+			it.failed = ctx.Err()
+			continue
+		}
+		err := w.write(ctx, shard, []*wbItem[V]{it})
+		if errors.Is(err, errLockLost) {
+			return err
+		}
+		if it.failed = err; err == nil {
+			unsettled, err := w.done(ctx, shard, []*wbItem[V]{it})
+			if err != nil {
+				return err
+			}
+			it.unsettled = len(unsettled) > 0
+		}
+	}
+	return nil
+}
+
+// settle counts the batch's failures and returns what is left to flush,
+// dead-lettering the writes out of attempts.
+func (w *Queue[V]) settle(ctx context.Context, shard int, batch []*wbItem[V]) ([]*wbMsg, error) {
 	var left []*wbMsg
 	for _, it := range batch {
 		if it.unsettled {
@@ -128,7 +156,7 @@ func (w *Queue[V]) flushHeld(ctx context.Context, shard int, held []*wbMsg) ([]*
 		m.lastFail = it.call
 		if m.attempts >= w.cfg.MaxAttempts && ctx.Err() == nil {
 			if err := w.deadLetter(ctx, shard, it); err != nil {
-				return held, err
+				return nil, err
 			}
 			continue
 		}
