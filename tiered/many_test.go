@@ -247,7 +247,8 @@ func TestGetOrLoadManyStale(t *testing.T) {
 		for _, mode := range []string{"l1-only", "redis"} {
 			t.Run(mode, func(t *testing.T) {
 				ctx := context.Background()
-				cfg := tiered.Config{TTL: 200 * time.Millisecond, MaxStale: 5 * time.Second, Jitter: -1, EarlyRefresh: -1}
+				clk := newFakeClock()
+				cfg := tiered.Config{TTL: 200 * time.Millisecond, MaxStale: 5 * time.Second, Jitter: -1, EarlyRefresh: -1, Clock: clk}
 				if mode == "redis" {
 					cfg.Redis, cfg.Namespace = r.Client(t), redistest.Namespace(t)
 				}
@@ -268,7 +269,7 @@ func TestGetOrLoadManyStale(t *testing.T) {
 					t.Fatalf("first batch: %d values, %v", len(got), err)
 				}
 				fail.Store(true)
-				time.Sleep(300 * time.Millisecond)
+				clk.Advance(300 * time.Millisecond) // past the TTL, within MaxStale
 				got, err := c.GetOrLoadMany(ctx, keys, load)
 				if err != nil || len(got) != 10 {
 					t.Errorf("past the TTL with the loader failing: %d values, %v; want the 10 stale ones", len(got), err)
