@@ -165,7 +165,7 @@ func DecodeEnvelope(b []byte, wantCodec uint8, maxPayload int) (Envelope, error)
 	return e, nil
 }
 
-// remaining returns how long the entry has left at now; ok is false when it
+// Remaining returns how long the entry has left at now; ok is false when it
 // has expired. An entry without expiry has forever, reported as 0.
 func (e Envelope) Remaining(now time.Time) (d time.Duration, ok bool) {
 	if e.Expiry == 0 {

@@ -112,7 +112,7 @@ func (l *Tier) failingFor() time.Duration {
 	return 0
 }
 
-// call runs a read (or a fill) under the breaker and the timeout. A
+// Call runs a read (or a fill) under the breaker and the timeout. A
 // failure caused by the caller's own context (cancelled, or its deadline
 // passed) says nothing about Redis, so it is not counted against the
 // breaker; nor is a key of the wrong type.
@@ -140,7 +140,7 @@ func (l *Tier) Call(ctx context.Context, op func(ctx context.Context) error) err
 	return err
 }
 
-// must runs one attempt at a write's L2 change under the timeout, but not
+// Must runs one attempt at a write's L2 change under the timeout, but not
 // the breaker: a write is retried, and then reports what it could not do,
 // rather than skipped the way a read is.
 func (l *Tier) Must(ctx context.Context, op func(ctx context.Context) error) error {
@@ -181,17 +181,17 @@ func (l *Tier) Get(ctx context.Context, key string) ([]byte, error) {
 	return b, err
 }
 
-// set stores a fill (under the breaker: see call).
+// Set stores a fill (under the breaker: see call).
 func (l *Tier) Set(ctx context.Context, key string, b []byte, ttl time.Duration) error {
 	return l.Call(ctx, func(ctx context.Context) error { return l.Put(ctx, key, b, ttl) })
 }
 
-// put is one SET, for call or must.
+// Put is one SET, for call or must.
 func (l *Tier) Put(ctx context.Context, key string, b []byte, ttl time.Duration) error {
 	return l.store.Set(ctx, key, b, store.WithExpiration(ttl))
 }
 
-// delMany deletes keys: one DEL per key, pipelined, since a multi-key DEL
+// DelMany deletes keys: one DEL per key, pipelined, since a multi-key DEL
 // fails on Redis Cluster when the keys hash to different slots.
 func (l *Tier) DelMany(ctx context.Context, keys []string) error {
 	if l.rdb == nil {

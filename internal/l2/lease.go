@@ -30,7 +30,7 @@ var ErrBadLease = errors.New("lease without an end in reach: garbage")
 // ErrLeaseLost reports a fill refused because its lease was gone.
 var ErrLeaseLost = errors.New("tiered: lease lost to a write, delete or expiry")
 
-// acquireLease puts a lease on key and returns its bytes. When it cannot
+// AcquireLease puts a lease on key and returns its bytes. When it cannot
 // (held false), cur is what the key holds instead: a value written since,
 // or another process's lease. junk is the bytes a reader judged junk (nil
 // if none), which the lease may replace.
@@ -61,7 +61,7 @@ func NewLease(now time.Time, ttl time.Duration) []byte {
 	return AppendEnvelope(nil, 0, FlagLease, now.Add(ttl), token[:])
 }
 
-// fillLeased writes b under key for ttl if key still holds lease.
+// FillLeased writes b under key for ttl if key still holds lease.
 func (l *Tier) FillLeased(ctx context.Context, key string, lease, b []byte, ttl time.Duration) error {
 	return l.Call(ctx, func(ctx context.Context) error {
 		err := casFill.Run(ctx, l.rdb, []string{key}, lease, b, max(ttl.Milliseconds(), 1)).Err()
@@ -72,7 +72,7 @@ func (l *Tier) FillLeased(ctx context.Context, key string, lease, b []byte, ttl 
 	})
 }
 
-// releaseLease gives up a lease that will not be filled (the load failed,
+// ReleaseLease gives up a lease that will not be filled (the load failed,
 // or its value is not to be cached), so that the next process to miss can
 // take one instead of waiting out LeaseTTL.
 func (l *Tier) ReleaseLease(ctx context.Context, key string, lease []byte) error {

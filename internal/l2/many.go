@@ -15,7 +15,7 @@ import (
 // go-redis client: gocache's store interface has neither pipelines nor
 // scripts.
 
-// getMany returns the bytes under each key, nil where there are none.
+// GetMany returns the bytes under each key, nil where there are none.
 func (l *Tier) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
 	out := make([][]byte, len(keys))
 	err := l.Call(ctx, func(ctx context.Context) error {
@@ -44,7 +44,7 @@ func (l *Tier) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
 	return out, err
 }
 
-// leaseMany is acquireLease for many keys: for each, held reports a lease
+// LeaseMany is acquireLease for many keys: for each, held reports a lease
 // taken (its bytes in leases), else cur holds what the key holds. junk[i],
 // if not nil, is what keys[i] held that its reader judged junk.
 func (l *Tier) LeaseMany(ctx context.Context, keys []string, junk [][]byte, ttl time.Duration) (leases [][]byte, held []bool, cur [][]byte, err error) {
@@ -72,7 +72,7 @@ func (l *Tier) LeaseMany(ctx context.Context, keys []string, junk [][]byte, ttl 
 	return leases, held, cur, err
 }
 
-// fillMany is fillLeased for many keys; lost[i] reports a lease gone.
+// FillMany is fillLeased for many keys; lost[i] reports a lease gone.
 func (l *Tier) FillMany(ctx context.Context, keys []string, leases, values [][]byte, ttls []time.Duration) (lost []bool, err error) {
 	if len(keys) == 1 {
 		err := l.FillLeased(ctx, keys[0], leases[0], values[0], ttls[0])
@@ -91,7 +91,7 @@ func (l *Tier) FillMany(ctx context.Context, keys []string, leases, values [][]b
 	return lost, err
 }
 
-// releaseMany is releaseLease for many keys.
+// ReleaseMany is releaseLease for many keys.
 func (l *Tier) ReleaseMany(ctx context.Context, keys []string, leases [][]byte) error {
 	if len(keys) == 1 {
 		return l.ReleaseLease(ctx, keys[0], leases[0])
