@@ -440,7 +440,7 @@ func TestWriteBehindShardsSpreadOverMasters(t *testing.T) {
 	ctx := context.Background()
 	cl := redistest.SharedCluster(t)
 	rdb := cl.Target().Client(t)
-	for _, key := range []string{"123456789", "k", "tiercache#wb:3.17"} {
+	for _, key := range []string{"123456789", "k", "tiercache#wb:3.17", "{user1000}.following", "a{}b", "x{y}z{w}", "{", "}{a}"} {
 		want, err := rdb.ClusterKeySlot(ctx, key).Result()
 		if err != nil {
 			t.Fatal(err)

@@ -123,6 +123,41 @@ func TestGetOrLoadManyHalfInL2(t *testing.T) {
 	})
 }
 
+// TestGetManyIsOneMGET: a read-only batch is one MGET on one Redis (one per
+// hash slot on a cluster, hash tags included), and a key holding another
+// type (garbage) reads as absent rather than failing the batch.
+func TestGetManyIsOneMGET(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, r redistest.Target) {
+		ctx := context.Background()
+		ns := redistest.Namespace(t)
+		client := r.Client(t)
+		c := newCache(t, tiered.Config{Redis: client, Namespace: ns, L1MaxBytes: 1, DisableInvalidation: true})
+		keys := []string{"plain", "{tag}a", "{tag}b", "x{}y", "garbage"}
+		for i, k := range keys[:4] {
+			if err := c.Set(ctx, k, product{ID: i}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := client.RPush(ctx, ns+":garbage", "x").Err(); err != nil {
+			t.Fatal(err)
+		}
+		hook := &roundTrips{}
+		client.AddHook(hook)
+		got, err := c.GetMany(ctx, append(keys, "absent"))
+		if err != nil || len(got) != 4 {
+			t.Fatalf("GetMany = %d values, %v; want the 4 set", len(got), err)
+		}
+		for i, k := range keys[:4] {
+			if got[k].ID != i {
+				t.Errorf("%s = %+v, want ID %d", k, got[k], i)
+			}
+		}
+		if !r.Cluster() && (hook.cmds.Load() != 1 || hook.pipelines.Load() != 0) {
+			t.Errorf("%d commands and %d pipelines, want one MGET", hook.cmds.Load(), hook.pipelines.Load())
+		}
+	})
+}
+
 // TestGetOrLoadManyCoalesces: two overlapping batches and two single
 // GetOrLoads running at once load each key exactly once.
 func TestGetOrLoadManyCoalesces(t *testing.T) {

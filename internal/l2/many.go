@@ -15,33 +15,72 @@ import (
 // go-redis client: gocache's store interface has neither pipelines nor
 // scripts.
 
-// GetMany returns the bytes under each key, nil where there are none.
+// GetMany returns the bytes under each key, nil where there are none or
+// where a key holds another type (garbage, which a lease replaces). It is
+// one MGET; on Redis Cluster, one MGET per hash slot, pipelined (go-redis
+// sends each node its share), since an MGET must not cross slots.
 func (l *Tier) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
 	out := make([][]byte, len(keys))
 	err := l.Call(ctx, func(ctx context.Context) error {
+		if _, cluster := l.rdb.(*redis.ClusterClient); !cluster {
+			vals, err := l.rdb.MGet(ctx, keys...).Result()
+			if err != nil {
+				return err
+			}
+			fillValues(out, nil, vals)
+			return nil
+		}
+		slots := bySlot(keys)
 		cmds, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, k := range keys {
-				p.Get(ctx, k)
+			for _, idx := range slots {
+				ks := make([]string, len(idx))
+				for j, i := range idx {
+					ks[j] = keys[i]
+				}
+				p.MGet(ctx, ks...)
 			}
 			return nil
 		})
-		for i, cmd := range cmds {
-			b, cerr := cmd.(*redis.StringCmd).Bytes()
-			switch {
-			case cerr == nil:
-				out[i] = b
-			case errors.Is(cerr, redis.Nil), IsWrongType(cerr):
-				// Absent, or garbage of another type, which a lease replaces.
-			default:
-				return cerr
-			}
-		}
-		if err != nil && len(cmds) == 0 {
+		if err != nil {
 			return err
+		}
+		for n, cmd := range cmds {
+			fillValues(out, slots[n], cmd.(*redis.SliceCmd).Val())
 		}
 		return nil
 	})
 	return out, err
+}
+
+// fillValues puts an MGET's string replies into out, at idx[j] for reply j
+// (at j if idx is nil); nil replies (absent, or another type) stay nil.
+func fillValues(out [][]byte, idx []int, vals []any) {
+	for j, v := range vals {
+		if s, ok := v.(string); ok {
+			i := j
+			if idx != nil {
+				i = idx[j]
+			}
+			out[i] = []byte(s)
+		}
+	}
+}
+
+// bySlot groups the indexes of keys by their hash slot, in first-seen order.
+func bySlot(keys []string) [][]int {
+	var groups [][]int
+	at := make(map[int]int, len(keys))
+	for i, k := range keys {
+		s := KeySlot(k)
+		g, ok := at[s]
+		if !ok {
+			g = len(groups)
+			at[s] = g
+			groups = append(groups, nil)
+		}
+		groups[g] = append(groups[g], i)
+	}
+	return groups
 }
 
 // LeaseMany is acquireLease for many keys: for each, held reports a lease

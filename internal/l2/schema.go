@@ -1,6 +1,9 @@
 package l2
 
-import "strconv"
+import (
+	"strconv"
+	"strings"
+)
 
 // Every key the protocol writes in a namespace ns, with its value and TTL.
 // "#" cannot occur in a namespace, so no key of one namespace is a key of
@@ -72,9 +75,15 @@ func StreamKeys(ns string, shards int, cluster bool) []string {
 
 const clusterSlots = 16384
 
-// KeySlot is Redis Cluster's hash slot of a key without a hash tag:
-// CRC16 (XMODEM) mod 16384.
+// KeySlot is Redis Cluster's hash slot of a key: CRC16 (XMODEM) mod
+// 16384 of the key, or of its hash tag (what lies between the first '{'
+// and the next '}', if that is not empty).
 func KeySlot(key string) int {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
 	var crc uint16
 	for i := 0; i < len(key); i++ {
 		crc ^= uint16(key[i]) << 8
