@@ -90,6 +90,18 @@ func respond(kv ...string) func(c echo.Context) error {
 	}
 }
 
+// respondRaw is respond with the fields put in the header map as given,
+// not canonicalized.
+func respondRaw(kv ...string) func(c echo.Context) error {
+	return func(c echo.Context) error {
+		h := c.Response().Header()
+		for i := 0; i+1 < len(kv); i += 2 {
+			h[kv[i]] = append(h[kv[i]], kv[i+1])
+		}
+		return c.String(http.StatusOK, "body "+c.Request().URL.Path)
+	}
+}
+
 func TestFreshResponseServedFromCache(t *testing.T) {
 	s := newServer(t, echocache.Config{}, respond("Cache-Control", "max-age=60", "ETag", `"v1"`))
 	first := s.do(t, "GET", "/p/1", nil)
@@ -146,6 +158,13 @@ func TestNotCached(t *testing.T) {
 		}},
 		{name: "POST", method: "POST", handler: respond("Cache-Control", fresh)},
 		{name: "body over the cap", cfg: echocache.Config{MaxBodyBytes: 4}, handler: respond("Cache-Control", fresh)},
+		// Fields set in the header map directly, as net/http sends them: the
+		// policy must see them whatever their case.
+		{name: "set-cookie in the map", handler: respondRaw("Cache-Control", fresh, "set-cookie", "session=1")},
+		{name: "SET-COOKIE in the map", handler: respondRaw("Cache-Control", fresh, "SET-COOKIE", "session=1")},
+		{name: "cache-control private in the map", handler: respondRaw("cache-control", "private, max-age=60")},
+		{name: "cache-control no-store in the map", handler: respondRaw("Cache-Control", fresh, "cache-control", "no-store")},
+		{name: "vary * in the map", handler: respondRaw("Cache-Control", fresh, "vary", "*")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -28,6 +28,7 @@ func (w *captureWriter) WriteHeader(status int) {
 	w.wrote = true
 	w.status = status
 	h := w.ResponseWriter.Header()
+	canonicalize(h)
 	w.tags = takeSurrogateKeys(h)
 	w.ResponseWriter.WriteHeader(status)
 }
@@ -80,6 +81,21 @@ func (w *bufferWriter) Header() http.Header { return w.header }
 func (w *bufferWriter) WriteHeader(status int) {
 	if !w.wrote {
 		w.wrote, w.Code = true, status
+		canonicalize(w.header)
+	}
+}
+
+// canonicalize rewrites h's field names in canonical form, merging the
+// values of names that differ only in case. net/http sends a name put in
+// the map directly as it is, and the policy looks fields up by their
+// canonical names: without this, a handler's h["set-cookie"] would be
+// stored and replayed to other clients.
+func canonicalize(h http.Header) {
+	for k, v := range h {
+		if ck := http.CanonicalHeaderKey(k); ck != k {
+			delete(h, k)
+			h[ck] = append(h[ck], v...)
+		}
 	}
 }
 
