@@ -587,11 +587,13 @@ func (a *App) purge(c echo.Context) error {
 	if a.cfg.PurgeToken == "" {
 		return echo.NewHTTPError(http.StatusForbidden, "purging is off (no PURGE_TOKEN)")
 	}
-	// Hashes of equal length, so that the comparison's time says nothing
-	// about the token, not even its length.
-	got := sha256.Sum256([]byte(c.Request().Header.Get("Authorization")))
-	want := sha256.Sum256([]byte("Bearer " + a.cfg.PurgeToken))
-	if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+	// The scheme is case-insensitive (RFC 9110 §11.1). Hashes of equal
+	// length, so that the comparison's time says nothing about the token,
+	// not even its length.
+	scheme, token, _ := strings.Cut(c.Request().Header.Get("Authorization"), " ")
+	got := sha256.Sum256([]byte(strings.TrimLeft(token, " ")))
+	want := sha256.Sum256([]byte(a.cfg.PurgeToken))
+	if !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
 		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="purge"`)
 		return echo.NewHTTPError(http.StatusUnauthorized, "purge needs the bearer token")
 	}

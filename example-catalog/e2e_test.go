@@ -334,6 +334,12 @@ func TestCatalogHTTPContract(t *testing.T) {
 		if res, _ := a.do(t, http.MethodPost, "/admin/purge?all=1", nil, "Authorization", "Bearer wrong"); res.StatusCode != http.StatusUnauthorized {
 			t.Errorf("purge with a wrong token: %d", res.StatusCode)
 		}
+		if res, _ := a.do(t, http.MethodPost, "/admin/purge?all=1", nil, "Authorization", "Basic s3cret"); res.StatusCode != http.StatusUnauthorized {
+			t.Errorf("purge with the token under another scheme: %d", res.StatusCode)
+		}
+		if res, _ := a.do(t, http.MethodPost, "/admin/purge?product=11", nil, "Authorization", "bearer s3cret"); res.StatusCode != http.StatusNoContent {
+			t.Errorf("purge with the scheme in lower case (schemes are case-insensitive): %d", res.StatusCode)
+		}
 		a.product(t, 11)
 		if _, res := a.product(t, 11); res.Header.Get("X-Cache") != "HIT" {
 			t.Fatalf("not cached")

@@ -44,6 +44,7 @@ import (
 type loadConfig struct {
 	Targets     []string      // base URLs of the replicas, e.g. http://127.0.0.1:8080
 	Duration    time.Duration // how long to send requests
+	Requests    int           // stop after this many, if sooner than Duration; 0: no limit
 	Concurrency int           // workers, each with one request in flight
 	Products    int           // product ids are 1..Products
 	Zipf        float64       // exponent s of the id distribution; 0 is uniform
@@ -60,6 +61,8 @@ func (c loadConfig) validate() error {
 		return errors.New("no targets")
 	case c.Duration <= 0:
 		return errors.New("duration must be positive")
+	case c.Requests < 0:
+		return errors.New("requests must not be negative")
 	case c.Concurrency < 1:
 		return errors.New("concurrency must be at least 1")
 	case c.Products < 1:
@@ -111,7 +114,10 @@ type loadReport struct {
 	P90        time.Duration `json:"p90_ns"`
 	P99        time.Duration `json:"p99_ns"`
 	Max        time.Duration `json:"max_ns"`
-	Status     statusCounts  `json:"status"`
+	// ReadP99 is the p99 of reads alone: during a Redis outage a write
+	// waits up to the cache's WriteTimeout before it answers pending.
+	ReadP99 time.Duration `json:"read_p99_ns"`
+	Status  statusCounts  `json:"status"`
 
 	HitHTTP         float64 `json:"hit_http"` // the HTTP response cache
 	HitL1           float64 `json:"hit_l1"`   // the product cache's L1
@@ -161,6 +167,7 @@ func parseLoadgenFlags(args []string) (loadgenFlags, error) {
 	fs := flag.NewFlagSet("example-catalog loadgen", flag.ContinueOnError)
 	targets := fs.String("targets", "http://127.0.0.1:8080", "comma-separated base URLs of the replicas; requests go round-robin")
 	duration := fs.Duration("duration", 30*time.Second, "how long to send requests")
+	requests := fs.Int("requests", 0, "stop after this many requests, if sooner than -duration; 0: no limit")
 	concurrency := fs.Int("concurrency", 32, "workers, each with one request in flight")
 	products := fs.Int("products", 10_000, "product ids to request: 1..N")
 	zipfS := fs.Float64("zipf", 1.0, "Zipf exponent s of the product ids (0: uniform)")
@@ -178,7 +185,7 @@ func parseLoadgenFlags(args []string) (loadgenFlags, error) {
 	}
 	f := loadgenFlags{
 		load: loadConfig{
-			Targets: splitList(*targets), Duration: *duration, Concurrency: *concurrency, Products: *products,
+			Targets: splitList(*targets), Duration: *duration, Requests: *requests, Concurrency: *concurrency, Products: *products,
 			Zipf: *zipfS, WriteRatio: *writeRatio, ListRatio: *listRatio, Seed: *seed,
 			Progress: *progress, ProgressTo: os.Stderr,
 		},
@@ -279,8 +286,10 @@ type loader struct {
 	client   *http.Client
 	ids      zipf
 	lat      latencyHist
+	readLat  latencyHist
 	status   [numClasses]atomic.Int64
 	requests atomic.Int64
+	issued   atomic.Int64 // requests begun, for cfg.Requests
 	reads    atomic.Int64
 	writes   atomic.Int64
 	// dbWrites counts the writes that reached the database, so that their
@@ -288,8 +297,8 @@ type loader struct {
 	dbWrites atomic.Int64
 }
 
-// runLoad sends requests to cfg.Targets for cfg.Duration, or until ctx
-// ends, and reports what it measured, including the per-tier hit ratios
+// runLoad sends requests to cfg.Targets for cfg.Duration (or cfg.Requests
+// of them, if that comes first), or until ctx ends, and reports what it measured, including the per-tier hit ratios
 // from the replicas' /debug/cache.json.
 func runLoad(ctx context.Context, cfg loadConfig) (loadReport, error) {
 	if err := cfg.validate(); err != nil {
@@ -332,6 +341,9 @@ func (l *loader) work(ctx context.Context, worker int) {
 	rng := rand.New(rand.NewPCG(l.cfg.Seed, uint64(worker)))
 	next := worker // spreads the workers over the targets from the first request
 	for ctx.Err() == nil {
+		if l.cfg.Requests > 0 && l.issued.Add(1) > int64(l.cfg.Requests) {
+			return
+		}
 		target := l.cfg.Targets[next%len(l.cfg.Targets)]
 		next++
 		req, write := l.newRequest(ctx, rng, target)
@@ -344,6 +356,7 @@ func (l *loader) work(ctx context.Context, worker int) {
 		l.requests.Add(1)
 		l.status[classify(code, pending, err)].Add(1)
 		if !write {
+			l.readLat.record(time.Since(start))
 			l.reads.Add(1)
 			continue
 		}
@@ -501,6 +514,7 @@ func (l *loader) report(elapsed time.Duration, before, after []*DebugStats, stat
 	r := loadReport{
 		Requests: l.requests.Load(), Reads: l.reads.Load(), Writes: l.writes.Load(), Elapsed: elapsed,
 		P50: l.lat.quantile(0.50), P90: l.lat.quantile(0.90), P99: l.lat.quantile(0.99), Max: l.lat.max(),
+		ReadP99: l.readLat.quantile(0.99),
 		Status: statusCounts{
 			OK: l.status[class2xx].Load(), NotModified: l.status[class304].Load(), NotFound: l.status[class404].Load(),
 			TooMany: l.status[class429].Load(), Pending: l.status[classPending].Load(), Other: l.status[classOther].Load(),
