@@ -15,7 +15,7 @@ import (
 // refresh goes through fill, a single key as a batch of one:
 //
 //  1. take a fence ticket per key, before anything is read;
-//  2. read L2, one pipelined round trip, and serve what may be served;
+//  2. read L2, one round trip (an MGET), and serve what may be served;
 //  3. lease what must be loaded: an L2 lease (SET NX in the key's place)
 //     for a key L2 lacks, a refresh lease (beside the key) for a value L2
 //     holds but is to be replaced; wait for keys another process loads;
@@ -229,7 +229,7 @@ func (c *Cache[V]) found(ctx context.Context, f *filling[V], b []byte, e *entry[
 	f.res, f.done = flightResult[V]{e: e, tier: t}, true
 }
 
-// getL2 returns the bytes under the keys fs[idx] (nil for none): pipelined
+// getL2 returns the bytes under the keys fs[idx] (nil for none): one MGET
 // with Redis for several keys, else a GET per key (cheaper for one).
 func (c *Cache[V]) getL2(ctx context.Context, fs []filling[V], idx []int) ([][]byte, error) {
 	if c.l2.Redis() != nil && len(idx) > 1 {

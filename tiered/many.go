@@ -17,7 +17,7 @@ import (
 type LoadManyFunc[V any] func(ctx context.Context, missing []string) (map[string]V, error)
 
 // GetMany returns the values cached for keys: from L1, then from L2 for the
-// others, in one pipelined round trip. Keys in neither tier, or cached as
+// others, in one MGET (one per hash slot on Redis Cluster). Keys in neither tier, or cached as
 // absent, are not in the map. L2 failures are handled as in Get.
 func (c *Cache[V]) GetMany(ctx context.Context, keys []string) (map[string]V, error) {
 	return c.getMany(ctx, "tiered.GetMany", keys, nil, nil)
