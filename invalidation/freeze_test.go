@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/tiercache/tiercache/internal/faultproxy"
 	"github.com/tiercache/tiercache/internal/redistest"
 )
 
@@ -22,14 +23,17 @@ import (
 const freezeEnv = "TIERCACHE_FREEZE_PEER"
 
 // TestFreshAfterAFreeze freezes a process (SIGSTOP) for three bounds and
-// resumes it: the first thing it asks, before any other goroutine of its
-// has run, is Fresh, which must say false. A flag that only the watchdog
-// clears still says true then, and an L1 copy older than the bound would
-// be served; on a busy machine the same happens to a process that the
-// kernel leaves unscheduled past the bound.
+// resumes it: the first thing it asks, usually before any other goroutine
+// of its has run, is Fresh, which must say false. A flag that only the
+// watchdog clears still says true then, and an L1 copy older than the bound
+// would be served; on a busy machine the same happens to a process that
+// the kernel leaves unscheduled past the bound. The peer's Redis is
+// stalled (through a proxy) for the freeze, so that no heartbeat of its
+// can come back between the resumption and that first question.
 func TestFreshAfterAFreeze(t *testing.T) {
+	proxy := faultproxy.Start(t, redistest.Addr(t))
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), freezeEnv+"="+redistest.Addr(t)+" "+newChannel(t))
+	cmd.Env = append(os.Environ(), freezeEnv+"="+proxy.Addr()+" "+newChannel(t))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -43,6 +47,7 @@ func TestFreshAfterAFreeze(t *testing.T) {
 	if !lines.Scan() || lines.Text() != "ready" {
 		t.Fatalf("peer: %q, want ready (%v)", lines.Text(), lines.Err())
 	}
+	proxy.Stall()
 	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}

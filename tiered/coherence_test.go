@@ -74,8 +74,15 @@ func coherence(t *testing.T, r redistest.Target, writes int, bus bool) (violatio
 	dir := t.TempDir()
 	var readers []*peer
 	var running []<-chan string
+	// Without A's bus, the readers' own buses get a long bound: on a loaded
+	// machine one of 100 ms lapses, and the readers would then skip their
+	// old L1 copies, hiding the stale reads that the control must show.
+	readerBound := bound
+	if !bus {
+		readerBound = 10 * time.Second
+	}
 	for _, name := range []string{"b", "c"} {
-		p := startPeer(t, peerConfig{Addr: addr, URL: peerURL(r), Namespace: ns, Bound: bound})
+		p := startPeer(t, peerConfig{Addr: addr, URL: peerURL(r), Namespace: ns, Bound: readerBound})
 		readers = append(readers, p)
 		running = append(running, p.start("readloop %s %d", filepath.Join(dir, name), nkeys))
 	}
@@ -87,6 +94,7 @@ func coherence(t *testing.T, r redistest.Target, writes int, bus bool) (violatio
 
 	history := make(map[string][]write)
 	vers := make(map[string]int64)
+	var failed int
 	for range writes {
 		key := fmt.Sprintf("k%d", rand.IntN(nkeys))
 		vers[key]++
@@ -100,12 +108,30 @@ func coherence(t *testing.T, r redistest.Target, writes int, bus bool) (violatio
 		} else {
 			err = a.Delete(ctx, key)
 		}
-		if err != nil {
+		switch {
+		case errors.Is(err, tiered.ErrL2Unavailable):
+			// Not acknowledged (Redis too slow for WriteTimeout on a
+			// loaded machine): the bound runs from the outbox's replay,
+			// which the test cannot see, so the write is left out.
+			failed++
+			continue
+		case err != nil:
 			t.Fatal(err)
 		}
 		history[key] = append(history[key], write{ver: v, returned: time.Now().UnixNano()})
 		time.Sleep(time.Duration(rand.IntN(1000)) * time.Microsecond)
 	}
+	// On a loaded machine the writes can outrun the readers: they read on
+	// until they have made as many reads as there were writes (reads after
+	// the last write are tested as well, against the latest versions).
+	eventually(t, time.Minute, "the readers read as often as A wrote", func() bool {
+		var n int64
+		for _, p := range readers {
+			s := p.stats()
+			n += s.L1Hits + s.L1Misses
+		}
+		return n >= int64(writes)
+	})
 	for i, p := range readers {
 		p.do("stopread")
 		if r := p.recv(running[i]); !strings.HasPrefix(r, "ok ") {
@@ -152,8 +178,11 @@ func coherence(t *testing.T, r redistest.Target, writes int, bus bool) (violatio
 		}
 		f.Close()
 	}
-	t.Logf("%d writes, %d reads in 2 processes: %d saw an older version (worst %v after the newer write returned), %d beyond the %v bound",
-		writes, reads, stale, worst, violations, bound)
+	t.Logf("%d writes (%d not acknowledged), %d reads in 2 processes: %d saw an older version (worst %v after the newer write returned), %d beyond the %v bound",
+		writes, failed, reads, stale, worst, violations, bound)
+	if failed > writes/2 {
+		t.Errorf("%d of %d writes failed: too few acknowledged to test anything", failed, writes)
+	}
 	if reads < writes {
 		t.Errorf("only %d reads; the readers did not run long enough to test anything", reads)
 	}
