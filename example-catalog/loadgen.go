@@ -352,11 +352,12 @@ func (l *loader) work(ctx context.Context, worker int) {
 		if err != nil && ctx.Err() != nil {
 			return // cut off by the end of the run, not the replica's failure
 		}
-		l.lat.record(time.Since(start))
+		took := time.Since(start)
+		l.lat.record(took)
 		l.requests.Add(1)
 		l.status[classify(code, pending, err)].Add(1)
 		if !write {
-			l.readLat.record(time.Since(start))
+			l.readLat.record(took)
 			l.reads.Add(1)
 			continue
 		}

@@ -244,10 +244,12 @@ func (b *Bus) InstanceID() string { return b.cfg.InstanceID }
 func (b *Bus) StalenessBound() time.Duration { return b.cfg.StalenessBound }
 
 // Fresh reports whether this process has applied every invalidation
-// published more than StalenessBound ago. It costs one atomic load.
-func (b *Bus) Fresh() bool {
-	return b.fresh.Load() && int64(time.Since(b.base)) <= b.until.Load()
-}
+// published more than StalenessBound ago. It costs an atomic load and a
+// read of the monotonic clock.
+func (b *Bus) Fresh() bool { return b.freshAt(time.Since(b.base)) }
+
+// freshAt is Fresh at the time d after base.
+func (b *Bus) freshAt(d time.Duration) bool { return b.fresh.Load() && int64(d) <= b.until.Load() }
 
 // WaitFresh waits until the bus is fresh for the first time (subscribed,
 // and its own first heartbeat heard back) or ctx is done, and reports

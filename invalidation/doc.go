@@ -14,11 +14,12 @@
 //     failed) or a new epoch flushes;
 //   - each process hears its own heartbeats come back. A heartbeat sent at
 //     time h and received proves that every message published before h has
-//     been applied, so [Bus.Fresh] can say, with an atomic load and a clock read, whether
-//     this process has applied every invalidation older than
-//     [Config].StalenessBound. A cache that serves a local copy only while
-//     the bus is fresh, or while the copy is younger than the bound, never
-//     serves a value older than the bound (see docs/consistency.md).
+//     been applied, so [Bus.Fresh] can say, with an atomic load and a
+//     clock read, whether this process has applied every invalidation
+//     older than [Config].StalenessBound. A cache that serves a local
+//     copy only while the bus is fresh, or while the copy is younger than
+//     the bound, never serves a value older than the bound (see
+//     docs/consistency.md).
 //
 // Publishes are coalesced: keys published while the previous message was
 // on its way to Redis go out together in the next one. [Bus.Publish]

@@ -184,8 +184,9 @@ func (b *Bus) apply(payload string, peers map[string]*peer, since time.Time) {
 func (b *Bus) heardOwn(m message, now time.Time) {
 	echo := max(now.Sub(time.Unix(0, m.sentAt)), 0) // 0 if the wall clock stepped back
 	b.metrics.recordEcho(echo)
-	until := int64(now.Sub(b.base) + b.cfg.StalenessBound - echo)
-	if b.fresh.Load() && int64(now.Sub(b.base)) <= b.until.Load() {
+	at := now.Sub(b.base)
+	until := int64(at + b.cfg.StalenessBound - echo)
+	if b.freshAt(at) {
 		b.until.Store(max(until, b.until.Load()))
 		return
 	}
